@@ -1,0 +1,1 @@
+"""meaning-transform: learn compact, meaning-preserving codes of agent states."""

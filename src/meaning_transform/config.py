@@ -1,0 +1,89 @@
+"""Config validation (before anything runs) and composing the config from Python."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from meaning_transform.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# key -> (check, what is allowed); keys absent from the composed config are skipped
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
+    "experiment_name": (
+        lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+=-]+", v) is not None,
+        "a non-empty name of letters, digits, '_', '-', '.', '+', '='",
+    ),
+    "monitor.mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
+    "model.latent_dim": (lambda v: _int(v) and v > 0, "an integer > 0"),
+    "model.hidden_dims": (
+        lambda v: isinstance(v, Sequence) and all(_int(h) and h > 0 for h in v),
+        "a list of integers > 0",
+    ),
+    "model.dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "compression.level": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "compression.num_embeddings": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "compression.commitment_cost": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "optimizer.lr": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "optimizer.weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "trainer.max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "data.batch_size": (lambda v: _int(v) and v > 0, "an integer > 0"),
+    "data.num_states": (lambda v: _int(v) and v > 0, "an integer > 0"),
+    "data.val_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "data.test_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "loss.recon_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "loss.kl_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "loss.semantic_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "loss.rate_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "loss.kl_schedule": (
+        lambda v: v in ("constant", "linear", "sigmoid", "cyclical"),
+        "one of constant, linear, sigmoid, cyclical",
+    ),
+    "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "callbacks.periodic_checkpoint.every_n_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.curve_plotter.plot_every_n_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line: key, bad value, what is allowed) for the first bad value."""
+    for key, (check, allowed) in RULES.items():
+        node = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
+        if node == "__absent__":
+            continue
+        value = OmegaConf.to_object(node) if isinstance(node, DictConfig) else node
+        if OmegaConf.is_list(value):
+            value = OmegaConf.to_object(value)
+        if not check(value):
+            raise ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
+    if cfg.get("compression") and "IdentityBottleneck" in str(cfg.compression.get("_target_")):
+        if not cfg.model.get("variational", True):
+            raise ConfigError(
+                "compression=none with model.variational=false is invalid: the VAE rate "
+                "KL(q(z|x)||p(z)) needs a variational encoder (set model.variational=true)"
+            )
+    for key in ("ckpt_path", "init_from"):
+        path = cfg.get(key)
+        if path is not None and not Path(str(path)).is_file():
+            raise ConfigError(f"{key}={path!r} is invalid: no such checkpoint file")
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        raise ConfigError(
+            "ckpt_path and init_from are both set: use ckpt_path= to resume a run, "
+            "or init_from= to start a new one from its weights, not both"
+        )

@@ -1,0 +1,181 @@
+"""Loss terms. Each is a class configured in ``conf/loss/*.yaml``; the total is their weighted sum.
+
+A new term is a subclass of :class:`LossTerm` plus a YAML entry under ``loss.terms``; nothing
+else changes. Every term is logged unweighted as ``<stage>/<name>`` and its weight as
+``<stage>/weight/<name>``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
+from meaning_transform.models.bottlenecks.identity import kl_nats
+from meaning_transform.schema import FeatureSchema
+
+
+@dataclass
+class LossContext:
+    """Everything a loss term may read for one batch."""
+
+    x: torch.Tensor  # data tensor [B, F]
+    heads: torch.Tensor  # decoder output [B, head_dim]
+    latent: Latent
+    bottleneck: BottleneckOutput
+    schema: FeatureSchema
+    progress: float  # epochs trained so far, fractional (epoch + batch / batches)
+
+
+class LossTerm(nn.Module):
+    """A weighted loss term; ``forward`` returns the unweighted value."""
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"{type(self).__name__}: weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def weight_at(self, progress: float) -> float:
+        """The weight in effect after ``progress`` epochs (constant unless scheduled)."""
+        return self.weight
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:  # pragma: no cover - interface
+        """Unweighted scalar value of the term for one batch."""
+        raise NotImplementedError
+
+
+class ReconstructionLoss(LossTerm):
+    """Typed reconstruction: MSE (normalized units), BCE, CE; schema-weighted mean over features."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        """Weighted mean of per-feature losses (vectorized per kind: this runs every step)."""
+        schema, x, heads = ctx.schema, ctx.x, ctx.heads
+        total = heads.new_zeros(())
+        for kind, loss_fn in (("continuous", F.mse_loss), ("binary", _bce)):
+            cols, head_cols, w = schema.kind_layout(kind, heads.device)
+            if cols.numel():
+                per_feature = loss_fn(heads[:, head_cols], x[:, cols], reduction="none").mean(0)
+                total = total + (per_feature * w).sum()
+        slices = schema.head_slices
+        for col in schema.index_of_kind("categorical"):
+            f = schema.features[col]
+            if f.weight:
+                total = total + f.weight * F.cross_entropy(heads[:, slices[f.name]], x[:, col].long())
+        return total / max(schema.total_feature_weight, 1e-12)
+
+
+def _bce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
+
+
+class SemanticLoss(LossTerm):
+    """BCE between each predicate's soft value on the decoded state and its truth on the input."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        """Predicate-weighted mean BCE."""
+        schema = ctx.schema
+        if not schema.predicates:
+            return ctx.heads.new_zeros(())
+        truth = schema.evaluate_predicates(ctx.x).to(ctx.heads.dtype)
+        prob = schema.soft_predicates(ctx.heads).clamp(1e-6, 1 - 1e-6)
+        bce = F.binary_cross_entropy(prob, truth, reduction="none").mean(dim=0)
+        w = torch.tensor([p.weight for p in schema.predicates], device=bce.device)
+        return (bce * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class KLLoss(LossTerm):
+    """KL(q(z|x) || N(0, I)) in nats per state, with an optional beta-annealing schedule.
+
+    ``schedule``: ``constant``; ``linear`` (0 -> weight over ``warmup_epochs``); ``sigmoid``
+    (logistic ramp centred at ``warmup_epochs / 2``); ``cyclical`` (linear ramp over the first
+    half of every ``cycle_epochs``, then flat; Fu et al. 2019).
+    """
+
+    SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+
+    def __init__(
+        self,
+        weight: float = 0.1,
+        schedule: str = "constant",
+        warmup_epochs: float = 10.0,
+        cycle_epochs: float = 10.0,
+    ) -> None:
+        super().__init__(weight)
+        if schedule not in self.SCHEDULES:
+            raise ValueError(
+                f"loss.kl_schedule={schedule!r} is not one of {self.SCHEDULES}"
+            )
+        if warmup_epochs <= 0 or cycle_epochs <= 0:
+            raise ValueError("loss.kl_warmup_epochs and loss.kl_cycle_epochs must be > 0")
+        self.schedule = schedule
+        self.warmup_epochs = float(warmup_epochs)
+        self.cycle_epochs = float(cycle_epochs)
+
+    def weight_at(self, progress: float) -> float:
+        """Annealed weight after ``progress`` epochs."""
+        if self.schedule == "constant":
+            factor = 1.0
+        elif self.schedule == "linear":
+            factor = min(1.0, progress / self.warmup_epochs)
+        elif self.schedule == "sigmoid":
+            factor = 1.0 / (1.0 + math.exp(-10.0 * (progress / self.warmup_epochs - 0.5)))
+        else:
+            phase = (progress % self.cycle_epochs) / self.cycle_epochs
+            factor = min(1.0, 2.0 * phase)
+        return self.weight * factor
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        """Mean KL over the batch (0 for a point latent)."""
+        lat = ctx.latent
+        if lat.log_var is None:
+            return ctx.heads.new_zeros(())
+        return kl_nats(lat.mu, lat.log_var).mean()
+
+
+class RateLoss(LossTerm):
+    """The bottleneck's differentiable rate term (already scaled by ``compression.level``)."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        """Bottleneck-provided rate loss."""
+        return ctx.bottleneck.rate_loss
+
+
+class BottleneckAuxLoss(LossTerm):
+    """The bottleneck's own training loss (vq commitment, entropy-model quantiles)."""
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        """Bottleneck-provided auxiliary loss."""
+        return ctx.bottleneck.aux_loss
+
+
+class CompositeLoss(nn.Module):
+    """Named loss terms and their weighted sum."""
+
+    def __init__(self, terms: dict[str, LossTerm]) -> None:
+        super().__init__()
+        if not terms:
+            raise ValueError("loss.terms is empty: at least one loss term is needed")
+        for name, term in terms.items():
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"loss.terms.{name} is a {type(term).__name__}, not a LossTerm")
+        self.terms = nn.ModuleDict(terms)
+
+    @property
+    def names(self) -> list[str]:
+        """Term names in order."""
+        return list(self.terms)
+
+    def weights(self, progress: float) -> torch.Tensor:
+        """Weight of each term after ``progress`` epochs."""
+        return torch.tensor([t.weight_at(progress) for t in self.terms.values()])
+
+    def forward(self, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, unweighted values [T], weights [T])."""
+        values = torch.stack([term(ctx) for term in self.terms.values()])
+        weights = self.weights(ctx.progress).to(values.device, values.dtype)
+        return (values * weights).sum(), values, weights

@@ -1,0 +1,204 @@
+"""MeaningModule: encoder -> bottleneck -> decoder, its losses and its semantic metrics."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from meaning_transform.losses import CompositeLoss, LossContext
+from meaning_transform.metrics import RateMeter, SemanticDrift
+from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
+from meaning_transform.schema import FeatureSchema, Table
+
+EVAL_STAGES = ("val", "test")
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig -> plain container (hyperparameters must be plain to be saved)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+class MeaningModule(L.LightningModule):
+    """Learns a compact code of agent states that keeps their meaning.
+
+    Every constructor argument is a plain config dict (saved as hyperparameters), so
+    ``MeaningModule.load_from_checkpoint(path)`` rebuilds the model, bottleneck, losses and the
+    fitted schema with no other argument.
+    """
+
+    def __init__(
+        self,
+        schema: Mapping[str, Any],
+        model: Mapping[str, Any],
+        compression: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "schema": _plain(schema),
+                "model": _plain(model),
+                "compression": _plain(compression),
+                "loss": _plain(loss),
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler) or None,
+                "seed": seed,
+            }
+        )
+        hp = self.hparams
+        self.schema = FeatureSchema.from_config(hp.schema)
+        if not self.schema.fitted:
+            raise ValueError("MeaningModule needs a fitted schema (the DataModule fits it)")
+        self.codec = instantiate(
+            hp.model, input_dim=self.schema.input_dim, output_dim=self.schema.head_dim
+        )
+        self.bottleneck: Bottleneck = instantiate(hp.compression, latent_dim=self.codec.latent_dim)
+        terms = {name: instantiate(t) for name, t in (hp.loss.get("terms") or {}).items()}
+        self.loss_fn = CompositeLoss(terms)
+        codebook = getattr(self.bottleneck, "codebook_size", 0)
+        self.drift = torch.nn.ModuleDict({s: SemanticDrift(self.schema) for s in EVAL_STAGES})
+        self.rate = torch.nn.ModuleDict({s: RateMeter(codebook) for s in EVAL_STAGES})
+        self._sums: dict[str, torch.Tensor] = {}  # per-stage running sums, see _accumulate
+        self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
+
+    # ------------------------------------------------------------------ core
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Latent, BottleneckOutput]:
+        """Data tensor -> (decoder heads, latent, bottleneck output)."""
+        latent = self.codec.encoder(self.schema.model_input(x))
+        out = self.bottleneck(latent)
+        return self.codec.decoder(out.z), latent, out
+
+    def _step(self, x: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
+        heads, latent, out = self(x)
+        ctx = LossContext(x, heads, latent, out, self.schema, progress)
+        total, values, weights = self.loss_fn(ctx)
+        return total, values, weights, heads, out
+
+    def _progress(self, batch_idx: int) -> float:
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        batches = max(float(trainer.num_training_batches), 1.0)
+        if not np.isfinite(batches):
+            batches = 1.0
+        return trainer.current_epoch + batch_idx / batches
+
+    def _accumulate(self, stage: str, total, values, weights, rate_bits, n: int) -> None:
+        # Summed on device and logged once per epoch: per-step self.log calls cost as much
+        # as a small model's whole step. Row: [loss, terms..., rate] * n, weights..., n, steps.
+        stats = torch.cat([total.detach()[None], values.detach(), rate_bits.detach().mean()[None]])
+        row = torch.cat([stats * n, weights.to(stats), stats.new_tensor([n, 1.0])])
+        acc = self._sums.get(stage)
+        self._sums[stage] = row if acc is None else acc + row
+
+    def _log_sums(self, stage: str) -> None:
+        acc = self._sums.pop(stage, None)
+        if acc is None:
+            return
+        names = self.loss_fn.names
+        k = len(names)
+        means = acc[: k + 2] / acc[-2]
+        weights = acc[k + 2 : 2 * k + 2] / acc[-1]  # mean over steps (annealed weights move)
+        metrics = {f"{stage}/loss": means[0]}
+        metrics.update({f"{stage}/{name}": means[i + 1] for i, name in enumerate(names)})
+        if stage == "train":  # eval stages log an epoch-level rate from RateMeter instead
+            metrics["train/rate_bits"] = means[k + 1]
+            metrics.update({f"train/weight/{n}": weights[i] for i, n in enumerate(names)})
+        self.log_dict(metrics, sync_dist=True, on_step=stage == "train", on_epoch=stage != "train")
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed from (seed, epoch, rank) so a resumed run replays the same randomness."""
+        self._sums.pop("train", None)
+        seed = self.hparams.seed
+        if seed is not None:
+            s = (int(seed) * 1_000_003 + self.current_epoch * 7919 + self.global_rank) % 2**31
+            random.seed(s)
+            np.random.seed(s)
+            torch.manual_seed(s)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """One optimization step."""
+        total, values, weights, _, out = self._step(batch, self._progress(batch_idx))
+        self._accumulate("train", total, values, weights, out.rate_bits, batch.shape[0])
+        if batch_idx == self.trainer.num_training_batches - 1:
+            # Logged at the epoch's last batch, i.e. before validation, so callbacks that
+            # record an epoch at validation end (and the checkpoints written then) see them.
+            self._log_sums("train")
+        return total
+
+    def _eval_step(self, stage: str, x: torch.Tensor) -> None:
+        total, values, weights, heads, out = self._step(x, float(self.current_epoch))
+        self._accumulate(stage, total, values, weights, out.rate_bits, x.shape[0])
+        self.drift[stage].update(x, self.schema.point_estimate(heads))
+        self.rate[stage].update(out.rate_bits, out.codes)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        self._log_sums(stage)
+        metrics = {f"{stage}/{k}": v for k, v in self.drift[stage].compute().items()}
+        metrics.update({f"{stage}/{k}": v for k, v in self.rate[stage].compute().items()})
+        fixed = getattr(self.bottleneck, "fixed_rate_bits", None)
+        if fixed is not None:
+            metrics[f"{stage}/fixed_rate_bits"] = torch.tensor(float(fixed))
+        self.log_dict(metrics, sync_dist=False)  # torchmetrics already synced across ranks
+        self.drift[stage].reset()
+        self.rate[stage].reset()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Accumulate validation losses, drift and rate."""
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/*``."""
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """Accumulate test losses, drift and rate."""
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test/*``."""
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        """Optimizer and scheduler from their ``_partial_`` configs."""
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the composed run config beside the hyperparameters."""
+        if self.run_config is not None:
+            checkpoint["run_config"] = self.run_config
+
+    # ------------------------------------------------------------------ table API
+    @torch.no_grad()
+    def encode(self, table: Table) -> torch.Tensor:
+        """Table of agent states -> the codes the decoder sees (quantized latents), [N, latent]."""
+        self.eval()
+        x = self.schema.encode(table).to(self.device)
+        return self.bottleneck(self.codec.encoder(self.schema.model_input(x))).z
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> Table:
+        """Codes -> table of agent states in native units and real categories."""
+        self.eval()
+        heads = self.codec.decoder(codes.to(self.device))
+        return self.schema.decode(self.schema.point_estimate(heads))
+
+    def reconstruct(self, table: Table) -> Table:
+        """Encode then decode a table."""
+        return self.decode(self.encode(table))

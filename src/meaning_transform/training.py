@@ -1,0 +1,277 @@
+"""One code path for ``python train.py`` and the Python API: ``run(cfg) -> summary dict``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
+from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
+from meaning_transform.checkpoints import check_compatible, read_checkpoint
+from meaning_transform.config import validate_config
+from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.module import MeaningModule
+
+log = logging.getLogger("meaning_transform")
+
+
+def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with user mistakes reported as one ConfigError line."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None
+        msg = str(cause) if cause is not None else str(e).splitlines()[0]
+        raise ConfigError(f"{what}: {msg}") from None
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """The run directory: ``paths.output_dir``, Hydra's run dir, or a fresh timestamped one."""
+    if cfg.paths.get("output_dir"):
+        return Path(cfg.paths.output_dir)
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    base = Path(cfg.paths.log_dir) / cfg.experiment_name / datetime.now().strftime(
+        "%Y-%m-%d_%H-%M-%S"
+    )
+    out, n = base, 1
+    while out.exists():  # API runs started within the same second get their own folder
+        out = base.with_name(f"{base.name}_{n}")
+        n += 1
+    return out
+
+
+def _build_callbacks(cfg: DictConfig) -> list[Callback]:
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is not None and "_target_" in node:
+            callbacks.append(_instantiate(node, f"callbacks.{name}"))
+    return callbacks
+
+
+def _build_loggers(cfg: DictConfig) -> list[Any] | bool:
+    loggers = [
+        _instantiate(node, f"logger.{name}")
+        for name, node in (cfg.get("logger") or {}).items()
+        if node is not None and "_target_" in node
+    ]
+    return loggers or False
+
+
+def configure_logging(cfg: DictConfig) -> None:
+    """DEBUG for our package when ``verbose`` (the seed's --debug), else INFO."""
+    level = logging.DEBUG if cfg.get("verbose") else logging.INFO
+    logging.getLogger("meaning_transform").setLevel(level)
+    if not logging.getLogger().handlers:  # API use without Hydra's logging config
+        logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, Any]]:
+    """Validate, load data and build the model. Writes nothing; raises USER_ERRORS on bad input."""
+    validate_config(cfg)
+    cfg = cfg.copy()
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = _instantiate(cfg.data, "data", schema=cfg.schema)
+    datamodule.setup("fit")
+    lineage: dict[str, Any] = {"resumed_from": None, "init_from": None, "parent_run": None}
+    source = cfg.get("ckpt_path") or cfg.get("init_from")
+    ckpt = read_checkpoint(source) if source else None
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(resolve_output_dir(cfg))
+    module = MeaningModule(
+        schema=datamodule.schema.to_dict(),
+        model=cfg.model,
+        compression=cfg.compression,
+        loss=cfg.loss,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler"),
+        seed=cfg.get("seed"),
+    )
+    if ckpt is not None:
+        check_compatible(module, ckpt, source)
+        parent = ckpt.get("run_config") or {}
+        lineage["parent_run"] = {
+            "experiment_name": parent.get("experiment_name"),
+            "output_dir": (parent.get("paths") or {}).get("output_dir"),
+            "epoch": ckpt.get("epoch", -1) + 1,
+            "stage": parent.get("stage"),
+            "loss": parent.get("loss"),
+        }
+        changed = _changed_loss_weights(parent.get("loss"), OmegaConf.to_container(cfg.loss, resolve=True))
+        lineage["changed_loss_weights"] = changed
+        if cfg.get("init_from"):
+            module.load_state_dict(ckpt["state_dict"])
+            lineage["init_from"] = str(Path(source).resolve())
+        else:
+            lineage["resumed_from"] = str(Path(source).resolve())
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return cfg, datamodule, module, lineage
+
+
+def _changed_loss_weights(old: Any, new: dict[str, Any]) -> dict[str, list[Any]]:
+    if not isinstance(old, dict):
+        return {}
+    keys = [k for k in new if k.endswith("_weight") or k.startswith("kl_")]
+    return {k: [old.get(k), new.get(k)] for k in keys if old.get(k) != new.get(k)}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and test) one model as ``cfg`` says; write the run directory; return the summary."""
+    configure_logging(cfg)
+    cfg, datamodule, module, lineage = prepare(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    callbacks = _build_callbacks(cfg)
+    trainer: L.Trainer = _instantiate(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=_build_loggers(cfg),
+        plugins=[AtomicCheckpointIO()],
+    )
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        log.info("run directory: %s", out_dir)
+        log.debug("schema:\n%s", module.schema.describe())
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    summary = _summarize(cfg, trainer, callbacks, lineage)
+    if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
+        summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
+    if trainer.is_global_zero:
+        atomic_write(
+            out_dir / "summary.json",
+            lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=_json)),
+        )
+        _print_final(summary)
+    return summary
+
+
+def evaluate_split(trainer: L.Trainer, module: MeaningModule, datamodule: Any, ckpt: str | None) -> dict[str, float]:
+    """Test-split metrics of the best checkpoint (or the current weights when there is none)."""
+    path = ckpt if ckpt and Path(ckpt).is_file() else None
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=path, verbose=False)
+    return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def _history(callbacks: list[Callback], kind: type) -> list[dict[str, float]]:
+    for cb in callbacks:
+        if type(cb) is kind:
+            return cb.rows
+    return []
+
+
+def _stage_rows(rows: list[dict[str, float]], stage: str) -> list[dict[str, float]]:
+    out = []
+    for r in rows:
+        vals = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith(f"{stage}/")}
+        vals = {k: v for k, v in vals.items() if not k.startswith(("drift", "mae/", "preservation"))}
+        if vals:
+            out.append({"epoch": r["epoch"], **vals})
+    return out
+
+
+def _summarize(
+    cfg: DictConfig, trainer: L.Trainer, callbacks: list[Callback], lineage: dict[str, Any]
+) -> dict[str, Any]:
+    rows = _history(callbacks, MetricsHistory)
+    drift_rows = _history(callbacks, SemanticDriftTracker)
+    monitor, mode = cfg.monitor.metric, cfg.monitor.mode
+    ckpt_cb = trainer.checkpoint_callback
+    scored = [r for r in rows if monitor in r]
+    best = None
+    if scored:
+        pick = min if mode == "min" else max
+        best = pick(scored, key=lambda r: r[monitor])
+    best_path = getattr(ckpt_cb, "best_model_path", "") or None
+    last_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    final = rows[-1] if rows else {}
+    return {
+        "experiment_name": cfg.experiment_name,
+        "experiment_dir": str(Path(cfg.paths.output_dir).resolve()),
+        "monitor": monitor,
+        "best_val_loss": best.get("val/loss") if best else None,
+        "best_score": best.get(monitor) if best else None,
+        "best_epoch": int(best["epoch"]) if best else None,
+        "epochs_run": int(final.get("epoch", 0)),
+        "rate_bits": best.get("val/rate_bits") if best else final.get("val/rate_bits"),
+        "drift": best.get("val/drift") if best else None,
+        "preservation": best.get("val/preservation") if best else None,
+        "drift_groups": {
+            k.removeprefix("val/drift_group/"): v
+            for k, v in (best or {}).items()
+            if k.startswith("val/drift_group/")
+        },
+        "best_model_path": str(Path(best_path).resolve()) if best_path else None,
+        "last_model_path": str(last_path.resolve()) if last_path.is_file() else None,
+        "train_losses": _stage_rows(rows, "train"),
+        "val_losses": _stage_rows(rows, "val"),
+        "semantic_drift": drift_rows,
+        "history": rows,
+        "compression": cfg.compression.get("_target_", "").rsplit(".", 1)[-1],
+        "compression_level": cfg.compression.get("level"),
+        "stage": cfg.get("stage"),
+        **lineage,
+    }
+
+
+def _json(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _print_final(s: dict[str, Any]) -> None:
+    groups = ", ".join(f"{g} {v:.3f}" for g, v in s["drift_groups"].items())
+    best = s["best_val_loss"]
+    log.info("run directory: %s", s["experiment_dir"])
+    log.info(
+        "best val/loss: %s at epoch %s (of %s run)",
+        f"{best:.4f}" if best is not None else "n/a",
+        s["best_epoch"],
+        s["epochs_run"],
+    )
+    if s["drift"] is not None:
+        log.info("semantic drift %.4f (preservation %.4f); by group: %s",
+                 s["drift"], s["preservation"], groups)
+    if s["rate_bits"] is not None:
+        log.info("rate: %.2f bits per state", s["rate_bits"])
+
+
+def optimized_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
+    """The ``optimized_metric`` at the best epoch; a loud error when it was never logged."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return None
+    best_epoch = summary.get("best_epoch")
+    for row in summary["history"]:
+        if row["epoch"] == best_epoch and key in row:
+            return float(row[key])
+    logged = sorted({k for r in summary["history"] for k in r})
+    raise ConfigError(f"optimized_metric={key!r} was never logged; logged metrics: {logged}")
+
+
+def main_entry(cfg: DictConfig) -> float | None:
+    """``train.py``'s body: user errors become one line on stderr and exit code 2."""
+    try:
+        summary = run(cfg)
+        return optimized_value(cfg, summary)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

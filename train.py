@@ -1,0 +1,21 @@
+"""Train a meaning-preserving code: ``python train.py [group=option] [key=value] ...``."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("MEANING_TRANSFORM_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from meaning_transform.training import main_entry  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``optimized_metric`` for sweepers."""
+    return main_entry(cfg)
+
+
+if __name__ == "__main__":
+    main()
