@@ -65,9 +65,11 @@ class EntropyBottleneck(Bottleneck):
         self.biases = nn.ParameterList()
         self.factors = nn.ParameterList()
         for i in range(len(widths) - 1):
-            # softplus(init) = 1 / (scale * fan_out): the stacked layers start as a CDF of width ~init_scale.
+            # Each layer starts shrinking by ``scale``, so the composed CDF spans ~init_scale.
             init = math.log(math.expm1(1.0 / scale / widths[i + 1]))
-            self.matrices.append(nn.Parameter(torch.full((latent_dim, widths[i + 1], widths[i]), init)))
+            self.matrices.append(
+                nn.Parameter(torch.full((latent_dim, widths[i + 1], widths[i]), init))
+            )
             self.biases.append(nn.Parameter(torch.rand(latent_dim, widths[i + 1], 1) - 0.5))
             if i < len(widths) - 2:
                 self.factors.append(nn.Parameter(torch.zeros(latent_dim, widths[i + 1], 1)))
@@ -82,7 +84,9 @@ class EntropyBottleneck(Bottleneck):
         """Per-channel median of the learned density, [D] (detached)."""
         return self.quantiles[:, 0, 1].detach()
 
-    def _layers(self, stop_gradient: bool) -> list[tuple[torch.Tensor, ...]]:
+    def _layers(
+        self, stop_gradient: bool
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """(positive matrix, bias, gate) per layer; gate is None on the last layer."""
         layers = []
         for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases, strict=True)):
