@@ -11,8 +11,19 @@ from meaning_transform.api import load_config
 from meaning_transform.config import CONF_DIR, validate_config
 from meaning_transform.errors import ConfigError
 
-GROUPS = ["data", "schema", "model", "compression", "loss", "optimizer", "scheduler",
-          "callbacks", "logger", "trainer", "debug"]
+GROUPS = [
+    "data",
+    "schema",
+    "model",
+    "compression",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "callbacks",
+    "logger",
+    "trainer",
+    "debug",
+]
 
 
 def options(group: str) -> list[str]:

@@ -48,7 +48,9 @@ def test_perfect_reconstruction_has_zero_drift():
 def test_hand_built_four_states():
     decoded = {
         "x": np.array([0.4, 10.0, 21.0, 30.0]),  # errors .4 1 -> 1 of 4 outside 0.5
-        "hp": np.array([100.0, 53.0, 29.0, 10.0]),  # errors 3, 2 -> 1 of 4 outside 2.0 (2.0 is within)
+        "hp": np.array(
+            [100.0, 53.0, 29.0, 10.0]
+        ),  # errors 3, 2 -> 1 of 4 outside 2.0 (2.0 is within)
         "defending": np.array([0, 0, 1, 0]),  # 1 mismatch
         "role": np.array(["a", "b", "b", "b"], dtype=object),  # 1 mismatch
     }

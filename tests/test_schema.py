@@ -44,8 +44,12 @@ def test_layout_is_derived_from_declaration():
     assert s.names == ["x", "hp", "defending", "role"]  # z dropped: all NULL
     assert s.columns == {"x": 0, "hp": 1, "defending": 2, "role": 3}
     assert s.feature("role").categories == ("a", "b", "c")
-    assert s.head_slices == {"x": slice(0, 1), "hp": slice(1, 2), "defending": slice(2, 3),
-                             "role": slice(3, 6)}
+    assert s.head_slices == {
+        "x": slice(0, 1),
+        "hp": slice(1, 2),
+        "defending": slice(2, 3),
+        "role": slice(3, 6),
+    }
     assert s.head_dim == 6 and s.input_dim == 6
 
 
@@ -54,7 +58,9 @@ def test_normalization_is_standardization_fitted_on_given_table():
     assert s.normalizers["x"].mean == pytest.approx(3.0)
     assert s.normalizers["x"].std == pytest.approx(np.sqrt(5.0))  # population std of 0,2,4,6
     x = s.encode(table())
-    assert x[:, 0].tolist() == pytest.approx([-3 / np.sqrt(5), -1 / np.sqrt(5), 1 / np.sqrt(5), 3 / np.sqrt(5)])
+    assert x[:, 0].tolist() == pytest.approx(
+        [-3 / np.sqrt(5), -1 / np.sqrt(5), 1 / np.sqrt(5), 3 / np.sqrt(5)]
+    )
     assert x[:, 3].tolist() == [1.0, 0.0, 1.0, 2.0]
 
 
@@ -128,8 +134,20 @@ def test_nan_in_required_column_is_counted():
     [
         ({"features": {"a": {"kind": "weird"}}}, "kind 'weird'"),
         ({"features": {"a": {"kind": "continuous"}}}, "tolerance > 0"),
-        ({"features": {"a": {"kind": "binary"}}, "predicates": {"p": {"feature": "b", "op": ">", "value": 1}}}, "does not declare"),
-        ({"features": {"a": {"kind": "binary"}}, "predicates": {"p": {"feature": "a", "op": "~", "value": 1}}}, "op '~'"),
+        (
+            {
+                "features": {"a": {"kind": "binary"}},
+                "predicates": {"p": {"feature": "b", "op": ">", "value": 1}},
+            },
+            "does not declare",
+        ),
+        (
+            {
+                "features": {"a": {"kind": "binary"}},
+                "predicates": {"p": {"feature": "a", "op": "~", "value": 1}},
+            },
+            "op '~'",
+        ),
         ({"features": {"a": {"kind": "binary", "colour": 1}}}, "unexpected keyword"),
         ({"features": {}}, "no features"),
     ],
@@ -141,7 +159,16 @@ def test_bad_declarations(bad, match):
 
 def test_default_agentfarm_schema_declares_meaning():
     s = FeatureSchema.from_config(OmegaConf.load(CONF_DIR / "schema" / "agentfarm.yaml"))
-    assert {"position_x", "position_y", "resource_level", "current_health", "starvation_counter",
-            "is_defending", "total_reward", "age", "agent_type"} <= set(s.names)
+    assert {
+        "position_x",
+        "position_y",
+        "resource_level",
+        "current_health",
+        "starvation_counter",
+        "is_defending",
+        "total_reward",
+        "age",
+        "agent_type",
+    } <= set(s.names)
     assert [p.name for p in s.predicates] == ["alive", "starving", "low_health"]
     assert s.feature("position_z").optional and s.feature("starting_health").optional

@@ -45,7 +45,9 @@ def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | 
             )
     if problems:
         hint = _hparam_hint(ckpt.get("hyper_parameters") or {}, getattr(module, "hparams", {}))
-        shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+        shown = "; ".join(problems[:8]) + (
+            f"; ... {len(problems) - 8} more" if len(problems) > 8 else ""
+        )
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit the configured model: {shown}{hint}"
         )

@@ -56,8 +56,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "one of constant, linear, sigmoid, cyclical",
     ),
     "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "callbacks.periodic_checkpoint.every_n_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "callbacks.curve_plotter.plot_every_n_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "callbacks.periodic_checkpoint.every_n_epochs": (
+        lambda v: _int(v) and v >= 1,
+        "an integer >= 1",
+    ),
+    "callbacks.curve_plotter.plot_every_n_epochs": (
+        lambda v: _int(v) and v >= 1,
+        "an integer >= 1",
+    ),
 }
 
 
@@ -72,12 +78,12 @@ def validate_config(cfg: DictConfig) -> None:
             value = OmegaConf.to_object(value)
         if not check(value):
             raise ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
-    if cfg.get("compression") and "IdentityBottleneck" in str(cfg.compression.get("_target_")):
-        if not cfg.model.get("variational", True):
-            raise ConfigError(
-                "compression=none with model.variational=false is invalid: the VAE rate "
-                "KL(q(z|x)||p(z)) needs a variational encoder (set model.variational=true)"
-            )
+    target = str((cfg.get("compression") or {}).get("_target_"))
+    if "IdentityBottleneck" in target and not cfg.model.get("variational", True):
+        raise ConfigError(
+            "compression=none with model.variational=false is invalid: the VAE rate "
+            "KL(q(z|x)||p(z)) needs a variational encoder (set model.variational=true)"
+        )
     for key in ("ckpt_path", "init_from"):
         path = cfg.get(key)
         if path is not None and not Path(str(path)).is_file():

@@ -32,7 +32,13 @@ class LossContext:
 
 
 class LossTerm(nn.Module):
-    """A weighted loss term; ``forward`` returns the unweighted value."""
+    """A weighted loss term; ``forward`` returns the unweighted value.
+
+    ``reported = False`` marks a term that is optimized but kept out of the reported ``loss``
+    (the rate-distortion objective that checkpointing and early stopping monitor).
+    """
+
+    reported: bool = True
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -65,7 +71,9 @@ class ReconstructionLoss(LossTerm):
         for col in schema.index_of_kind("categorical"):
             f = schema.features[col]
             if f.weight:
-                total = total + f.weight * F.cross_entropy(heads[:, slices[f.name]], x[:, col].long())
+                total = total + f.weight * F.cross_entropy(
+                    heads[:, slices[f.name]], x[:, col].long()
+                )
         return total / max(schema.total_feature_weight, 1e-12)
 
 
@@ -107,9 +115,7 @@ class KLLoss(LossTerm):
     ) -> None:
         super().__init__(weight)
         if schedule not in self.SCHEDULES:
-            raise ValueError(
-                f"loss.kl_schedule={schedule!r} is not one of {self.SCHEDULES}"
-            )
+            raise ValueError(f"loss.kl_schedule={schedule!r} is not one of {self.SCHEDULES}")
         if warmup_epochs <= 0 or cycle_epochs <= 0:
             raise ValueError("loss.kl_warmup_epochs and loss.kl_cycle_epochs must be > 0")
         self.schedule = schedule
@@ -146,7 +152,13 @@ class RateLoss(LossTerm):
 
 
 class BottleneckAuxLoss(LossTerm):
-    """The bottleneck's own training loss (vq commitment, entropy-model quantiles)."""
+    """The bottleneck's own training loss (vq commitment, entropy-model quantiles).
+
+    Optimized, but not part of the reported ``loss``: the entropy model's quantile loss only
+    places the coding support and would otherwise swamp the objective that is monitored.
+    """
+
+    reported = False
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         """Bottleneck-provided auxiliary loss."""
@@ -164,6 +176,9 @@ class CompositeLoss(nn.Module):
             if not isinstance(term, LossTerm):
                 raise TypeError(f"loss.terms.{name} is a {type(term).__name__}, not a LossTerm")
         self.terms = nn.ModuleDict(terms)
+        self.register_buffer(
+            "_reported", torch.tensor([float(t.reported) for t in terms.values()]), persistent=False
+        )
 
     @property
     def names(self) -> list[str]:
@@ -174,8 +189,11 @@ class CompositeLoss(nn.Module):
         """Weight of each term after ``progress`` epochs."""
         return torch.tensor([t.weight_at(progress) for t in self.terms.values()])
 
-    def forward(self, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, unweighted values [T], weights [T])."""
+    def forward(
+        self, ctx: LossContext
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(optimized total, reported loss, unweighted values [T], weights [T])."""
         values = torch.stack([term(ctx) for term in self.terms.values()])
         weights = self.weights(ctx.progress).to(values.device, values.dtype)
-        return (values * weights).sum(), values, weights
+        weighted = values * weights
+        return weighted.sum(), (weighted * self._reported).sum(), values, weights

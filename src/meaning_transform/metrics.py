@@ -31,7 +31,9 @@ class SemanticDrift(Metric):
         n_feat, n_pred = len(schema.features), len(schema.predicates)
         self.add_state("abs_error", torch.zeros(n_feat, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("errors", torch.zeros(n_feat, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("pred_errors", torch.zeros(n_pred, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "pred_errors", torch.zeros(n_pred, dtype=torch.float64), dist_reduce_fx="sum"
+        )
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         mean, std = schema.affine()
         self.register_buffer("_std", std, persistent=False)
@@ -43,7 +45,9 @@ class SemanticDrift(Metric):
         )
         weights = [f.weight for f in schema.features] + [p.weight for p in schema.predicates]
         groups = [f.group for f in schema.features] + [p.group for p in schema.predicates]
-        self.register_buffer("_weights", torch.tensor(weights, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "_weights", torch.tensor(weights, dtype=torch.float64), persistent=False
+        )
         self._groups = groups
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:

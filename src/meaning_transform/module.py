@@ -83,8 +83,8 @@ class MeaningModule(L.LightningModule):
     def _step(self, x: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
         heads, latent, out = self(x)
         ctx = LossContext(x, heads, latent, out, self.schema, progress)
-        total, values, weights = self.loss_fn(ctx)
-        return total, values, weights, heads, out
+        total, reported, values, weights = self.loss_fn(ctx)
+        return total, reported, values, weights, heads, out
 
     def _progress(self, batch_idx: int) -> float:
         trainer = self._trainer
@@ -95,10 +95,11 @@ class MeaningModule(L.LightningModule):
             batches = 1.0
         return trainer.current_epoch + batch_idx / batches
 
-    def _accumulate(self, stage: str, total, values, weights, rate_bits, n: int) -> None:
+    def _accumulate(self, stage: str, loss, values, weights, rate_bits, n: int) -> None:
         # Summed on device and logged once per epoch: per-step self.log calls cost as much
         # as a small model's whole step. Row: [loss, terms..., rate] * n, weights..., n, steps.
-        stats = torch.cat([total.detach()[None], values.detach(), rate_bits.detach().mean()[None]])
+        stats = torch.cat([loss.detach()[None], values.detach(), rate_bits.detach().mean()[None]])
+        stats = stats.double()  # float32 sums of 1000s of steps drift in the 7th digit
         row = torch.cat([stats * n, weights.to(stats), stats.new_tensor([n, 1.0])])
         acc = self._sums.get(stage)
         self._sums[stage] = row if acc is None else acc + row
@@ -111,6 +112,7 @@ class MeaningModule(L.LightningModule):
         k = len(names)
         means = acc[: k + 2] / acc[-2]
         weights = acc[k + 2 : 2 * k + 2] / acc[-1]  # mean over steps (annealed weights move)
+        means, weights = means.float(), weights.float()
         metrics = {f"{stage}/loss": means[0]}
         metrics.update({f"{stage}/{name}": means[i + 1] for i, name in enumerate(names)})
         if stage == "train":  # eval stages log an epoch-level rate from RateMeter instead
@@ -119,10 +121,18 @@ class MeaningModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=True, on_step=stage == "train", on_epoch=stage != "train")
 
     def on_train_epoch_start(self) -> None:
-        """Reseed from (seed, epoch, rank) so a resumed run replays the same randomness."""
+        """Start the epoch's running sums afresh."""
         self._sums.pop("train", None)
+
+    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """At an epoch's first batch, reseed from (seed, epoch, rank).
+
+        A resumed run then replays exactly the randomness (dropout, noise, sampling) of an
+        uninterrupted one. Done here, not at epoch start: Lightning creates the epoch's data
+        iterator (which draws from the global RNG) at different points when resuming.
+        """
         seed = self.hparams.seed
-        if seed is not None:
+        if batch_idx == 0 and seed is not None:
             s = (int(seed) * 1_000_003 + self.current_epoch * 7919 + self.global_rank) % 2**31
             random.seed(s)
             np.random.seed(s)
@@ -130,8 +140,8 @@ class MeaningModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """One optimization step."""
-        total, values, weights, _, out = self._step(batch, self._progress(batch_idx))
-        self._accumulate("train", total, values, weights, out.rate_bits, batch.shape[0])
+        total, reported, values, weights, _, out = self._step(batch, self._progress(batch_idx))
+        self._accumulate("train", reported, values, weights, out.rate_bits, batch.shape[0])
         if batch_idx == self.trainer.num_training_batches - 1:
             # Logged at the epoch's last batch, i.e. before validation, so callbacks that
             # record an epoch at validation end (and the checkpoints written then) see them.
@@ -139,8 +149,8 @@ class MeaningModule(L.LightningModule):
         return total
 
     def _eval_step(self, stage: str, x: torch.Tensor) -> None:
-        total, values, weights, heads, out = self._step(x, float(self.current_epoch))
-        self._accumulate(stage, total, values, weights, out.rate_bits, x.shape[0])
+        _, reported, values, weights, heads, out = self._step(x, float(self.current_epoch))
+        self._accumulate(stage, reported, values, weights, out.rate_bits, x.shape[0])
         self.drift[stage].update(x, self.schema.point_estimate(heads))
         self.rate[stage].update(out.rate_bits, out.codes)
 
@@ -177,7 +187,22 @@ class MeaningModule(L.LightningModule):
         if not self.hparams.scheduler:
             return optimizer
         scheduler = instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    def on_train_start(self) -> None:
+        """After a resume, the configured scheduler settings win over the restored ones.
+
+        E.g. cosine's ``T_max`` follows ``trainer.max_epochs``: resuming a 3-epoch run with
+        ``trainer.max_epochs=6`` anneals to epoch 6 instead of restarting the cosine at 3.
+        """
+        wanted = {k: v for k, v in (self.hparams.scheduler or {}).items() if not k.startswith("_")}
+        for cfg in self.trainer.lr_scheduler_configs:
+            for key, value in wanted.items():
+                if hasattr(cfg.scheduler, key) and getattr(cfg.scheduler, key) != value:
+                    setattr(cfg.scheduler, key, value)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the composed run config beside the hyperparameters."""

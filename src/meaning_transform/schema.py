@@ -168,7 +168,9 @@ class FeatureSchema:
             d.pop("name")
             d["categories"] = list(f.categories) if f.categories is not None else None
             feats[f.name] = d
-        preds = {p.name: {k: v for k, v in asdict(p).items() if k != "name"} for p in self.predicates}
+        preds = {
+            p.name: {k: v for k, v in asdict(p).items() if k != "name"} for p in self.predicates
+        }
         return {
             "features": feats,
             "predicates": preds,
@@ -246,7 +248,9 @@ class FeatureSchema:
             feats = [(i, f) for i, f in enumerate(self.features) if f.kind == kind]
             cache[key] = (
                 torch.tensor([i for i, _ in feats], dtype=torch.long, device=device),
-                torch.tensor([slices[f.name].start for _, f in feats], dtype=torch.long, device=device),
+                torch.tensor(
+                    [slices[f.name].start for _, f in feats], dtype=torch.long, device=device
+                ),
                 torch.tensor([f.weight for _, f in feats], dtype=torch.float32, device=device),
             )
         return cache[key]
@@ -484,7 +488,7 @@ class FeatureSchema:
                 signed = (value - float(p.value)) / f.tolerance
                 prob = torch.sigmoid(signed if p.op in (">", ">=") else -signed)
                 if p.op in ("==", "!="):
-                    near = torch.exp(-((value - float(p.value)) / f.tolerance) ** 2)
+                    near = torch.exp(-(((value - float(p.value)) / f.tolerance) ** 2))
                     prob = near if p.op == "==" else 1 - near
             else:
                 if f.kind == "binary":
@@ -530,8 +534,10 @@ def _present(col: np.ndarray) -> np.ndarray:
         return np.isfinite(col)
     if col.dtype.kind in "iub":
         return np.ones(col.shape, dtype=bool)
-    out = np.array([v is not None and not (isinstance(v, float) and not math.isfinite(v))
-                    for v in col], dtype=bool)
+    out = np.array(
+        [v is not None and not (isinstance(v, float) and not math.isfinite(v)) for v in col],
+        dtype=bool,
+    )
     return out
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
+import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -45,8 +48,8 @@ def resolve_output_dir(cfg: DictConfig) -> Path:
         return Path(cfg.paths.output_dir)
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    base = Path(cfg.paths.log_dir) / cfg.experiment_name / datetime.now().strftime(
-        "%Y-%m-%d_%H-%M-%S"
+    base = (
+        Path(cfg.paths.log_dir) / cfg.experiment_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     )
     out, n = base, 1
     while out.exists():  # API runs started within the same second get their own folder
@@ -112,7 +115,9 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
             "stage": parent.get("stage"),
             "loss": parent.get("loss"),
         }
-        changed = _changed_loss_weights(parent.get("loss"), OmegaConf.to_container(cfg.loss, resolve=True))
+        changed = _changed_loss_weights(
+            parent.get("loss"), OmegaConf.to_container(cfg.loss, resolve=True)
+        )
         lineage["changed_loss_weights"] = changed
         if cfg.get("init_from"):
             module.load_state_dict(ckpt["state_dict"])
@@ -161,7 +166,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def evaluate_split(trainer: L.Trainer, module: MeaningModule, datamodule: Any, ckpt: str | None) -> dict[str, float]:
+def evaluate_split(
+    trainer: L.Trainer, module: MeaningModule, datamodule: Any, ckpt: str | None
+) -> dict[str, float]:
     """Test-split metrics of the best checkpoint (or the current weights when there is none)."""
     path = ckpt if ckpt and Path(ckpt).is_file() else None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=path, verbose=False)
@@ -179,7 +186,9 @@ def _stage_rows(rows: list[dict[str, float]], stage: str) -> list[dict[str, floa
     out = []
     for r in rows:
         vals = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith(f"{stage}/")}
-        vals = {k: v for k, v in vals.items() if not k.startswith(("drift", "mae/", "preservation"))}
+        vals = {
+            k: v for k, v in vals.items() if not k.startswith(("drift", "mae/", "preservation"))
+        }
         if vals:
             out.append({"epoch": r["epoch"], **vals})
     return out
@@ -248,8 +257,12 @@ def _print_final(s: dict[str, Any]) -> None:
         s["epochs_run"],
     )
     if s["drift"] is not None:
-        log.info("semantic drift %.4f (preservation %.4f); by group: %s",
-                 s["drift"], s["preservation"], groups)
+        log.info(
+            "semantic drift %.4f (preservation %.4f); by group: %s",
+            s["drift"],
+            s["preservation"],
+            groups,
+        )
     if s["rate_bits"] is not None:
         log.info("rate: %.2f bits per state", s["rate_bits"])
 
@@ -267,11 +280,38 @@ def optimized_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
     raise ConfigError(f"optimized_metric={key!r} was never logged; logged metrics: {logged}")
 
 
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def main_entry(cfg: DictConfig) -> float | None:
-    """``train.py``'s body: user errors become one line on stderr and exit code 2."""
+    """``train.py``'s body: user errors become one line on stderr and exit code 2.
+
+    In a multirun a failing job must not end the sweep: its error is written to
+    ``failed.json`` in its run dir and the job returns NaN; the sweep report lists it and the
+    sweep exits non-zero at the end (see ``sweep_callback``).
+    """
     try:
         summary = run(cfg)
         return optimized_value(cfg, summary)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as e:
+        if _in_multirun():
+            record_failure(e)
+            return math.nan
+        if isinstance(e, USER_ERRORS):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+
+def record_failure(error: BaseException) -> None:
+    """Write ``failed.json`` (error, overrides, traceback) into the Hydra job's run dir."""
+    hc = HydraConfig.get()
+    log.error("job %s failed: %s: %s", hc.job.num, type(error).__name__, error)
+    payload = {
+        "error": f"{type(error).__name__}: {error}",
+        "overrides": list(hc.overrides.task),
+        "traceback": traceback.format_exc(),
+    }
+    out = Path(hc.runtime.output_dir) / "failed.json"
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,26 +11,15 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def atomic_write(path: str | os.PathLike, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from meaning_transform.io import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save to a temp file, fsync, rename: a killed process never leaves a truncated .ckpt."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         """Write ``checkpoint`` to ``path`` atomically."""
 
         def write(tmp: str) -> None:
@@ -44,8 +31,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, write)
 
 
-class BestAndLastCheckpoint(ModelCheckpoint):
-    """``best.ckpt`` (best monitored value) and ``last.ckpt`` (every epoch).
+class BestCheckpoint(ModelCheckpoint):
+    """``best.ckpt``: the model with the best monitored value so far.
 
     Resuming into a new run directory keeps the best score and copies the previous ``best.ckpt``
     into it, so a resumed run only replaces it with a better model and its directory is complete.
@@ -58,7 +45,6 @@ class BestAndLastCheckpoint(ModelCheckpoint):
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=True,
             auto_insert_metric_name=False,
         )
 
@@ -79,6 +65,23 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self.best_model_path = self.kth_best_model_path = new_best
         self.best_k_models = {new_best: score}
         self.kth_value = score
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, rewritten at the end of every training epoch.
+
+    (Lightning's ``save_last`` only writes when another checkpoint is written, i.e. not in
+    epochs that do not improve the monitored metric.)
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            enable_version_counter=False,
+        )
 
 
 class PeriodicCheckpoint(ModelCheckpoint):

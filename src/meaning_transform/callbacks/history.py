@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from meaning_transform.callbacks.checkpoint import atomic_write
+from meaning_transform.io import atomic_write
 
 Row = dict[str, float]
 

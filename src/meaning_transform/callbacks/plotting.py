@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from meaning_transform.callbacks.checkpoint import atomic_write  # noqa: E402
 from meaning_transform.callbacks.history import MetricsHistory, Row  # noqa: E402
+from meaning_transform.io import atomic_write  # noqa: E402
 
 CURVE_TERMS = ("loss", "recon", "kl", "semantic", "rate")
 
@@ -61,8 +61,14 @@ def plot_semantic_drift(rows: list[Row], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     x, y = _series(rows, "val/drift")
     ax.plot(x, y, color="black", linewidth=2.2, marker="o", markersize=3, label="overall")
-    groups = sorted({k.removeprefix("val/drift_group/") for r in rows for k in r
-                     if k.startswith("val/drift_group/")})
+    groups = sorted(
+        {
+            k.removeprefix("val/drift_group/")
+            for r in rows
+            for k in r
+            if k.startswith("val/drift_group/")
+        }
+    )
     for g in groups:
         gx, gy = _series(rows, f"val/drift_group/{g}")
         ax.plot(gx, gy, marker=".", linewidth=1.2, label=g)

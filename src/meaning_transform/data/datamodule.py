@@ -1,0 +1,326 @@
+"""LightningDataModules of agent states: load a table, split by agent, fit the schema on train.
+
+Each split is one float32 tensor in memory; a batch is ``x[indices]`` (no per-sample work).
+The training order is a permutation that depends only on ``(split_seed, epoch)``, so a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from meaning_transform.data.errors import DataError
+from meaning_transform.data.sqlite import check_sqlite_args, load_sqlite
+from meaning_transform.data.synthetic import generate_synthetic
+from meaning_transform.schema import Feature, FeatureSchema, Table
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MIN_EVAL_BATCH = 1024
+
+
+class TensorRows(Dataset):
+    """Rows of one tensor; ``__getitems__`` returns a whole batch as one index operation."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.x[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor:
+        """The batch ``x[indices]`` (DataLoader calls this instead of one __getitem__ per row)."""
+        return self.x[torch.as_tensor(indices, dtype=torch.long)]
+
+
+def collate_batch(batch: torch.Tensor) -> torch.Tensor:
+    """Collate function for TensorRows: the batch is already a [B, F] tensor."""
+    return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(n)`` that depends only on ``(seed, epoch)``; call set_epoch."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of this epoch (Lightning calls it at every epoch start)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class AgentStateDataModule(L.LightningDataModule, ABC):
+    """Agent states split by agent; ``setup`` fits the schema on train and encodes each split."""
+
+    def __init__(
+        self,
+        schema: FeatureSchema | Mapping[str, Any],
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        drop_invalid: bool = False,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive_int("batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_positive_int("eval_batch_size", eval_batch_size)
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 to leave agents for training, "
+                f"got {val_fraction} + {test_fraction}"
+            )
+        self.declared_schema = (
+            schema if isinstance(schema, FeatureSchema) else FeatureSchema.from_config(schema)
+        )
+        self.schema = self.declared_schema  # replaced by the fitted schema in setup()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, MIN_EVAL_BATCH)
+        self.fractions = {"val": val_fraction, "test": test_fraction}
+        self.split_seed = int(split_seed)
+        self.drop_invalid = drop_invalid
+        self.shuffle = shuffle
+        self.split_agents: dict[str, np.ndarray] = {}
+        self.train_x = self.val_x = self.test_x = torch.empty(0)
+        self._ready = False
+
+    @abstractmethod
+    def load_table(self) -> Table:
+        """The full table of agent states (columns agent_id, step and the features)."""
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Load, clean, split by agent, fit the schema on train and encode (once)."""
+        if self._ready:
+            return
+        table = self._valid_rows(_drop_empty_optional(self.load_table(), self.declared_schema))
+        codes, agents = _factorize(table["agent_id"])
+        split_of_agent = self._assign_splits(len(agents))
+        split_of_row = split_of_agent[codes]
+        parts = {s: _take(table, split_of_row == i) for i, s in enumerate(SPLITS)}
+        self.split_agents = {s: agents[split_of_agent == i] for i, s in enumerate(SPLITS)}
+        self.schema = self.declared_schema.fit(parts["train"])
+        self.train_x, self.val_x, self.test_x = (self.schema.encode(parts[s]) for s in SPLITS)
+        self._ready = True
+
+    def _valid_rows(self, table: Table) -> Table:
+        """Table without NULL/NaN/inf rows if drop_invalid, else raise DataError naming them."""
+        n = len(table["step"])
+        bad = self.declared_schema.invalid_rows(table)
+        if not bad:
+            return table
+        detail = ", ".join(f"{name}: {int(mask.sum())}" for name, mask in bad.items())
+        any_bad = np.logical_or.reduce(list(bad.values()))
+        if not self.drop_invalid:
+            raise DataError(
+                f"{int(any_bad.sum())} of {n} rows have NULL/NaN/inf values (rows per column: "
+                f"{detail}); fix the data or set data.drop_invalid=true to drop those rows"
+            )
+        if any_bad.all():
+            raise DataError(f"all {n} rows have NULL/NaN/inf values ({detail}); nothing is left")
+        log.info("dropped %d of %d rows with NULL/NaN/inf values (%s)", any_bad.sum(), n, detail)
+        return _take(table, ~any_bad)
+
+    def _assign_splits(self, n_agents: int) -> np.ndarray:
+        """Split index (0 train, 1 val, 2 test) of each agent, from a seeded permutation."""
+        counts = {s: _agents_for(f, n_agents) for s, f in self.fractions.items()}
+        if counts["val"] + counts["test"] >= n_agents:
+            raise DataError(
+                f"val_fraction={self.fractions['val']} and test_fraction={self.fractions['test']} "
+                f"leave no training agents: the data has {n_agents} agent(s) and val/test need "
+                f"{counts['val']}/{counts['test']}; lower the fractions or load more agents"
+            )
+        order = np.random.default_rng(self.split_seed).permutation(n_agents)
+        split = np.zeros(n_agents, dtype=np.int64)
+        split[order[: counts["test"]]] = 2
+        split[order[counts["test"] : counts["test"] + counts["val"]]] = 1
+        return split
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (per ``(split_seed, epoch)``) batches of the training tensor."""
+        x = self._split_tensor("train")
+        sampler = EpochShuffleSampler(len(x), self.split_seed) if self.shuffle else None
+        return self._loader(x, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in order."""
+        return self._loader(self._split_tensor("val"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in order."""
+        return self._loader(self._split_tensor("test"), self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Test-split batches in order (what ``trainer.predict`` reconstructs)."""
+        return self.test_dataloader()
+
+    def _split_tensor(self, split: str) -> torch.Tensor:
+        if not self._ready:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return getattr(self, f"{split}_x")
+
+    def _loader(
+        self, x: torch.Tensor, batch_size: int, sampler: Sampler | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            TensorRows(x),
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate_batch,
+            num_workers=0,
+            pin_memory=self._uses_cuda(),
+        )
+
+    def _uses_cuda(self) -> bool:
+        if self.trainer is not None:
+            return isinstance(self.trainer.accelerator, CUDAAccelerator)
+        return torch.cuda.is_available()
+
+    # ------------------------------------------------------------------ description
+    def summary(self) -> str:
+        """Rows and agents per split, and per-feature statistics in native units (all splits)."""
+        self.setup()
+        lines = ["split   rows        agents"]
+        for s in SPLITS:
+            lines.append(f"{s:<7} {len(self._split_tensor(s)):<11d} {len(self.split_agents[s])}")
+        dropped = sorted(set(self.declared_schema.names) - set(self.schema.names))
+        if dropped:
+            lines.append(f"features dropped (optional, missing or constant): {dropped}")
+        x = torch.cat([self.train_x, self.val_x, self.test_x])
+        # Rounded to 1e-5 native units: float32 codes would show 1e-8 for an exact 0.
+        native = np.round(self.schema.native(x).double().numpy(), 5)
+        lines.append(f"{'feature':<20} {'kind':<12} statistics (native units)")
+        for i, f in enumerate(self.schema.features):
+            lines.append(f"{f.name:<20} {f.kind:<12} {_describe_column(native[:, i], f)}")
+        return "\n".join(lines)
+
+
+class SyntheticDataModule(AgentStateDataModule):
+    """Agent states from the seeded synthetic generator."""
+
+    def __init__(
+        self,
+        schema: FeatureSchema | Mapping[str, Any],
+        num_states: int = 10000,
+        seed: int = 0,
+        num_agents: int | None = None,
+        **common: Any,
+    ) -> None:
+        super().__init__(schema, **common)
+        _check_positive_int("num_states", num_states)
+        if num_agents is not None:
+            _check_positive_int("num_agents", num_agents)
+            if num_agents > num_states:
+                raise ValueError(f"num_agents ({num_agents}) must be <= num_states ({num_states})")
+        self.num_states = num_states
+        self.seed = seed
+        self.num_agents = num_agents
+
+    def load_table(self) -> Table:
+        """A synthetic table of ``num_states`` states."""
+        return generate_synthetic(self.num_states, seed=self.seed, num_agents=self.num_agents)
+
+
+class SQLiteDataModule(AgentStateDataModule):
+    """Agent states read (read-only) from an AgentFarm ``simulation.db``."""
+
+    def __init__(
+        self,
+        schema: FeatureSchema | Mapping[str, Any],
+        path: str | Path = "simulation.db",
+        step_range: Sequence[int] | None = None,
+        agent_types: Sequence[str] | None = None,
+        limit: int | None = None,
+        **common: Any,
+    ) -> None:
+        super().__init__(schema, **common)
+        self.path, self.step_range, self.agent_types = check_sqlite_args(
+            path, step_range, agent_types, limit
+        )
+        self.limit = limit
+
+    def load_table(self) -> Table:
+        """The agent states of the database, filtered by step range, agent type and limit."""
+        return load_sqlite(
+            self.path, self.declared_schema, self.step_range, self.agent_types, self.limit
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _agents_for(fraction: float, n_agents: int) -> int:
+    """round(fraction * n_agents) agents (halves up), at least 1 when the fraction is > 0."""
+    if fraction <= 0:
+        return 0
+    return max(1, int(np.floor(fraction * n_agents + 0.5)))
+
+
+def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row code of each id and the sorted unique ids (dict lookups for object arrays)."""
+    if ids.dtype != object:
+        uniques, codes = np.unique(ids, return_inverse=True)
+        return codes, uniques
+    uniques_list = sorted(set(ids.tolist()))
+    index = {v: i for i, v in enumerate(uniques_list)}
+    codes = np.fromiter((index[v] for v in ids.tolist()), dtype=np.int64, count=len(ids))
+    uniques = np.empty(len(uniques_list), dtype=object)
+    uniques[:] = uniques_list
+    return codes, uniques
+
+
+def _take(table: Table, mask: np.ndarray) -> Table:
+    return {name: col[mask] for name, col in table.items()}
+
+
+def _drop_empty_optional(table: Table, schema: FeatureSchema) -> Table:
+    """Without columns of optional features that hold no value at all (schema.fit drops them)."""
+    empty = {
+        name
+        for name, mask in schema.invalid_rows(table).items()
+        if schema.feature(name).optional and mask.all()
+    }
+    return {name: col for name, col in table.items() if name not in empty}
+
+
+def _describe_column(values: np.ndarray, feature: Feature) -> str:
+    if feature.kind == "continuous":
+        return (
+            f"mean {values.mean():.4g}  std {values.std():.4g}  "
+            f"min {values.min():.4g}  max {values.max():.4g}"
+        )
+    names = feature.categories if feature.kind == "categorical" else ("0", "1")
+    assert names is not None
+    counts = np.bincount(values.astype(np.int64), minlength=len(names))
+    return ", ".join(f"{name}: {n}" for name, n in zip(names, counts, strict=True))

@@ -1,0 +1,405 @@
+"""Sweep report: one row per Hydra multirun job, a CSV and the rate-drift plot.
+
+``python -m meaning_transform.report outputs/<experiment>/multirun/<timestamp>``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import yaml
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from meaning_transform.io import atomic_write  # noqa: E402
+
+#: bottleneck class name -> the kind a person reads in the report
+KINDS = {"EntropyBottleneck": "entropy", "VQBottleneck": "vq", "IdentityBottleneck": "none"}
+#: one marker and colour per kind on the rate-drift plot
+STYLES = {"entropy": ("o", "C0"), "vq": ("s", "C1"), "none": ("^", "C2")}
+OTHER_STYLE = ("D", "C3")
+#: the override key that separates repeats of one setting
+SEED_KEY = "seed"
+#: columns every row has, in CSV order; override keys and per-group columns follow
+BASE_COLUMNS = [
+    "job",
+    "status",
+    "overrides",
+    "kind",
+    "level",
+    "rate_bits",
+    "drift",
+    "preservation",
+    "best_val_loss",
+    "best_epoch",
+    "epochs_run",
+    "wall_time_s",
+    "error",
+]
+SUMMARY_CSV = "sweep_summary.csv"
+RATE_DRIFT_PNG = "rate_drift.png"
+
+Row = dict[str, Any]
+Point = tuple[float, float]
+
+
+class SweepReportError(ValueError):
+    """The sweep directory is missing or holds no Hydra job directories."""
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def job_dirs(sweep_dir: str | Path) -> list[Path]:
+    """The job directories of a multirun (``0/``, ``1/``, ...), in job order."""
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise SweepReportError(f"sweep directory not found: {sweep}")
+    dirs = [
+        p for p in sweep.iterdir() if p.is_dir() and (p.name.isdigit() or (p / ".hydra").is_dir())
+    ]
+    if not dirs:
+        raise SweepReportError(
+            f"no job directories (0/, 1/, ...) in {sweep}: expected a Hydra multirun directory "
+            "such as outputs/<experiment_name>/multirun/<timestamp>"
+        )
+    return sorted(
+        dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
+
+
+def override_key(override: str) -> str:
+    """The config key an override sets: ``+model.width=8`` -> ``model.width``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(content, None), (None, None) when absent, or (None, reason) when unreadable."""
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return None, f"unreadable {path.name}: {e}"
+    return (data, None) if isinstance(data, dict) else (None, f"{path.name} is not a JSON object")
+
+
+def _read_overrides(job_dir: Path, failed: dict[str, Any] | None) -> list[str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text())
+        if isinstance(loaded, list):
+            return [str(o) for o in loaded]
+    return [str(o) for o in (failed or {}).get("overrides") or []]
+
+
+def _compression_from_config(job_dir: Path) -> tuple[str | None, Any]:
+    """(kind, level) from the job's composed config, for jobs that wrote no summary."""
+    path = job_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None, None
+    comp = (cfg or {}).get("compression") or {}
+    if not isinstance(comp, dict):
+        return None, None
+    target = str(comp.get("_target_") or "")
+    level = comp.get("level")
+    if isinstance(level, str) and "${" in level:
+        level = None
+    return (kind_of(target) if target else None), level
+
+
+def kind_of(compression: str) -> str:
+    """Bottleneck class name (or dotted ``_target_``) -> ``entropy`` | ``vq`` | ``none``."""
+    name = compression.rsplit(".", 1)[-1]
+    return KINDS.get(name, name)
+
+
+def _wall_time(job_dir: Path, summary: dict[str, Any] | None) -> float | None:
+    """``wall_time_s`` from the summary, else summary.json mtime minus .hydra/config.yaml mtime."""
+    if summary is None:
+        return None
+    if summary.get("wall_time_s") is not None:
+        return float(summary["wall_time_s"])
+    start = job_dir / ".hydra" / "config.yaml"
+    if not start.is_file():
+        return None
+    return round((job_dir / "summary.json").stat().st_mtime - start.stat().st_mtime, 3)
+
+
+def _status(summary: dict[str, Any] | None, failed: dict[str, Any] | None) -> str:
+    if failed is not None:
+        return "failed"
+    return "ok" if summary is not None else "incomplete"
+
+
+def _metrics(summary: dict[str, Any]) -> Row:
+    row: Row = {
+        k: summary.get(k)
+        for k in ("rate_bits", "drift", "preservation", "best_val_loss", "best_epoch", "epochs_run")
+    }
+    if summary.get("compression"):
+        row["kind"] = kind_of(str(summary["compression"]))
+    if summary.get("compression_level") is not None:
+        row["level"] = summary["compression_level"]
+    for group, drift in sorted((summary.get("drift_groups") or {}).items()):
+        row[f"drift/{group}"] = drift
+        row[f"preservation/{group}"] = None if drift is None else 1.0 - float(drift)
+    return row
+
+
+def collect_job(job_dir: Path) -> Row:
+    """One report row for one job directory."""
+    summary, summary_err = _read_json(job_dir / "summary.json")
+    failed, failed_err = _read_json(job_dir / "failed.json")
+    if failed is None and failed_err is not None:
+        failed = {"error": failed_err}
+    overrides = _read_overrides(job_dir, failed)
+    kind, level = _compression_from_config(job_dir)
+    row: Row = dict.fromkeys(BASE_COLUMNS)
+    error = (failed or {}).get("error") or summary_err
+    row.update(
+        job=int(job_dir.name) if job_dir.name.isdigit() else job_dir.name,
+        status=_status(summary, failed),
+        overrides=" ".join(overrides),
+        kind=kind,
+        level=level,
+        error=None if error is None else str(error),
+        wall_time_s=_wall_time(job_dir, summary),
+    )
+    if summary is not None:
+        row.update(_metrics(summary))
+    for override in overrides:
+        key = override_key(override)
+        column = key if key not in row else f"override:{key}"  # never shadow a metric column
+        row[column] = override.split("=", 1)[1] if "=" in override else None
+    return row
+
+
+def collect(sweep_dir: str | Path) -> list[Row]:
+    """One row per job of a finished (or partly finished) Hydra multirun directory."""
+    return [collect_job(d) for d in job_dirs(sweep_dir)]
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def columns(rows: Sequence[Row]) -> list[str]:
+    """CSV columns: the base columns, then override keys, then per-group drift/preservation."""
+    seen = {k for r in rows for k in r}
+    groups = sorted(k for k in seen if k.startswith(("drift/", "preservation/")))
+    overrides = sorted(seen - set(BASE_COLUMNS) - set(groups))
+    return BASE_COLUMNS + overrides + groups
+
+
+def write_summary_csv(rows: Sequence[Row], path: str | Path) -> None:
+    """Write the rows as CSV (atomically); empty cells for values a job does not have."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns(rows), restval="")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+    atomic_write(path, write)
+
+
+# ----------------------------------------------------------------------------- rate-drift plot
+
+
+def pareto_front(points: Sequence[Point]) -> list[Point]:
+    """The distinct non-dominated (bits, drift) points, both minimized, sorted by bits."""
+    front: list[Point] = []
+    best_y = math.inf
+    for x, y in sorted(set(points)):
+        if y < best_y:
+            front.append((x, y))
+            best_y = y
+    return front
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def group_seeds(rows: Sequence[Row]) -> list[Row]:
+    """Finished jobs grouped by all overrides but ``seed``: mean and sample std of bits, drift."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in rows:
+        if row["status"] != "ok" or not (_finite(row["rate_bits"]) and _finite(row["drift"])):
+            continue
+        parts = row["overrides"].split() if row["overrides"] else []
+        key = tuple(sorted(o for o in parts if override_key(o) != SEED_KEY))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for key, members in groups.items():
+        bits = [float(r["rate_bits"]) for r in members]
+        drift = [float(r["drift"]) for r in members]
+        out.append(
+            {
+                "overrides": " ".join(key),
+                "kind": members[0]["kind"],
+                "level": members[0]["level"],
+                "jobs": [r["job"] for r in members],
+                "n": len(members),
+                "rate_bits": statistics.fmean(bits),
+                "drift": statistics.fmean(drift),
+                "rate_bits_std": _std(bits),
+                "drift_std": _std(drift),
+            }
+        )
+    return out
+
+
+def _label(level: Any) -> str:
+    return f"{level:g}" if _finite(level) else ("" if level is None else str(level))
+
+
+def plot_rate_drift(rows: Sequence[Row], path: str | Path) -> None:
+    """Bits per state (log x) vs drift: a marker per kind, seed error bars, the Pareto front."""
+    points = group_seeds(rows)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for kind in sorted({str(p["kind"]) for p in points}):
+        mine = [p for p in points if str(p["kind"]) == kind]
+        marker, colour = STYLES.get(kind, OTHER_STYLE)
+        ax.errorbar(
+            [p["rate_bits"] for p in mine],
+            [p["drift"] for p in mine],
+            xerr=[p["rate_bits_std"] for p in mine],
+            yerr=[p["drift_std"] for p in mine],
+            fmt=marker,
+            color=colour,
+            capsize=3,
+            label=kind,
+        )
+        for p in mine:
+            ax.annotate(
+                _label(p["level"]) + (f" (n={p['n']})" if p["n"] > 1 else ""),
+                (p["rate_bits"], p["drift"]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+    front = pareto_front([(p["rate_bits"], p["drift"]) for p in points])
+    if len(front) > 1:
+        ax.step(
+            [x for x, _ in front],
+            [y for _, y in front],
+            where="post",
+            color="0.4",
+            linestyle="--",
+            linewidth=1,
+            label="Pareto front",
+        )
+    if not points:
+        ax.text(
+            0.5, 0.5, "no finished jobs to plot", ha="center", va="center", transform=ax.transAxes
+        )
+    elif all(p["rate_bits"] > 0 for p in points):
+        ax.set_xscale("log")
+    else:  # a zero-rate code (e.g. collapsed VQ) has no place on a log axis
+        ax.set_xscale("symlog", linthresh=1e-2)
+    ax.set_xlabel("rate (bits per state)")
+    ax.set_ylabel("semantic drift (0 = nothing lost)")
+    ax.set_title("Rate-drift trade-off (labels: compression level, n seeds)")
+    ax.grid(alpha=0.3, which="both")
+    if points:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- table + CLI
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return format(v, spec) if _finite(v) else "-"
+
+
+def shared_overrides(rows: Sequence[Row]) -> list[str]:
+    """Overrides every job has with the same value (the table shows them once, above it)."""
+    if len(rows) < 2:
+        return []
+    sets = [set(r["overrides"].split()) for r in rows]
+    return sorted(set.intersection(*sets), key=rows[0]["overrides"].split().index)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A compact text table: job, overrides, status, bits/state, drift, best val loss."""
+    shared = shared_overrides(rows)
+    varying = [" ".join(o for o in r["overrides"].split() if o not in shared) for r in rows]
+    width = min(max([len("overrides")] + [len(v) for v in varying]), 60)
+    head = (
+        f"{'job':>4}  {'overrides':<{width}}  {'status':<10} "
+        f"{'bits/state':>10} {'drift':>7} {'best val loss':>13}"
+    )
+    lines = [f"all jobs: {' '.join(shared)}"] if shared else []
+    lines += [head, "-" * len(head)]
+    for r, ov in zip(rows, varying, strict=True):
+        ov = ov if len(ov) <= width else ov[: width - 3] + "..."
+        lines.append(
+            f"{r['job']!s:>4}  {ov:<{width}}  {r['status']:<10} {_fmt(r['rate_bits'], '.2f'):>10} "
+            f"{_fmt(r['drift'], '.4f'):>7} {_fmt(r['best_val_loss'], '.4f'):>13}"
+        )
+    for r in rows:
+        if r["status"] == "failed":
+            first = (r["error"] or "no error message").strip().splitlines() or [""]
+            lines.append(f"job {r['job']} failed: {first[0]}")
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir: str | Path) -> list[Row]:
+    """Collect the sweep and write ``sweep_summary.csv`` and ``rate_drift.png`` into it."""
+    sweep = Path(sweep_dir)
+    rows = collect(sweep)
+    write_summary_csv(rows, sweep / SUMMARY_CSV)
+    plot_rate_drift(rows, sweep / RATE_DRIFT_PNG)
+    return rows
+
+
+def build_report(sweep_dir: str | Path) -> list[Row]:
+    """``write_report`` and print a compact table of the jobs."""
+    sweep = Path(sweep_dir)
+    rows = write_report(sweep)
+    print(format_table(rows))
+    print(f"wrote {sweep / SUMMARY_CSV} and {sweep / RATE_DRIFT_PNG}")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: report on one multirun directory; a bad directory is one line on stderr, exit 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m meaning_transform.report",
+        description="Summarize a Hydra multirun: sweep_summary.csv, rate_drift.png and a table.",
+    )
+    parser.add_argument(
+        "sweep_dir", type=Path, help="outputs/<experiment_name>/multirun/<timestamp>"
+    )
+    args = parser.parse_args(argv)
+    try:
+        build_report(args.sweep_dir)
+    except SweepReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Hydra callback: mark failed jobs with ``failed.json`` and write the sweep report.
+
+Registered in ``conf/hydra/default.yaml`` under ``hydra.callbacks.sweep_report``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+FAILED_JSON = "failed.json"
+
+
+def _error_text(value: Any) -> tuple[str, str | None]:
+    """(one-line message, traceback) for what a failed job returned."""
+    if isinstance(value, BaseException):
+        tb = "".join(traceback.format_exception(type(value), value, value.__traceback__))
+        return f"{type(value).__name__}: {value}", tb
+    return repr(value), None
+
+
+def _job_output_dir(config: DictConfig) -> Path | None:
+    out = OmegaConf.select(config, "hydra.runtime.output_dir", default=None)
+    return Path(out) if out else None
+
+
+def _task_overrides(config: DictConfig) -> list[str]:
+    node = OmegaConf.select(config, "hydra.overrides.task", default=None)
+    return [str(o) for o in OmegaConf.to_container(node)] if node is not None else []
+
+
+def write_failed_json(config: DictConfig, job_return: JobReturn) -> Path | None:
+    """Write ``failed.json`` (error, overrides, traceback) into the job's output directory.
+
+    An existing ``failed.json`` (written by the training code, which knows more) is kept.
+    """
+    out = _job_output_dir(config)
+    if out is None:
+        return None
+    path = out / FAILED_JSON
+    if path.exists():
+        return path
+    error, tb = _error_text(job_return._return_value)
+    record = {"error": error, "overrides": _task_overrides(config), "traceback": tb}
+    from meaning_transform.io import atomic_write  # lazy: see SweepReport
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    return path
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    mode = OmegaConf.select(config, "hydra.mode", default=None)
+    return getattr(mode, "name", mode) == RunMode.MULTIRUN.name
+
+
+class SweepReport(Callback):
+    """Report every multirun: ``sweep_summary.csv`` and ``rate_drift.png`` in the sweep dir.
+
+    The report is rewritten after each job as well as at the end, because Hydra's basic and
+    Optuna sweepers re-raise a failed job's exception and then skip ``on_multirun_end``.
+    Nothing here ever raises: a reporting problem must not fail a training sweep (imports are
+    lazy for the same reason: Hydra builds this callback before any job runs).
+    """
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Write ``failed.json`` for a failed job; in a multirun, refresh the report files."""
+        try:
+            if job_return.status == JobStatus.FAILED:
+                write_failed_json(config, job_return)
+            if _is_multirun(config):
+                from meaning_transform.report import write_report
+
+                write_report(config.hydra.sweep.dir)
+        except Exception as e:  # noqa: BLE001 - reporting must never fail the job
+            log.warning("sweep report after job failed: %s: %s", type(e).__name__, e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the report into ``hydra.sweep.dir`` and print its table.
+
+        Failed jobs do not stop a sweep (the training code records them and returns NaN);
+        once everything is written, the process exits 1 if any job failed, so scripts notice.
+        """
+        rows: list[dict[str, Any]] = []
+        try:
+            from meaning_transform.report import build_report
+
+            rows = build_report(config.hydra.sweep.dir)
+        except Exception as e:  # noqa: BLE001 - reporting must never fail the sweep
+            log.warning("sweep report not written: %s: %s", type(e).__name__, e)
+        failed = [r for r in rows if r.get("status") == "failed"]
+        if failed:
+            log.error(
+                "%d of %d jobs failed (see failed.json in their run dirs)", len(failed), len(rows)
+            )
+            raise SystemExit(1)
