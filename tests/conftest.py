@@ -33,3 +33,53 @@ def real_db() -> Path:
     if not REAL_DB.exists():
         pytest.skip(f"real AgentFarm database not present at {REAL_DB}")
     return REAL_DB
+
+
+# ---------------------------------------------------------------- end-to-end helpers
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+#: a model and data small enough for a 2-epoch run in a few seconds on 2 cores
+TINY_MODEL = [
+    "model.hidden_dims=[32,16]",
+    "model.latent_dim=4",
+    "trainer.max_epochs=2",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+TINY = ["data.num_states=600", "data.num_agents=30", *TINY_MODEL]
+
+
+def train_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``python train.py ARGS`` as a user would, from the repo root."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_run_dir(log_dir: Path, experiment: str) -> Path:
+    """The single run directory of ``experiment`` under ``log_dir``."""
+    runs = [p for p in (log_dir / experiment).iterdir() if p.is_dir() and p.name != "multirun"]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json."""
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path):
+    """Compose the tiny config in-process (Hydra compose API) with outputs under tmp_path."""
+    from meaning_transform.api import load_config
+
+    def make(*overrides: str, out: str = "run"):
+        base = TINY_MODEL if "data=sqlite" in overrides else TINY
+        return load_config([*base, "logger=none", f"paths.output_dir={tmp_path / out}", *overrides])
+
+    return make

@@ -101,6 +101,11 @@ def test_seed_zero_is_a_seed():
     assert cfg.seed == 0
 
 
+def test_typo_override_is_rejected_by_hydra():
+    with pytest.raises(Exception, match="Key 'latnt_dim' is not in struct"):
+        load_config(["model.latnt_dim=3"])
+
+
 def test_struct_mode_rejects_unknown_keys():
     cfg = load_config()
     with pytest.raises(Exception, match="latnt_dim"):

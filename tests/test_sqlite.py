@@ -8,12 +8,14 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import adbc_driver_sqlite.dbapi as adbc
 import numpy as np
 import pytest
 
 from meaning_transform.data import DataError, load_sqlite
+from meaning_transform.data import sqlite as sqlite_mod
 from meaning_transform.data.testing import write_agentfarm_db
-from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema import FeatureSchema, _distinct_str, _is_unusable, _present
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +211,111 @@ def test_real_agentfarm_database(real_db, agentfarm_schema):
     assert len(np.unique(table["agent_id"])) == 82
     after = real_db.stat()
     assert (after.st_mtime_ns, after.st_size) == (stat.st_mtime_ns, stat.st_size)
+
+
+# ------------------------------------------------------------------ ADBC reader specifics
+def test_read_only_leaves_no_side_files(tmp_path, agentfarm_schema, monkeypatch):
+    path = tmp_path / "ro.db"
+    write_agentfarm_db(path, 300, num_agents=5)
+    before, files = digest(path), sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(sqlite_mod, "PART_ROWS", 50)  # parallel connections too
+    load_sqlite(path, agentfarm_schema)
+    types = ["control", "independent", "system"]
+    load_sqlite(path, agentfarm_schema, step_range=[0, 300], agent_types=types, limit=5)
+    with pytest.raises(DataError):
+        load_sqlite(path, agentfarm_schema, agent_types=["chaos"])
+    assert digest(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # no -wal/-shm/-journal
+
+
+def test_connection_refuses_writes(db):
+    with closing(sqlite_mod._connect(db[0])) as con, closing(con.cursor()) as cur:
+        for statement in ("DELETE FROM agent_states", "CREATE TABLE t (x)"):
+            with pytest.raises(adbc.Error, match="readonly"):
+                cur.execute(statement)
+
+
+@pytest.mark.parametrize("part_rows", [1, 7, 100])
+def test_parallel_parts_equal_one_query(db, agentfarm_schema, monkeypatch, part_rows):
+    whole = load_sqlite(db[0], agentfarm_schema)
+    monkeypatch.setattr(sqlite_mod, "PART_ROWS", part_rows)
+    monkeypatch.setattr(sqlite_mod.os, "cpu_count", lambda: 4)
+    with closing(sqlite_mod._connect(db[0])) as con:
+        assert len(sqlite_mod._parts(con, ["id"])) == 4
+    for kwargs in ({}, {"step_range": [2, 9], "agent_types": ["control", "system"]}):
+        split = load_sqlite(db[0], agentfarm_schema, **kwargs)
+        one = whole if not kwargs else _one_query(db[0], agentfarm_schema, monkeypatch, kwargs)
+        assert split.keys() == one.keys()
+        for name in one:
+            np.testing.assert_array_equal(split[name], one[name])
+
+
+def _one_query(path, schema, monkeypatch, kwargs):
+    with monkeypatch.context() as m:
+        m.setattr(sqlite_mod, "MAX_PARTS", 1)
+        return load_sqlite(path, schema, **kwargs)
+
+
+def test_parameters_are_bound_not_spliced(db, agentfarm_schema):
+    with pytest.raises(DataError, match=r"agent_types \[\"x' OR 1=1 --\"\] not in"):
+        load_sqlite(db[0], agentfarm_schema, agent_types=["x' OR 1=1 --"])
+
+
+def test_column_types_do_not_depend_on_first_rows(tmp_path, agentfarm_schema, monkeypatch):
+    """NULLs first, then numbers; INTEGER columns holding REALs later on; NULL agent types."""
+    path = tmp_path / "mixed.db"
+    write_agentfarm_db(path, 200, num_agents=4)
+    sql(
+        path,
+        "UPDATE agent_states SET current_health = NULL WHERE rowid <= 150",
+        "UPDATE agent_states SET position_z = 0.25 WHERE rowid = 190",
+        "UPDATE agent_states SET age = 2.5 WHERE rowid = 180",
+        "UPDATE agents SET agent_type = NULL WHERE agent_id = 'agent_0'",
+    )
+    monkeypatch.setattr(sqlite_mod, "BATCH_ROWS", 16)  # the driver types columns per batch
+    table = load_sqlite(path, agentfarm_schema)
+    assert np.isnan(table["current_health"][:150]).all()
+    assert np.isfinite(table["current_health"][150:]).all()
+    assert table["position_z"][189] == 0.25 and np.isnan(table["position_z"][:189]).all()
+    assert table["age"][179] == 2.5
+    orphan = table["agent_id"] == "agent_0"
+    assert orphan.any() and table["agent_type"].dtype == object
+    assert all(v is None for v in table["agent_type"][orphan])
+    assert all(isinstance(v, str) for v in table["agent_type"][~orphan])
+
+
+def test_late_text_in_numeric_column(tmp_path, agentfarm_schema, monkeypatch):
+    path = tmp_path / "late_text.db"
+    write_agentfarm_db(path, 200, num_agents=2)
+    sql(path, "UPDATE agent_states SET total_reward = x'00ff' WHERE rowid = 190")
+    monkeypatch.setattr(sqlite_mod, "BATCH_ROWS", 16)  # the blob comes after the first batch
+    with pytest.raises(DataError, match=r"agent_states.total_reward should hold numbers, found b'"):
+        load_sqlite(path, agentfarm_schema)
+
+
+def test_agent_type_is_a_str_array_and_encodes(db, agentfarm_schema):
+    table = load_sqlite(db[0], agentfarm_schema)
+    assert table["agent_type"].dtype.kind == "U" and table["agent_id"].dtype == object
+    fitted = agentfarm_schema.fit(table)
+    assert fitted.feature("agent_type").categories == ("control", "independent", "system")
+    codes = fitted.encode(table)[:, fitted.columns["agent_type"]].numpy()
+    expected = np.searchsorted(["control", "independent", "system"], table["agent_type"])
+    np.testing.assert_array_equal(codes, expected)
+
+
+def test_vectorized_schema_helpers_match_python():
+    rng = np.random.default_rng(0)
+    objects = np.array([None, "a", float("nan"), float("inf"), -float("inf"), 1.5, 2, ""], object)
+    expected = [
+        v is not None and not (isinstance(v, float) and not np.isfinite(v)) for v in objects
+    ]
+    np.testing.assert_array_equal(_present(objects), expected)
+    assert _present(np.array(["a", ""])).all()
+    for n in (0, 1, 50, 5000):
+        for card in (1, 3, 40):
+            col = rng.integers(0, card, n).astype(str)
+            np.testing.assert_array_equal(_distinct_str(col), np.unique(col))
+            np.testing.assert_array_equal(_distinct_str(col.astype(object)), np.unique(col))
+    assert _is_unusable(np.array([None, "a", "a"], object))
+    assert not _is_unusable(np.array([1, 1.0], object))  # '1' != '1.0', as np.unique(astype(str))
+    assert _is_unusable(np.array([np.nan, 2.0, 2.0])) and not _is_unusable(np.array(["a", "b"]))

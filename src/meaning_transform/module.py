@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutp
 from meaning_transform.schema import FeatureSchema, Table
 
 EVAL_STAGES = ("val", "test")
+FLUSH_ROWS = 256  # steps whose loss rows _accumulate keeps before summing them
 
 
 def _plain(cfg: Any) -> Any:
@@ -71,6 +73,7 @@ class MeaningModule(L.LightningModule):
         self.drift = torch.nn.ModuleDict({s: SemanticDrift(self.schema) for s in EVAL_STAGES})
         self.rate = torch.nn.ModuleDict({s: RateMeter(codebook) for s in EVAL_STAGES})
         self._sums: dict[str, torch.Tensor] = {}  # per-stage running sums, see _accumulate
+        self._rows: dict[str, list[tuple[torch.Tensor, int]]] = {}  # not yet summed
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
 
     # ------------------------------------------------------------------ core
@@ -91,20 +94,43 @@ class MeaningModule(L.LightningModule):
         if trainer is None:
             return 0.0
         batches = max(float(trainer.num_training_batches), 1.0)
-        if not np.isfinite(batches):
+        if not math.isfinite(batches):
             batches = 1.0
         return trainer.current_epoch + batch_idx / batches
 
     def _accumulate(self, stage: str, loss, values, weights, rate_bits, n: int) -> None:
         # Summed on device and logged once per epoch: per-step self.log calls cost as much
-        # as a small model's whole step. Row: [loss, terms..., rate] * n, weights..., n, steps.
-        stats = torch.cat([loss.detach()[None], values.detach(), rate_bits.detach().mean()[None]])
-        stats = stats.double()  # float32 sums of 1000s of steps drift in the 7th digit
-        row = torch.cat([stats * n, weights.to(stats), stats.new_tensor([n, 1.0])])
+        # as a small model's whole step. A step only stacks its row [loss, terms..., rate,
+        # weights...] (one kernel); _flush sums FLUSH_ROWS rows at once in float64, as
+        # [loss, terms..., rate] * n, weights..., n, steps.
+        row = torch.cat(
+            [loss.detach()[None], values.detach(), rate_bits.detach().mean()[None], weights]
+        )
+        rows = self._rows.setdefault(stage, [])
+        rows.append((row, n))
+        if len(rows) >= FLUSH_ROWS:
+            self._flush(stage)
+
+    def _flush(self, stage: str) -> None:
+        rows = self._rows.pop(stage, None)
+        if not rows:
+            return
+        k = len(self.loss_fn.names)
+        stats = torch.stack([r for r, _ in rows]).double()  # float32 sums of 1000s of steps drift
+        n = stats.new_tensor([m for _, m in rows])
+        row = torch.cat(
+            [
+                (stats[:, : k + 2] * n[:, None]).sum(0),
+                stats[:, k + 2 :].sum(0),
+                n.sum()[None],
+                stats.new_tensor([len(rows)]),
+            ]
+        )
         acc = self._sums.get(stage)
         self._sums[stage] = row if acc is None else acc + row
 
     def _log_sums(self, stage: str) -> None:
+        self._flush(stage)
         acc = self._sums.pop(stage, None)
         if acc is None:
             return
@@ -123,6 +149,7 @@ class MeaningModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """Start the epoch's running sums afresh."""
         self._sums.pop("train", None)
+        self._rows.pop("train", None)
 
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
         """At an epoch's first batch, reseed from (seed, epoch, rank).

@@ -14,7 +14,6 @@ logit per binary feature, one logit per category of each categorical feature.
 from __future__ import annotations
 
 import logging
-import math
 import operator
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -287,11 +286,14 @@ class FeatureSchema:
         for f in kept:
             col = table[f.name]
             if f.kind == "categorical" and f.categories is None:
-                values = np.unique(col[_present(col)].astype(str))
+                present = _present(col)
+                values = _distinct_str(col if present.all() else col[present])
                 f = replace(f, categories=tuple(values.tolist()))
             if f.kind == "continuous":
-                vals = col.astype(np.float64)
-                vals = vals[np.isfinite(vals)]
+                vals = np.asarray(col, dtype=np.float64)
+                finite = np.isfinite(vals)
+                if not finite.all():
+                    vals = vals[finite]
                 mean = float(vals.mean()) if vals.size else 0.0
                 std = float(vals.std()) if vals.size else 1.0
                 # A constant column keeps std 1 so encode/decode stay exact inverses.
@@ -342,15 +344,16 @@ class FeatureSchema:
                 "fix the data or set data.drop_invalid=true to drop those rows"
             )
         for f in self.of_kind("binary"):
-            vals = np.unique(table[f.name].astype(np.float64))
-            if not np.isin(vals, (0.0, 1.0)).all():
+            vals = np.asarray(table[f.name], dtype=np.float64)
+            if ((vals != 0.0) & (vals != 1.0)).any():
+                vals = np.unique(vals)
                 raise SchemaError(
                     f"binary column {f.name!r} holds values other than 0/1: {vals[:5].tolist()}"
                 )
         if self.fitted:
             for f in self.of_kind("categorical"):
                 assert f.categories is not None
-                vals = np.unique(table[f.name].astype(str))
+                vals = _distinct_str(table[f.name])
                 unseen = sorted(set(vals.tolist()) - set(f.categories))
                 if unseen:
                     raise SchemaError(
@@ -366,11 +369,13 @@ class FeatureSchema:
         self.check_table(table)
         n = len(table[self.features[0].name])
         out = np.empty((n, len(self.features)), dtype=np.float32)
+        scratch = np.empty(n, dtype=np.float64)
         for i, f in enumerate(self.features):
             col = table[f.name]
             if f.kind == "continuous":
                 norm = self.normalizers[f.name]
-                out[:, i] = (col.astype(np.float64) - norm.mean) / norm.std
+                np.subtract(np.asarray(col, dtype=np.float64), norm.mean, out=scratch)
+                out[:, i] = np.divide(scratch, norm.std, out=scratch)
             elif f.kind == "binary":
                 out[:, i] = col.astype(np.float32)
             else:
@@ -419,17 +424,28 @@ class FeatureSchema:
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """Data tensor -> encoder input (categoricals expanded to one-hot)."""
         parts = []
-        for i, f in enumerate(self.features):
-            col = x[:, i : i + 1]
-            if f.kind == "categorical":
-                parts.append(
-                    torch.nn.functional.one_hot(col.squeeze(1).long(), self.vocab_size(f)).to(
-                        x.dtype
-                    )
-                )
+        for start, stop, vocab in self._input_segments():
+            if vocab:
+                parts.append(torch.nn.functional.one_hot(x[:, start].long(), vocab).to(x.dtype))
             else:
-                parts.append(col)
-        return torch.cat(parts, dim=1)
+                parts.append(x[:, start:stop])
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _input_segments(self) -> tuple[tuple[int, int, int], ...]:
+        """model_input's layout: (start, stop, 0) per run of consecutive non-categorical data
+        columns (copied as one slice), (column, column + 1, vocab size) per categorical."""
+        cache = self.__dict__.setdefault("_layout_cache", {})
+        if "input_segments" not in cache:
+            segments: list[tuple[int, int, int]] = []
+            for i, f in enumerate(self.features):
+                if f.kind == "categorical":
+                    segments.append((i, i + 1, self.vocab_size(f)))
+                elif segments and not segments[-1][2] and segments[-1][1] == i:
+                    segments[-1] = (segments[-1][0], i + 1, 0)
+                else:
+                    segments.append((i, i + 1, 0))
+            cache["input_segments"] = tuple(segments)
+        return cache["input_segments"]
 
     def point_estimate(self, heads: torch.Tensor) -> torch.Tensor:
         """Decoder output -> data tensor (continuous value, binary logit>0, categorical argmax)."""
@@ -477,6 +493,12 @@ class FeatureSchema:
         tolerance (so a prediction one tolerance past the threshold is ~73% sure). Discrete:
         the head's probability of the compared value.
         """
+        if not self.predicates:
+            return heads.new_zeros(heads.shape[0], 0)
+        fast = self._threshold_predicates(heads.device) if heads.dtype == torch.float32 else None
+        if fast is not None:  # every predicate is a continuous >, >=, <, <=: one pass for all
+            cols, std, mean, value, tolerance, sign = fast
+            return torch.sigmoid((heads[:, cols] * std + mean - value) / tolerance * sign)
         slices = self.head_slices
         out = []
         for p in self.predicates:
@@ -502,6 +524,35 @@ class FeatureSchema:
         if not out:
             return heads.new_zeros(heads.shape[0], 0)
         return torch.stack(out, dim=1)
+
+    def _threshold_predicates(self, device: torch.device | str) -> tuple[torch.Tensor, ...] | None:
+        """(head columns, std, mean, value, tolerance, sign) of the predicates when all are
+        continuous comparisons >, >=, <, <= (soft_predicates' vectorized case), else None."""
+        cache = self.__dict__.setdefault("_layout_cache", {})
+        key = ("threshold_predicates", str(device))
+        if key not in cache:
+            slices = self.head_slices
+            feats = [self.feature(p.feature) for p in self.predicates]
+            if all(
+                f.kind == "continuous" and p.op in (">", ">=", "<", "<=")
+                for p, f in zip(self.predicates, feats, strict=True)
+            ):
+                norms = [self.normalizers[f.name] for f in feats]
+                columns = [
+                    [slices[f.name].start for f in feats],
+                    [n.std for n in norms],
+                    [n.mean for n in norms],
+                    [float(p.value) for p in self.predicates],
+                    [f.tolerance for f in feats],
+                    [1.0 if p.op in (">", ">=") else -1.0 for p in self.predicates],
+                ]
+                cache[key] = tuple(
+                    torch.tensor(c, dtype=torch.long if i == 0 else torch.float32, device=device)
+                    for i, c in enumerate(columns)
+                )
+            else:
+                cache[key] = None
+        return cache[key]
 
     def describe(self) -> str:
         """Human-readable one-line-per-feature summary."""
@@ -529,29 +580,62 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def _present(col: np.ndarray) -> np.ndarray:
-    """Boolean mask of rows holding a usable value (not None/NaN/inf)."""
-    if col.dtype.kind in "fc":
+    """Boolean mask of rows holding a usable value (not None/NaN/inf).
+
+    Vectorized for every dtype: numbers by ``isfinite``, numpy strings are always present, and
+    object columns are compared elementwise (in C) with None, themselves (NaN != NaN) and +-inf.
+    """
+    kind = col.dtype.kind
+    if kind in "fc":
         return np.isfinite(col)
-    if col.dtype.kind in "iub":
+    if kind in "iubUS":
         return np.ones(col.shape, dtype=bool)
-    out = np.array(
-        [v is not None and not (isinstance(v, float) and not math.isfinite(v)) for v in col],
-        dtype=bool,
-    )
-    return out
+    present = np.not_equal(col, None)
+    present &= np.equal(col, col)
+    present &= np.not_equal(col, np.inf)
+    present &= np.not_equal(col, -np.inf)
+    return present
 
 
 def _is_unusable(col: np.ndarray) -> bool:
+    """True if ``col`` holds no usable value or a single distinct one (objects compared as str)."""
     present = _present(col)
-    if not present.any():
-        return True
-    vals = col[present]
-    return len(np.unique(vals.astype(str) if vals.dtype.kind == "O" else vals)) <= 1
+    if not present.all():
+        if not present.any():
+            return True
+        col = col[present]
+    if col.dtype.kind == "O":
+        col = col.astype(str)
+    return bool((col == col[0]).all())
+
+
+PEEL_PASSES = 16  # distinct values found by masking before falling back to np.unique
+
+
+def _distinct_str(col: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of ``col`` as str (``np.unique(col.astype(str))``).
+
+    Categorical columns hold few distinct values, so each is found by one vectorized comparison
+    pass (masking its rows out) -- several times faster than sorting or hashing every row; values
+    left after PEEL_PASSES passes go to np.unique.
+    """
+    values = col if col.dtype.kind == "U" else col.astype(str)
+    remaining = np.ones(len(values), dtype=bool)
+    found: list[str] = []
+    for _ in range(PEEL_PASSES):
+        first = int(remaining.argmax()) if len(values) else 0
+        if not len(values) or not remaining[first]:
+            return np.unique(np.asarray(found, dtype=str))
+        found.append(values[first])
+        remaining &= values != values[first]
+    rest = np.unique(values[remaining]) if remaining.any() else np.asarray([], dtype=str)
+    return np.unique(np.concatenate([np.asarray(found, dtype=str), rest]))
 
 
 def _category_index(col: np.ndarray, categories: tuple[str, ...] | None) -> np.ndarray:
     assert categories is not None
     vocab = np.asarray(categories, dtype=str)
     order = np.argsort(vocab)
-    pos = np.searchsorted(vocab[order], col.astype(str))
+    values = col if col.dtype.kind == "U" else col.astype(str)
+    pos = np.searchsorted(vocab[order], values)
     return order[np.clip(pos, 0, len(vocab) - 1)].astype(np.float32)

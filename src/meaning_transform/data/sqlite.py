@@ -2,23 +2,37 @@
 
 Reads ``agent_states`` (``step_number`` becomes ``step``) and, for schema features whose source is
 ``agents`` (``agent_type``), the ``agents`` table -- the result equals
-``agent_states LEFT JOIN agents USING (agent_id)``, with the join done on the (small) agents table
-in Python, which is cheaper than joining every state in SQL. The database is opened with a
-``mode=ro`` URI and never written.
+``agent_states LEFT JOIN agents USING (agent_id)``, with the join done on the distinct agent ids
+(a few thousand), which is cheaper than joining every state in SQL.
+
+Rows are read with the ADBC SQLite driver (``adbc-driver-sqlite``), which returns Arrow columns
+straight from SQLite's C API: no Python object per value. Without a ``limit``, the table is read
+as a few rowid ranges on parallel connections (the driver releases the GIL); the ranges are
+concatenated in rowid order. The database is opened with a ``mode=ro`` URI and never written;
+every query binds its values as parameters.
+
+The driver infers each Arrow column type from the first rows of a result, so every query starts
+with a sentinel row of the intended types (REAL for numbers, TEXT for ids and categories) that is
+dropped afterwards: a column whose first rows are NULL, or an INTEGER column holding a REAL later
+on, then still reads as float64. A non-numeric value in a numeric column makes the driver fail or
+return text; either way the loader looks the value up and names it in a DataError.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import numbers
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_sqlite
+import adbc_driver_sqlite.dbapi as adbc
 import numpy as np
+import pyarrow as pa
 
 from meaning_transform.data.errors import DataError
 from meaning_transform.schema import Feature, FeatureSchema, Table
@@ -29,7 +43,15 @@ STATES = "agent_states"
 AGENTS = "agents"
 KEYS = {"agent_id": "agent_id", "step_number": "step"}  # database column -> table column
 SQLITE_HEADER = b"SQLite format 3\x00"
-FETCH_ROWS = 65536  # rows converted to numpy at a time (bounds peak memory)
+BATCH_ROWS = 1 << 17  # rows per Arrow batch the driver builds
+PART_ROWS = 1 << 18  # fewest rowids per parallel range
+MAX_PARTS = 4  # most parallel connections
+ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+NUMBER_SENTINEL = "-0.5"  # REAL literal of the sentinel row
+TEXT_SENTINEL = "''"  # TEXT literal of the sentinel row
+DRIVER_ERRORS = (adbc.Error, OSError)  # ADBC errors; the Arrow stream reports as OSError
+
+Part = tuple[str, int, int] | None  # (rowid alias, first rowid, last rowid), or the whole table
 
 
 def load_sqlite(
@@ -50,28 +72,35 @@ def load_sqlite(
     ``schema.features.agent_type.optional=true`` or remove the feature. NULL/NaN feature values
     are returned as they are (the datamodule reports or drops them); NULL keys
     (``agent_id``, ``step_number``) raise DataError. Raises DataError for every unusable input.
+
+    Columns: ``agent_id`` an object array of str, ``step`` int64, numeric features float64 (NULL
+    -> NaN), categorical features a numpy str array -- or, when some value is NULL (or the agent
+    is missing from the ``agents`` table), an object array of str with None there.
     """
     file, steps, types = check_sqlite_args(path, step_range, agent_types, limit)
-    with closing(_connect(file)) as con, _gc_paused():
+    with closing(_connect(file)) as con:
         state_cols = _columns(con, STATES)
         if state_cols is None:
-            found = sorted(
-                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            )
+            found = sorted(_values(con, "name", " FROM sqlite_master WHERE type = 'table'"))
             raise DataError(f"{file}: no table {STATES!r}; tables found: {found}")
         agent_cols = _columns(con, AGENTS)
         state_feats = _state_columns(file, schema, state_cols)
         agent_feats = _agent_columns(file, schema, agent_cols)
-        where, params = _filters(con, file, agent_cols, steps, types)
-        sql = f"SELECT {', '.join(_quote(c) for c in [*KEYS, *state_feats])} FROM {STATES}{where}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
-        table = _fetch(con.execute(sql, params), file, [*KEYS, *state_feats], schema)
+        clauses, params = _filters(con, file, agent_cols, steps, types)
+        kinds = {f.name: f.kind for f in schema.features}
+        columns = [*KEYS, *state_feats]
+        exprs = [_expr(c, "id" if c == "agent_id" else kinds.get(c)) for c in columns]
+        parts = [None] if limit is not None else _parts(con, state_cols)
+        try:
+            arrow = _read_states(file, con, exprs, clauses, params, limit, parts)
+        except DRIVER_ERRORS as e:
+            _raise_non_number(con, file, STATES, columns, kinds, clauses, params)
+            raise DataError(f"{file}: cannot read table {STATES!r} ({e})") from None
+        table, codes, ids = _to_numpy(con, file, arrow, columns, kinds, clauses, params)
         if len(table["step"]) == 0:
             raise _no_rows(con, file, steps, types, limit)
         if agent_feats:
-            table.update(_join_agents(con, file, table["agent_id"], agent_feats))
+            table.update(_join_agents(con, file, codes, ids, agent_feats))
     return table
 
 
@@ -140,23 +169,11 @@ def _check_agent_types(agent_types: Sequence[str] | None) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------ database
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC: millions of fresh row tuples would trigger it over and over."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _connect(file: Path) -> sqlite3.Connection:
+def _connect(file: Path) -> adbc.Connection:
     """Read-only connection (``as_uri`` percent-encodes characters special in URIs)."""
     try:
-        return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as e:
+        return adbc.connect(f"{file.resolve().as_uri()}?mode=ro", autocommit=True)
+    except DRIVER_ERRORS as e:
         raise DataError(f"{file}: cannot open read-only as SQLite ({e})") from None
 
 
@@ -164,17 +181,43 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _columns(con: sqlite3.Connection, table: str) -> list[str] | None:
+def _expr(column: str, kind: str | None) -> tuple[str, str]:
+    """(SQL expression, sentinel literal) reading one column: text for ids and categories."""
+    if kind in ("id", "categorical"):
+        return f"CAST({_quote(column)} AS TEXT)", TEXT_SENTINEL
+    return _quote(column), NUMBER_SENTINEL
+
+
+def _select(
+    con: adbc.Connection, exprs: list[tuple[str, str]], tail: str, params: Sequence[Any] = ()
+) -> pa.Table:
+    """``SELECT <exprs><tail>`` as an Arrow table, typed by a leading sentinel row (dropped)."""
+    sentinel = ", ".join(s for _, s in exprs)
+    sql = f"SELECT {sentinel} UNION ALL SELECT {', '.join(e for e, _ in exprs)}{tail}"
+    with closing(con.cursor()) as cur:
+        cur.adbc_statement.set_options(
+            **{adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value: str(BATCH_ROWS)}
+        )
+        cur.execute(sql, list(params) or None)
+        return cur.fetch_arrow_table().slice(1)
+
+
+def _values(con: adbc.Connection, expr: str, tail: str, params: Sequence[Any] = ()) -> list:
+    """One text column of a query as Python values."""
+    return _select(con, [(f"CAST({expr} AS TEXT)", TEXT_SENTINEL)], tail, params)[0].to_pylist()
+
+
+def _columns(con: adbc.Connection, table: str) -> list[str] | None:
     """Column names of ``table``, or None if the database has no such table."""
     try:
-        exists = con.execute(
-            "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (table,)
-        ).fetchone()
-    except sqlite3.DatabaseError as e:
+        exists = _values(
+            con, "name", " FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", [table]
+        )
+    except DRIVER_ERRORS as e:
         raise DataError(f"cannot read the database schema ({e})") from None
     if not exists:
         return None
-    return [row[1] for row in con.execute(f"PRAGMA table_info({_quote(table)})")]
+    return _values(con, "name", " FROM pragma_table_info(?)", [table])
 
 
 def _state_columns(file: Path, schema: FeatureSchema, found: list[str]) -> list[str]:
@@ -212,13 +255,13 @@ def _agent_columns(file: Path, schema: FeatureSchema, found: list[str] | None) -
 
 
 def _filters(
-    con: sqlite3.Connection,
+    con: adbc.Connection,
     file: Path,
     agent_cols: list[str] | None,
     steps: tuple[int, int] | None,
     types: list[str] | None,
-) -> tuple[str, list[Any]]:
-    """SQL WHERE clause and its parameters for the step and agent-type filters."""
+) -> tuple[list[str], list[Any]]:
+    """SQL WHERE conditions and their parameters for the step and agent-type filters."""
     clauses: list[str] = []
     params: list[Any] = []
     if steps is not None:
@@ -230,80 +273,200 @@ def _filters(
                 f"agent_types filter needs the {AGENTS!r} table with an agent_type column, "
                 f"which {file} does not have; set agent_types to null"
             )
-        present = sorted(
-            str(r[0]) for r in con.execute(f"SELECT DISTINCT agent_type FROM {AGENTS}")
-        )
+        present = sorted({str(v) for v in _values(con, "agent_type", f" FROM {AGENTS}")})
         unknown = sorted(set(types) - set(present))
         if unknown:
             raise DataError(f"agent_types {unknown} not in {file}; types present: {present}")
         marks = ", ".join("?" * len(types))
         clauses.append(f"agent_id IN (SELECT agent_id FROM {AGENTS} WHERE agent_type IN ({marks}))")
         params += types
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return clauses, params
 
 
-def _fetch(cursor: sqlite3.Cursor, file: Path, columns: list[str], schema: FeatureSchema) -> Table:
-    """Rows -> columns, converted a chunk at a time (numbers to float64 with NULL -> NaN)."""
-    kinds = {f.name: f.kind for f in schema.features}
-    labels = [f"{file}: {STATES}.{n}" for n in columns]
-    parts: list[list[np.ndarray]] = []
-    while rows := cursor.fetchmany(FETCH_ROWS):
-        chunk = zip(*rows, strict=True)
-        parts.append(
-            [_convert(c, kinds.get(n), w) for n, w, c in zip(columns, labels, chunk, strict=True)]
-        )
-    if not parts:
-        parts = [[_convert((), kinds.get(n), w) for n, w in zip(columns, labels, strict=True)]]
-    table = {
-        KEYS.get(n, n): np.concatenate(cols)
-        for n, cols in zip(columns, zip(*parts, strict=True), strict=True)
-    }
-    for db_col, col in KEYS.items():
-        null = int(np.isnan(table[col]).sum()) if col == "step" else table[col].tolist().count(None)
-        if null:
-            raise DataError(f"{file}: {null} rows of {STATES!r} have NULL {db_col}; expected none")
+def _where(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
+def _parts(con: adbc.Connection, state_cols: list[str]) -> list[Part]:
+    """Rowid ranges to read in parallel ([None]: read the table in one query)."""
+    taken = {c.lower() for c in state_cols}
+    alias = next((a for a in ROWID_ALIASES if a not in taken), None)
+    workers = min(MAX_PARTS, os.cpu_count() or 1)
+    if alias is None or workers < 2:
+        return [None]
+    try:  # fails on WITHOUT ROWID tables and views: read those in one query
+        bounds = _select(con, [(f"min({alias})", "0"), (f"max({alias})", "0")], f" FROM {STATES}")
+    except DRIVER_ERRORS:
+        return [None]
+    lo, hi = (bounds[i][0].as_py() for i in range(2))
+    if lo is None or hi is None:
+        return [None]
+    count = min(workers, (hi - lo + 1) // PART_ROWS)
+    if count < 2:
+        return [None]
+    edges = [lo + (hi - lo + 1) * i // count for i in range(count + 1)]
+    return [(alias, edges[i], edges[i + 1] - 1) for i in range(count)]
+
+
+def _read_states(
+    file: Path,
+    con: adbc.Connection,
+    exprs: list[tuple[str, str]],
+    clauses: list[str],
+    params: list[Any],
+    limit: int | None,
+    parts: list[Part],
+) -> pa.Table:
+    """The selected rows of agent_states, each part on its own connection, in rowid order."""
+
+    def read(part: Part, con: adbc.Connection) -> pa.Table:
+        conds, args = list(clauses), list(params)
+        if part is not None:
+            conds.append(f"{part[0]} BETWEEN ? AND ?")
+            args += part[1:]
+        tail = f" FROM {STATES}{_where(conds)}"
+        if limit is not None:  # the LIMIT applies to the sentinel row too
+            tail += " LIMIT ?"
+            args.append(limit + 1)
+        return _select(con, exprs, tail, args)
+
+    def read_own(part: Part) -> pa.Table:
+        with closing(_connect(file)) as own:
+            return read(part, own)
+
+    if len(parts) == 1:
+        return read(parts[0], con)
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return pa.concat_tables(list(pool.map(read_own, parts)))
+
+
+def _to_numpy(
+    con: adbc.Connection,
+    file: Path,
+    arrow: pa.Table,
+    columns: list[str],
+    kinds: dict[str, str],
+    clauses: list[str],
+    params: list[Any],
+) -> tuple[Table, np.ndarray, np.ndarray]:
+    """Arrow columns -> table; also the agent-id codes of the rows and the distinct ids."""
+    table: Table = {}
+    for name, col in zip(columns, arrow.columns, strict=True):
+        if name == "agent_id" or kinds.get(name) == "categorical":
+            codes, values = _factorize(col)
+            if name == "agent_id":
+                null = int(np.count_nonzero(codes < 0))
+                if null:
+                    raise DataError(
+                        f"{file}: {null} rows of {STATES!r} have NULL agent_id; expected none"
+                    )
+                ids, id_codes = _objects(values), codes
+                table["agent_id"] = ids[codes]
+            else:
+                table[name] = _text_column(values, codes)
+        elif pa.types.is_floating(col.type):
+            table[KEYS.get(name, name)] = col.to_numpy()
+        else:  # the driver typed the column as text: some value is not a number
+            _raise_non_number(con, file, STATES, [name], kinds, clauses, params)
+            raise DataError(f"{file}: {STATES}.{name} should hold numbers, found {col.type}")
+    null = int(np.count_nonzero(np.isnan(table["step"])))
+    if null:
+        raise DataError(f"{file}: {null} rows of {STATES!r} have NULL step_number; expected none")
     table["step"] = table["step"].astype(np.int64)
-    return table
+    return table, id_codes, ids
 
 
-def _convert(values: tuple, kind: str | None, where: str) -> np.ndarray:
-    """One column of a chunk -> numpy: categoricals and ids as objects, the rest float64."""
-    if kind == "categorical" or where.endswith(".agent_id"):
-        return np.array(values, dtype=object)
-    try:
-        return np.array(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        bad = next(v for v in values if v is not None and not isinstance(v, int | float))
-        raise DataError(f"{where} should hold numbers, found {bad!r}") from None
+def _factorize(col: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """Per-row index into the distinct values (-1 for NULL), and the distinct values."""
+    encoded = col.combine_chunks().dictionary_encode()
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary.to_pylist()
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _text_column(values: list, codes: np.ndarray) -> np.ndarray:
+    """Rows of a text column: a numpy str array, or objects with None where NULL."""
+    if (codes >= 0).all() and all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=str)[codes]
+    return _objects([*values, None])[codes]  # code -1 picks the trailing None
+
+
+def _raise_non_number(
+    con: adbc.Connection,
+    file: Path,
+    source: str,
+    columns: list[str],
+    kinds: dict[str, str],
+    clauses: list[str],
+    params: list[Any],
+) -> None:
+    """Raise DataError naming the first text/blob value among the numeric ``columns``."""
+    for name in columns:
+        if name == "agent_id" or kinds.get(name) == "categorical":
+            continue
+        conds = [f"typeof({_quote(name)}) IN ('text', 'blob')", *clauses]
+        tail = f" FROM {source}{_where(conds)} LIMIT 1"
+        with closing(con.cursor()) as cur:
+            cur.execute(f"SELECT {_quote(name)}{tail}", list(params) or None)
+            row = cur.fetchone()
+        if row is not None:
+            raise DataError(f"{file}: {source}.{name} should hold numbers, found {row[0]!r}")
 
 
 def _join_agents(
-    con: sqlite3.Connection, file: Path, agent_ids: np.ndarray, features: list[Feature]
+    con: adbc.Connection, file: Path, codes: np.ndarray, ids: np.ndarray, features: list[Feature]
 ) -> Table:
-    """Per-state values of agents-table features (None where the agent is not in that table)."""
-    cols = ", ".join(_quote(f.name) for f in features)
-    by_agent = {row[0]: row[1:] for row in con.execute(f"SELECT agent_id, {cols} FROM {AGENTS}")}
-    missing = (None,) * len(features)
-    columns = zip(*[by_agent.get(a, missing) for a in agent_ids], strict=True)
-    return {
-        f.name: _convert(c, f.kind, f"{file}: {AGENTS}.{f.name}")
-        for f, c in zip(features, columns, strict=True)
-    }
+    """Per-state values of agents-table features (None/NaN where the agent is not in that table)."""
+    kinds = {f.name: f.kind for f in features}
+    exprs = [_expr("agent_id", "id"), *(_expr(f.name, f.kind) for f in features)]
+    try:
+        arrow = _select(con, exprs, f" FROM {AGENTS}")
+    except DRIVER_ERRORS as e:
+        _raise_non_number(con, file, AGENTS, list(kinds), kinds, [], [])
+        raise DataError(f"{file}: cannot read table {AGENTS!r} ({e})") from None
+    for f, col in zip(features, arrow.columns[1:], strict=True):
+        if f.kind != "categorical" and not pa.types.is_floating(col.type):
+            _raise_non_number(con, file, AGENTS, [f.name], kinds, [], [])
+    values = [c.to_pylist() for c in arrow.columns]
+    by_agent = dict(zip(values[0], zip(*values[1:], strict=True), strict=True))
+    rows = [by_agent.get(a, (None,) * len(features)) for a in ids.tolist()]
+    out = {}
+    for j, f in enumerate(features):
+        values = [row[j] for row in rows]
+        if f.kind == "categorical":
+            present = [v is not None for v in values]
+            out[f.name] = _text_column(values, np.where(present, np.arange(len(values)), -1)[codes])
+        else:
+            out[f.name] = np.array(values, dtype=np.float64)[codes]
+    return out
 
 
 def _no_rows(
-    con: sqlite3.Connection,
+    con: adbc.Connection,
     file: Path,
     steps: tuple[int, int] | None,
     types: list[str] | None,
     limit: int | None,
 ) -> DataError:
-    total = con.execute(f"SELECT COUNT(*) FROM {STATES}").fetchone()[0]
+    counts = _select(
+        con,
+        [
+            ("COUNT(*)", "0"),
+            ("CAST(MIN(step_number) AS INTEGER)", "0"),
+            ("CAST(MAX(step_number) AS INTEGER)", "0"),
+        ],
+        f" FROM {STATES}",
+    )
+    total, lo, hi = (col[0].as_py() for col in counts.columns)
     if total == 0:
         return DataError(f"{file}: table {STATES!r} has no rows (expected agent states)")
     used = {"step_range": steps, "agent_types": types, "limit": limit}
     filters = ", ".join(f"{k}={v!r}" for k, v in used.items() if v is not None)
-    lo, hi = con.execute(f"SELECT MIN(step_number), MAX(step_number) FROM {STATES}").fetchone()
     return DataError(
         f"{file}: no rows of {STATES!r} match the filters {filters} "
         f"(the table has {total} rows, steps {lo}..{hi})"

@@ -34,6 +34,16 @@ class VQBottleneck(Bottleneck):
     ``level`` sets the codebook size: ``K = max(2, round(num_embeddings / level))`` (higher level,
     fewer codes, fewer bits). Rate: the entropy of code usage in bits per state (over the batch in
     training, over the whole epoch in validation); ``log2(K)`` is the fixed-length rate.
+
+    Dead codes: a code whose EMA count of assignments per batch falls below the threshold is
+    moved onto a random vector of the current batch. The library's threshold is an absolute
+    count per batch, but a code's expected count is ``batch / K``: with 64 states per batch and
+    64 codes it is 1, so the library default of 2 marks *every* code dead, and the codebook is
+    re-seeded from each batch for the whole run (no code lives long enough for the decoder to
+    learn it). So by default (``threshold_ema_dead_code=None``) the threshold is relative:
+    ``dead_code_fraction * batch / K`` -- a code is dead when it gets under that fraction of a
+    uniform share -- recomputed from every training batch (stateless, so resumes are exact). A
+    number sets the absolute library threshold instead; 0 turns expiry off.
     """
 
     kind = "vq"
@@ -44,15 +54,32 @@ class VQBottleneck(Bottleneck):
         level: float = 1.0,
         num_embeddings: int = 512,
         commitment_cost: float = 0.25,
-        decay: float = 0.99,
+        decay: float = 0.9,
         kmeans_init: bool = True,
         kmeans_iters: int = 10,
-        threshold_ema_dead_code: float = 2.0,
+        threshold_ema_dead_code: float | None = None,
+        dead_code_fraction: float = 0.1,
     ) -> None:
         super().__init__(latent_dim, level)
         if num_embeddings < 2:
             raise ValueError(f"compression.num_embeddings must be >= 2, got {num_embeddings}")
+        if not 0 < decay < 1:
+            raise ValueError(f"compression.decay must be in (0, 1), got {decay}")
+        if threshold_ema_dead_code is not None and threshold_ema_dead_code < 0:
+            raise ValueError(
+                f"compression.threshold_ema_dead_code must be >= 0 or null, "
+                f"got {threshold_ema_dead_code}"
+            )
+        if not 0 <= dead_code_fraction < 1:
+            raise ValueError(
+                f"compression.dead_code_fraction must be in [0, 1), got {dead_code_fraction}"
+            )
         self.codebook_size = max(2, round(num_embeddings / self.level))
+        self.dead_code_fraction = float(dead_code_fraction)
+        self.relative_threshold = threshold_ema_dead_code is None and dead_code_fraction > 0
+        # Relative mode: any positive value switches the library's expiry on; the real threshold
+        # is set from each batch in forward.
+        absolute = 1.0 if self.relative_threshold else float(threshold_ema_dead_code or 0.0)
         self.vq = VectorQuantize(
             dim=latent_dim,
             codebook_size=self.codebook_size,
@@ -60,7 +87,7 @@ class VQBottleneck(Bottleneck):
             commitment_weight=commitment_cost,
             kmeans_init=kmeans_init,
             kmeans_iters=kmeans_iters,
-            threshold_ema_dead_code=threshold_ema_dead_code,
+            threshold_ema_dead_code=absolute,
         )
 
     @property
@@ -68,8 +95,21 @@ class VQBottleneck(Bottleneck):
         """Bits per state of a fixed-length code: log2(K)."""
         return math.log2(self.codebook_size)
 
+    def _set_dead_code_threshold(self, batch: int) -> None:
+        """Relative mode: this batch's threshold, and the count a re-seeded code starts at.
+
+        A re-seeded code starts at a full uniform share (``batch / K``), not at the threshold
+        (the library's choice): at the threshold it would be dead again one unused step later.
+        """
+        codebook = self.vq._codebook
+        share = batch / self.codebook_size
+        codebook.threshold_ema_dead_code = self.dead_code_fraction * share
+        codebook.reset_cluster_size = share
+
     def forward(self, latent: Latent) -> BottleneckOutput:
         """Quantize to the nearest code; rate from code usage (not differentiable)."""
+        if self.training and self.relative_threshold:
+            self._set_dead_code_threshold(latent.z.shape[0])
         z_q, codes, commit = self.vq(latent.z)
         bits, counts = usage_bits(codes.detach(), self.codebook_size)
         used = (counts > 0).sum().to(torch.float32)

@@ -1,0 +1,182 @@
+"""The model end to end: decoder heads, bottleneck rates, checkpoints, and that training learns.
+
+Every run is a real Lightning run on small synthetic data (``prepare``/``run`` from the training
+app), so these tests exercise the same code path as ``python train.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from meaning_transform.api import load_config
+from meaning_transform.data import generate_synthetic
+from meaning_transform.module import MeaningModule
+from meaning_transform.training import prepare, run
+
+BOTTLENECKS = ("entropy", "vq", "none")
+# Lean runs: no plots, no progress bar, no logger files, no test pass, fixed epoch count.
+QUIET = (
+    "logger=none",
+    "callbacks.curve_plotter=null",
+    "callbacks.progress_bar=null",
+    "callbacks.early_stopping=null",
+    "callbacks.periodic_checkpoint=null",
+    "callbacks.model_checkpoint=null",
+    "test=false",
+)
+SMALL = ("data.num_states=1200", "data.num_agents=40", "model.hidden_dims=[64,32]")
+
+
+def _cfg(tmp_path: Path, *overrides: str) -> Any:
+    return load_config([*QUIET, *overrides, f"paths.output_dir={tmp_path}"])
+
+
+def _fit(module: MeaningModule, datamodule: Any, **trainer_kwargs: Any) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """Small models run fastest on one thread, and timings do not depend on the machine load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_decoder_heads_follow_the_schema(tmp_path: Path) -> None:
+    _, dm, module, _ = prepare(_cfg(tmp_path, *SMALL))
+    schema = module.schema
+    heads, _, _ = module(dm.train_x[:16])
+    assert heads.shape == (16, schema.head_dim)
+    widths = {name: sl.stop - sl.start for name, sl in schema.head_slices.items()}
+    for f in schema.features:
+        want = schema.vocab_size(f) if f.kind == "categorical" else 1
+        assert widths[f.name] == want, f.name
+    assert schema.feature("agent_type").kind == "categorical"
+    assert widths["agent_type"] == 3  # system, independent, control
+    # the slices tile the decoder output exactly, in schema order
+    starts = [sl.start for sl in schema.head_slices.values()]
+    assert starts == sorted(starts) and sum(widths.values()) == schema.head_dim
+
+
+@pytest.mark.parametrize("bottleneck", BOTTLENECKS)
+def test_rate_is_finite_and_positive(tmp_path: Path, bottleneck: str) -> None:
+    _, dm, module, _ = prepare(_cfg(tmp_path, *SMALL, f"compression={bottleneck}"))
+    x = dm.train_x[:128]
+    for training in (True, False):
+        module.train(training)
+        with torch.no_grad():
+            _, _, out = module(x)
+        assert out.rate_bits.shape == (128,)
+        assert torch.isfinite(out.rate_bits).all(), (bottleneck, training)
+        assert out.rate_bits.mean() > 0, (bottleneck, training)
+        assert torch.isfinite(out.rate_loss) and torch.isfinite(out.aux_loss)
+
+
+def test_checkpoint_restores_the_model_alone(tmp_path: Path) -> None:
+    _, dm, module, _ = prepare(_cfg(tmp_path, *SMALL))
+    trainer = _fit(module, dm, max_epochs=2)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    loaded = MeaningModule.load_from_checkpoint(path)  # nothing else: schema, model, bottleneck
+    table = generate_synthetic(64, seed=123)
+    codes = module.encode(table)
+    torch.testing.assert_close(loaded.encode(table), codes, rtol=0, atol=0)
+    assert codes.shape == (64, module.codec.latent_dim)
+    a, b = module.decode(codes), loaded.decode(codes)
+    r1, r2 = module.reconstruct(table), loaded.reconstruct(table)
+    for out in (a, b, r1, r2):
+        assert set(out) >= set(loaded.schema.names)
+    for name in loaded.schema.names:
+        np.testing.assert_array_equal(a[name], b[name])
+        np.testing.assert_array_equal(r1[name], r2[name])
+
+    # native units and real category strings, not normalized values or indices
+    assert all(isinstance(v, str) for v in r2["agent_type"])
+    assert set(r2["agent_type"]) <= {"system", "independent", "control"}
+    assert set(np.unique(r2["is_defending"])) <= {0.0, 1.0}
+    health = np.asarray(r2["current_health"], dtype=float)
+    assert 20 < health.mean() < 150  # hp (data: 0..100), far from a normalized ~0
+    age = np.asarray(r2["age"], dtype=float)
+    assert age.std() > 1  # steps, not standardized units
+
+
+@pytest.mark.parametrize("bottleneck", BOTTLENECKS)
+def test_losses_decrease_when_overfitting(tmp_path: Path, bottleneck: str) -> None:
+    cfg = _cfg(
+        tmp_path,
+        *SMALL,
+        f"compression={bottleneck}",
+        "callbacks.last_checkpoint=null",
+        "trainer.overfit_batches=2",
+        "trainer.max_epochs=25",
+        "optimizer.lr=0.003",
+        "scheduler=none",
+    )
+    if bottleneck == "vq":
+        cfg.compression.num_embeddings = 16  # <= states per batch: every code can be used
+    rows = run(cfg)["train_losses"]
+    assert len(rows) == 25
+    first, last = rows[0], rows[-1]
+    assert last["loss"] < 0.6 * first["loss"], (first, last)
+    assert last["recon"] < 0.6 * first["recon"], (first, last)
+
+
+def test_entropy_levels_give_strictly_fewer_bits(tmp_path: Path) -> None:
+    """compression.level 0.5 < 1 < 2 < 5 -> strictly fewer measured bits per state."""
+    bits = []
+    for level in (0.5, 1.0, 2.0, 5.0):
+        cfg = _cfg(
+            tmp_path / str(level),
+            *SMALL,
+            "data.num_states=2000",
+            "trainer.max_epochs=4",
+            f"compression.level={level}",
+            "callbacks.last_checkpoint=null",
+        )
+        bits.append(run(cfg)["history"][-1]["val/rate_bits"])
+    assert all(np.isfinite(bits)), bits
+    assert all(a > b for a, b in zip(bits, bits[1:], strict=False)), bits
+
+
+@pytest.mark.slow
+def test_vq_uses_most_of_a_64_code_codebook(tmp_path: Path) -> None:
+    """5,000 states, K=64: more than half the codes in use (it used to collapse or churn)."""
+    cfg = _cfg(
+        tmp_path,
+        "data.num_states=5000",
+        "compression=vq",
+        "compression.num_embeddings=64",
+        "trainer.max_epochs=3",
+        "callbacks.last_checkpoint=null",
+    )
+    cfg, dm, module, _ = prepare(cfg)
+    _fit(module, dm, max_epochs=3)
+    module.eval()
+    with torch.no_grad():
+        _, _, out = module(dm.train_x)
+    counts = torch.bincount(out.codes, minlength=64)
+    used = int((counts > 0).sum())
+    assert used > 32, counts.tolist()
+    # and spread out, not a few codes with everything: usage entropy above 4 of 6 bits
+    p = counts[counts > 0].double() / counts.sum()
+    assert -(p * p.log2()).sum() > 4.0, counts.tolist()
