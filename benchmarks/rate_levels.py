@@ -44,14 +44,13 @@ QUIET = [
 ]
 
 
-def train_one(
-    bottleneck: str, level: float, args: argparse.Namespace, out: Path
-) -> dict[str, Any]:
+def train_one(bottleneck: str, level: float, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Train one (bottleneck, level) and measure its last epoch."""
     overrides = [
         f"compression={bottleneck}",
         f"compression.level={level}",
         f"data.num_states={args.states}",
+        f"data.num_agents={'null' if args.agents is None else args.agents}",
         f"trainer.max_epochs={args.epochs}",
         f"seed={args.seed}",
         *QUIET,
@@ -141,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the sweep, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--states", type=int, default=5000, help="synthetic states")
+    parser.add_argument(
+        "--agents",
+        type=int,
+        default=None,
+        help="synthetic agents (default: the data config's, ~1 per 250 states; the split is by "
+        "agent, so 5,000 states leave only ~4 agents for validation)",
+    )
     parser.add_argument("--epochs", type=int, default=6, help="epochs per run")
     parser.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
     parser.add_argument(
@@ -151,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
-        "--override", nargs="*", default=[], help="extra Hydra overrides, e.g. loss.rate_weight=0.01"
+        "--override",
+        nargs="*",
+        default=[],
+        help="extra Hydra overrides, e.g. loss.rate_weight=0.01",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

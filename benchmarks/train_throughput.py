@@ -169,7 +169,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--states", type=int, default=100_000, help="synthetic states (all splits)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="torch intra-op threads to compare, e.g. 1 2 (2 can be 5x slower on a busy 2-core box)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     args = parser.parse_args()
     threads_before = torch.get_num_threads()

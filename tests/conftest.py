@@ -46,6 +46,7 @@ TINY_MODEL = [
     "model.latent_dim=4",
     "trainer.max_epochs=2",
     "callbacks.progress_bar.refresh_rate=0",
+    "torch_threads=1",
 ]
 TINY = ["data.num_states=600", "data.num_agents=30", *TINY_MODEL]
 

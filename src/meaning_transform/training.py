@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sys
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
@@ -25,6 +27,7 @@ from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTra
 from meaning_transform.checkpoints import check_compatible, read_checkpoint
 from meaning_transform.config import validate_config
 from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.evaluate import coding_of
 from meaning_transform.module import MeaningModule
 
 log = logging.getLogger("meaning_transform")
@@ -87,6 +90,8 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
     """Validate, load data and build the model. Writes nothing; raises USER_ERRORS on bad input."""
     validate_config(cfg)
     cfg = cfg.copy()
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = _instantiate(cfg.data, "data", schema=cfg.schema)
@@ -148,15 +153,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger=_build_loggers(cfg),
         plugins=[AtomicCheckpointIO()],
     )
+    if _in_multirun() and _relaunches_script(trainer):
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.get('strategy')!r} with "
+            f"trainer.devices={cfg.trainer.get('devices')!r} cannot run inside a Hydra multirun: "
+            "Lightning starts the other ranks by re-running train.py with the same arguments, "
+            "so every rank would run the whole sweep. Run each setting as its own "
+            "`python train.py trainer=ddp ...`, or use a launcher that starts every rank "
+            "itself (e.g. hydra/launcher=submitit_slurm with tasks_per_node = devices)"
+        )
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
         log.info("run directory: %s", out_dir)
         log.debug("schema:\n%s", module.schema.describe())
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     summary = _summarize(cfg, trainer, callbacks, lineage)
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
+        summary["test_coding"] = coding_of(
+            module, datamodule.test_x
+        )  # best weights, loaded by test
+    summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
         atomic_write(
             out_dir / "summary.json",
@@ -197,7 +216,8 @@ def _stage_rows(rows: list[dict[str, float]], stage: str) -> list[dict[str, floa
 def _summarize(
     cfg: DictConfig, trainer: L.Trainer, callbacks: list[Callback], lineage: dict[str, Any]
 ) -> dict[str, Any]:
-    rows = _history(callbacks, MetricsHistory)
+    beta = cfg.get("objective_beta")
+    rows = [_with_rate_drift(r, beta) for r in _history(callbacks, MetricsHistory)]
     drift_rows = _history(callbacks, SemanticDriftTracker)
     monitor, mode = cfg.monitor.metric, cfg.monitor.mode
     ckpt_cb = trainer.checkpoint_callback
@@ -209,7 +229,7 @@ def _summarize(
     best_path = getattr(ckpt_cb, "best_model_path", "") or None
     last_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     final = rows[-1] if rows else {}
-    return {
+    summary = {
         "experiment_name": cfg.experiment_name,
         "experiment_dir": str(Path(cfg.paths.output_dir).resolve()),
         "monitor": monitor,
@@ -236,6 +256,22 @@ def _summarize(
         "stage": cfg.get("stage"),
         **lineage,
     }
+    key = cfg.get("optimized_metric")
+    summary["objective_beta"] = beta
+    summary["optimized_metric"] = key
+    summary["optimized_value"] = _at_best_epoch(summary, key) if key else None
+    return summary
+
+
+#: derived after training from logged metrics (see ``objective_beta`` in conf/train.yaml)
+RATE_DRIFT = "val/rate_drift"
+
+
+def _with_rate_drift(row: dict[str, float], beta: float | None) -> dict[str, float]:
+    """The row plus ``val/rate_drift = val/drift + beta * val/rate_bits / 32`` (a copy)."""
+    if beta is None or "val/drift" not in row or "val/rate_bits" not in row:
+        return row
+    return {**row, RATE_DRIFT: row["val/drift"] + float(beta) * row["val/rate_bits"] / 32}
 
 
 def _json(o: Any) -> Any:
@@ -265,6 +301,15 @@ def _print_final(s: dict[str, Any]) -> None:
         )
     if s["rate_bits"] is not None:
         log.info("rate: %.2f bits per state", s["rate_bits"])
+    coding = s.get("test_coding")
+    if coding:
+        log.info(
+            "test split really coded: %.2f bits per state (estimated %.2f), %d bytes for %d states",
+            coding["coded_bits_per_state"],
+            coding["estimated_bits_per_state"],
+            coding["num_bytes"],
+            coding["num_states"],
+        )
 
 
 def optimized_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
@@ -272,12 +317,27 @@ def optimized_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
     key = cfg.get("optimized_metric")
     if not key:
         return None
+    value = _at_best_epoch(summary, key)
+    if value is not None:
+        return value
+    logged = sorted({k for r in summary["history"] for k in r})
+    raise ConfigError(f"optimized_metric={key!r} was never logged; logged metrics: {logged}")
+
+
+def _at_best_epoch(summary: dict[str, Any], key: str) -> float | None:
     best_epoch = summary.get("best_epoch")
     for row in summary["history"]:
         if row["epoch"] == best_epoch and key in row:
             return float(row[key])
-    logged = sorted({k for r in summary["history"] for k in r})
-    raise ConfigError(f"optimized_metric={key!r} was never logged; logged metrics: {logged}")
+    return None
+
+
+def _relaunches_script(trainer: L.Trainer) -> bool:
+    """True when Lightning starts the other ranks by re-running ``sys.argv`` (ddp on one node)."""
+    launcher = trainer.strategy.launcher
+    return isinstance(launcher, _SubprocessScriptLauncher) and not (
+        launcher.cluster_environment.creates_processes_externally
+    )
 
 
 def _in_multirun() -> bool:

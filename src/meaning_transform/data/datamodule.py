@@ -72,7 +72,10 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 class AgentStateDataModule(L.LightningDataModule, ABC):
-    """Agent states split by agent; ``setup`` fits the schema on train and encodes each split."""
+    """Agent states split by agent; ``setup`` fits the schema on train and encodes each split.
+
+    Given an already fitted schema (e.g. a checkpoint's), ``setup`` encodes with it unchanged.
+    """
 
     def __init__(
         self,
@@ -126,7 +129,9 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         split_of_row = split_of_agent[codes]
         parts = {s: _take(table, split_of_row == i) for i, s in enumerate(SPLITS)}
         self.split_agents = {s: agents[split_of_agent == i] for i, s in enumerate(SPLITS)}
-        self.schema = self.declared_schema.fit(parts["train"])
+        # A schema that arrives fitted (a checkpoint's, for evaluation) is used as it is.
+        fitted = self.declared_schema.fitted
+        self.schema = self.declared_schema if fitted else self.declared_schema.fit(parts["train"])
         self.train_x, self.val_x, self.test_x = (self.schema.encode(parts[s]) for s in SPLITS)
         self._ready = True
 
@@ -168,7 +173,11 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         """Shuffled (per ``(split_seed, epoch)``) batches of the training tensor."""
         x = self._split_tensor("train")
         sampler = EpochShuffleSampler(len(x), self.split_seed) if self.shuffle else None
-        return self._loader(x, self.batch_size, sampler)
+        # A last batch of one state cannot train batch-norm layers: drop just that one.
+        drop_last = len(x) % self.batch_size == 1
+        if drop_last:
+            log.info("training split of %d states: the last 1-state batch is dropped", len(x))
+        return self._loader(x, self.batch_size, sampler, drop_last)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches in order."""
@@ -188,12 +197,17 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         return getattr(self, f"{split}_x")
 
     def _loader(
-        self, x: torch.Tensor, batch_size: int, sampler: Sampler | None = None
+        self,
+        x: torch.Tensor,
+        batch_size: int,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
     ) -> DataLoader:
         return DataLoader(
             TensorRows(x),
             batch_size=batch_size,
             sampler=sampler,
+            drop_last=drop_last,
             collate_fn=collate_batch,
             num_workers=0,
             pin_memory=self._uses_cuda(),

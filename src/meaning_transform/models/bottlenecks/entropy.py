@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,12 @@ class EntropyBottleneck(Bottleneck):
     ``rate_loss = level * rate_bits.mean()``, so a higher level trades distortion for fewer
     bits. ``aux_loss`` trains the quantiles (the support used for real coding) and moves
     nothing else, so it can be added to the main loss.
+
+    ``density_lr_scale``: the CDF networks' parameters are stored divided by this factor and
+    multiplied back in use, so under Adam (whose steps are scale-free) they learn that many times
+    faster than the encoder and decoder, without a separate optimizer group. The density must
+    shrink from its initial width to the latents' before the measured bits mean anything; at the
+    shared learning rate that takes thousands of steps, longer than a short run.
     """
 
     kind = "entropy"
@@ -51,10 +58,15 @@ class EntropyBottleneck(Bottleneck):
         init_scale: float = 10.0,
         likelihood_bound: float = 1e-9,
         tail_mass: float = 1e-9,
+        density_lr_scale: float = 1.0,
     ) -> None:
         super().__init__(latent_dim, level)
         if not 0 < tail_mass < 1:
             raise ValueError(f"tail_mass must be in (0, 1), got {tail_mass}")
+        if not density_lr_scale > 0:
+            raise ValueError(f"density_lr_scale must be > 0, got {density_lr_scale}")
+        self.density_lr_scale = float(density_lr_scale)
+        k = self.density_lr_scale
         self.filters = tuple(int(f) for f in filters)
         self.likelihood_bound = float(likelihood_bound)
         self.tail_mass = float(tail_mass)
@@ -68,9 +80,9 @@ class EntropyBottleneck(Bottleneck):
             # Each layer starts shrinking by ``scale``, so the composed CDF spans ~init_scale.
             init = math.log(math.expm1(1.0 / scale / widths[i + 1]))
             self.matrices.append(
-                nn.Parameter(torch.full((latent_dim, widths[i + 1], widths[i]), init))
+                nn.Parameter(torch.full((latent_dim, widths[i + 1], widths[i]), init / k))
             )
-            self.biases.append(nn.Parameter(torch.rand(latent_dim, widths[i + 1], 1) - 0.5))
+            self.biases.append(nn.Parameter((torch.rand(latent_dim, widths[i + 1], 1) - 0.5) / k))
             if i < len(widths) - 2:
                 self.factors.append(nn.Parameter(torch.zeros(latent_dim, widths[i + 1], 1)))
 
@@ -89,9 +101,11 @@ class EntropyBottleneck(Bottleneck):
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """(positive matrix, bias, gate) per layer; gate is None on the last layer."""
         layers = []
+        k = self.density_lr_scale
         for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases, strict=True)):
-            gate = torch.tanh(self.factors[i]) if i < len(self.factors) else None
-            matrix = F.softplus(matrix)
+            gate = torch.tanh(self.factors[i] * k) if i < len(self.factors) else None
+            matrix = F.softplus(matrix * k)
+            bias = bias * k
             if stop_gradient:
                 matrix, bias = matrix.detach(), bias.detach()
                 gate = gate.detach() if gate is not None else None
@@ -168,3 +182,9 @@ class EntropyBottleneck(Bottleneck):
             aux_loss=aux_loss,
             stats=stats,
         )
+
+    def coding_report(self, z: torch.Tensor) -> Any:
+        """Code ``z`` to real bytes with constriction (ANS); estimated vs coded bits per state."""
+        from .coding import code_latents  # coding.py imports this module
+
+        return code_latents(self, z)

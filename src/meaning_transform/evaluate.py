@@ -1,0 +1,149 @@
+"""Semantic-drift report of a checkpoint on any dataset: a table on stdout and a JSON file.
+
+``python -m meaning_transform.evaluate ckpt_path=PATH [split=val] [data=sqlite data.path=DB]``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from meaning_transform.checkpoints import read_checkpoint
+from meaning_transform.config import CONF_DIR
+from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.io import atomic_write
+from meaning_transform.module import MeaningModule
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def _data_config(data_cfg: Any, ckpt: dict[str, Any], path: str) -> Any:
+    if data_cfg:
+        return data_cfg
+    stored = (ckpt.get("run_config") or {}).get("data")
+    if not stored:
+        raise ConfigError(f"checkpoint {path!r} holds no data config: pass data=... explicitly")
+    return stored
+
+
+def split_tensor(datamodule: Any, split: str) -> torch.Tensor:
+    """The encoded states of one split (``all``: every split)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is invalid: expected one of {SPLITS}")
+    if split == "all":
+        return torch.cat([datamodule.train_x, datamodule.val_x, datamodule.test_x])
+    return getattr(datamodule, f"{split}_x")
+
+
+def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val") -> dict[str, Any]:
+    """Drift (per feature, group, predicate), losses, rate and real coded size on one split."""
+    from hydra.utils import instantiate
+
+    ckpt = read_checkpoint(ckpt_path)
+    module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    datamodule = instantiate(
+        _data_config(data_cfg, ckpt, ckpt_path), schema=module.schema.to_dict()
+    )
+    datamodule.setup("validate")
+    x = split_tensor(datamodule, split)
+    if x.shape[0] == 0:
+        raise ConfigError(f"split={split!r} has no states in this data")
+    loader = datamodule._loader(x, datamodule.eval_batch_size)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
+    report: dict[str, Any] = {
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        "epoch": int(ckpt.get("epoch", -1)) + 1,
+        "split": split,
+        "num_states": int(x.shape[0]),
+        "metrics": {k.removeprefix("val/"): float(v) for k, v in metrics.items()},
+    }
+    report["coding"] = coding_of(module, x)
+    return report
+
+
+@torch.no_grad()
+def coding_of(module: MeaningModule, x: torch.Tensor) -> dict[str, Any] | None:
+    """Really code the states' latents (entropy bottleneck); None for bottlenecks that don't."""
+    module.eval()
+    z = module.codec.encoder(module.schema.model_input(x.to(module.device))).mu
+    report = module.bottleneck.coding_report(z)
+    return asdict(report) if report is not None else None
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a readable table."""
+    m = report["metrics"]
+    lines = [
+        f"checkpoint {report['checkpoint']} (epoch {report['epoch']}), split {report['split']}, "
+        f"{report['num_states']} states",
+        f"  drift {m['drift']:.4f}   preservation {m['preservation']:.4f}   "
+        f"rate {m['rate_bits']:.2f} bits/state   loss {m['loss']:.4f}",
+        "  group            drift",
+    ]
+    lines += [
+        f"  {k.split('/', 1)[1]:<16} {v:.4f}" for k, v in m.items() if k.startswith("drift_group/")
+    ]
+    lines.append("  feature/predicate  drift   mean |error| (native units)")
+    for k, v in m.items():
+        if k.startswith("drift/"):
+            name = k.split("/", 1)[1]
+            mae = m.get(f"mae/{name}")
+            lines.append(f"  {name:<18} {v:.4f}  {'' if mae is None else f'{mae:.4g}'}")
+    c = report.get("coding")
+    if c:
+        lines.append(
+            f"  coded: {c['num_bytes']} bytes = {c['coded_bits_per_state']:.2f} bits/state "
+            f"(estimated {c['estimated_bits_per_state']:.2f}; exact round trip: {c['exact']})"
+        )
+    return "\n".join(lines)
+
+
+def default_output(ckpt_path: str, split: str) -> Path:
+    """``<run dir>/eval/<checkpoint stem>_<split>.json``."""
+    ckpt = Path(ckpt_path).resolve()
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir / "eval" / f"{ckpt.stem}_{split}.json"
+
+
+def compose_eval_config(overrides: list[str]) -> DictConfig:
+    """Compose ``conf/eval.yaml`` with command-line overrides (no run dir, no log file)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="evaluate"):
+        cfg = compose(config_name="eval", overrides=overrides)
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("ckpt_path is required: ckpt_path=outputs/.../checkpoints/best.ckpt")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    try:
+        cfg = compose_eval_config(list(sys.argv[1:] if argv is None else argv))
+        report = evaluate_checkpoint(str(cfg.ckpt_path), cfg.get("data"), cfg.split)
+        out = Path(cfg.output) if cfg.output else default_output(str(cfg.ckpt_path), cfg.split)
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    except (*USER_ERRORS, HydraException) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
