@@ -6,7 +6,7 @@ entropy bottleneck it also ANS-codes the validation latents for real
 (``meaning_transform.models.bottlenecks.coding.code_latents``) and reports the coded bits per
 state beside the estimate. Prints a table and writes benchmarks/results/rate_levels.json.
 
-    python benchmarks/rate_levels.py                      # 5,000 states, 6 epochs
+    python benchmarks/rate_levels.py                      # 5,000 states, 100 agents, 6 epochs
     python benchmarks/rate_levels.py --states 2000 --epochs 3 --bottlenecks entropy
 
 What ``level`` means per bottleneck: entropy and none scale the rate term of the loss
@@ -50,7 +50,7 @@ def train_one(bottleneck: str, level: float, args: argparse.Namespace, out: Path
         f"compression={bottleneck}",
         f"compression.level={level}",
         f"data.num_states={args.states}",
-        f"data.num_agents={'null' if args.agents is None else args.agents}",
+        f"data.num_agents={args.agents or 'null'}",
         f"trainer.max_epochs={args.epochs}",
         f"seed={args.seed}",
         *QUIET,
@@ -143,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--agents",
         type=int,
-        default=None,
-        help="synthetic agents (default: the data config's, ~1 per 250 states; the split is by "
-        "agent, so 5,000 states leave only ~4 agents for validation)",
+        default=100,
+        help="synthetic agents; the split is by agent, and the data config's default (~1 agent "
+        "per 250 states) leaves only ~4 agents in a 5,000-state validation split: too few to "
+        "measure code usage or drift (0 = the data config's default)",
     )
     parser.add_argument("--epochs", type=int, default=6, help="epochs per run")
     parser.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
