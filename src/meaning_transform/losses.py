@@ -136,11 +136,11 @@ class KLLoss(LossTerm):
         return self.weight * factor
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
-        """Mean KL over the batch (0 for a point latent)."""
+        """Mean KL over the batch (0 for a point latent), times the bottleneck's ``kl_scale``."""
         lat = ctx.latent
         if lat.log_var is None:
             return ctx.heads.new_zeros(())
-        return kl_nats(lat.mu, lat.log_var).mean()
+        return ctx.bottleneck.kl_scale * kl_nats(lat.mu, lat.log_var).mean()
 
 
 class RateLoss(LossTerm):

@@ -32,6 +32,7 @@ class BottleneckOutput:
     rate_loss: torch.Tensor  # scalar: differentiable rate term, already scaled by ``level``
     aux_loss: torch.Tensor  # scalar: the bottleneck's own training loss (commitment, quantiles)
     codes: torch.Tensor | None = None  # [B] discrete code index per state (vq), for usage stats
+    kl_scale: float = 1.0  # multiplies the KL loss term (``none``: its rate *is* the KL)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars to log
 
 

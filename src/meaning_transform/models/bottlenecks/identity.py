@@ -18,8 +18,9 @@ class IdentityBottleneck(Bottleneck):
     """No quantization: the decoder sees the (sampled) latent.
 
     Rate: KL(q(z|x) || N(0, I)) / ln 2 bits per state -- the cost of communicating a sample of
-    q(z|x) with bits-back coding. ``level`` scales this rate term in the loss (a beta-VAE: higher
-    level, more compression). Needs ``model.variational=true``: a point latent has no finite rate.
+    q(z|x) with bits-back coding. That KL is already the loss's ``kl`` term, so it is not charged
+    twice: ``level`` multiplies the KL term instead (a beta-VAE with beta = kl_weight * level,
+    annealed by ``loss.kl_schedule``). Needs ``model.variational=true``.
     """
 
     kind = "none"
@@ -34,5 +35,5 @@ class IdentityBottleneck(Bottleneck):
         bits = kl_nats(latent.mu, latent.log_var) / math.log(2.0)
         zero = bits.new_zeros(())
         return BottleneckOutput(
-            z=latent.z, rate_bits=bits, rate_loss=self.level * bits.mean(), aux_loss=zero
+            z=latent.z, rate_bits=bits, rate_loss=zero, aux_loss=zero, kl_scale=self.level
         )
