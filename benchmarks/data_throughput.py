@@ -8,7 +8,6 @@ row, then objects -> tensor.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -24,13 +23,13 @@ from typing import Any
 
 import torch
 import yaml
+from _results import write_results
 
 from meaning_transform.data import generate_synthetic, load_sqlite
 from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.schema import FeatureSchema
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "data_throughput.json"
 SCHEMA = ROOT / "conf" / "schema" / "agentfarm.yaml"
 TARGET_ROWS_PER_S = 1_000_000
 STATE_COLUMNS = (
@@ -186,9 +185,7 @@ def main() -> None:
         "peak_rss_this_process_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print_table(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    write_results("data_throughput", results)
 
 
 def print_table(r: dict[str, Any]) -> None:

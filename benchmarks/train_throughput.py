@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import resource
@@ -34,16 +33,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from _results import write_results
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf, open_dict
 
 from meaning_transform.api import load_config
-from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
 from meaning_transform.module import MeaningModule
-from meaning_transform.training import _build_callbacks, _build_loggers, _instantiate, prepare
+from meaning_transform.training import build_trainer, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "train_throughput.json"
 TARGET_RATIO = 0.8
 RESEARCH_STATES_PER_S = 24_000  # the research code this replaces, batch 64, these machines
 MODELS: dict[str, Any] = {}  # the model and compression configs measured
@@ -76,14 +74,7 @@ def lightning_epoch(
             cfg.trainer.limit_train_batches = limit
             cfg.trainer.limit_val_batches = 1
     timer = EpochTimer()
-    callbacks = [*_build_callbacks(cfg), timer]
-    trainer: L.Trainer = _instantiate(
-        cfg.trainer,
-        "trainer",
-        callbacks=callbacks,
-        logger=_build_loggers(cfg),
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer, _ = build_trainer(cfg, extra=[timer])
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     return timer.end - timer.start, time.perf_counter() - start
@@ -199,9 +190,7 @@ def main() -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print_table(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    write_results("train_throughput", results)
 
 
 def print_table(r: dict[str, Any]) -> None:

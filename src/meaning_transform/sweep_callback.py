@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import traceback
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,38 @@ def write_failed_json(config: DictConfig, job_return: JobReturn) -> Path | None:
     return path
 
 
+class JobFailed(RuntimeError):
+    """A job that recorded its failure in ``failed.json`` (raised to the Optuna sweeper)."""
+
+
+def _is_optuna(config: DictConfig) -> bool:
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    return str(target).endswith("OptunaSweeper")
+
+
+def fail_for_optuna(config: DictConfig, job_return: JobReturn) -> bool:
+    """Turn a job that returned NaN after writing ``failed.json`` into a failed JobReturn.
+
+    The training code returns NaN so that Hydra's basic sweeper, which stops at the first
+    failed JobReturn, runs the other jobs. The Optuna sweeper (1.3 with optuna 2.10) crashes
+    on a NaN value instead ("Values were told..."); a failed JobReturn is what it marks as a
+    failed trial before going on (up to ``hydra.sweeper.max_failure_rate``).
+    """
+    out = _job_output_dir(config)
+    value = job_return._return_value
+    if out is None or not (isinstance(value, float) and math.isnan(value)):
+        return False
+    if not (out / FAILED_JSON).is_file():
+        return False
+    try:
+        error = json.loads((out / FAILED_JSON).read_text()).get("error")
+    except (OSError, ValueError):
+        error = None
+    job_return.status = JobStatus.FAILED
+    job_return.return_value = JobFailed(f"{error or 'job failed'} (see {out / FAILED_JSON})")
+    return True
+
+
 def _is_multirun(config: DictConfig) -> bool:
     mode = OmegaConf.select(config, "hydra.mode", default=None)
     return getattr(mode, "name", mode) == RunMode.MULTIRUN.name
@@ -73,10 +106,12 @@ class SweepReport(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        """Write ``failed.json`` for a failed job; in a multirun, refresh the report files."""
+        """Write ``failed.json`` for a failed job (Optuna: fail a NaN job); refresh the report."""
         try:
             if job_return.status == JobStatus.FAILED:
                 write_failed_json(config, job_return)
+            elif _is_optuna(config):
+                fail_for_optuna(config, job_return)
             if _is_multirun(config):
                 from meaning_transform.report import write_report
 

@@ -78,6 +78,21 @@ def _build_loggers(cfg: DictConfig) -> list[Any] | bool:
     return loggers or False
 
 
+def build_trainer(
+    cfg: DictConfig, extra: list[Callback] | None = None
+) -> tuple[L.Trainer, list[Callback]]:
+    """Lightning Trainer with the configured callbacks (plus ``extra``), loggers, atomic saves."""
+    callbacks = [*_build_callbacks(cfg), *(extra or [])]
+    trainer = _instantiate(
+        cfg.trainer,
+        "trainer",
+        callbacks=callbacks,
+        logger=_build_loggers(cfg),
+        plugins=[AtomicCheckpointIO()],
+    )
+    return trainer, callbacks
+
+
 def configure_logging(cfg: DictConfig) -> None:
     """DEBUG for our package when ``verbose`` (the seed's --debug), else INFO."""
     level = logging.DEBUG if cfg.get("verbose") else logging.INFO
@@ -145,14 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     configure_logging(cfg)
     cfg, datamodule, module, lineage = prepare(cfg)
     out_dir = Path(cfg.paths.output_dir)
-    callbacks = _build_callbacks(cfg)
-    trainer: L.Trainer = _instantiate(
-        cfg.trainer,
-        "trainer",
-        callbacks=callbacks,
-        logger=_build_loggers(cfg),
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer, callbacks = build_trainer(cfg)
     if _in_multirun() and _relaunches_script(trainer):
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.get('strategy')!r} with "
