@@ -159,7 +159,7 @@ def test_optuna_search_minimizes_the_rate_drift_objective(tmp_path):
     assert set(result["best_params"]) == {
         "model.latent_dim",
         "compression.level",
-        "loss.kl_weight",
+        "loss.rate_weight",
         "loss.semantic_weight",
         "optimizer.lr",
     }
