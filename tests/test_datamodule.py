@@ -219,7 +219,8 @@ def test_drop_invalid(null_db, agentfarm_cfg, caplog):
         dm.setup()
     rows = sum(len(x) for x in (dm.train_x, dm.val_x, dm.test_x))
     assert rows == 400 - null_db[1]
-    assert [r.getMessage() for r in caplog.records] == [
+    records = [r for r in caplog.records if r.name == "meaning_transform.data.datamodule"]
+    assert [r.getMessage() for r in records] == [
         f"dropped {null_db[1]} of 400 rows with NULL/NaN/inf values "
         "(current_health: 5, total_reward: 2)"
     ]
