@@ -117,3 +117,19 @@ def test_monitor_is_defined_once_and_interpolated():
     assert cfg.callbacks.model_checkpoint.monitor == "val/drift"
     assert cfg.callbacks.early_stopping.monitor == "val/drift"
     assert cfg.optimized_metric == "val/drift"
+
+
+@pytest.mark.parametrize(
+    "launcher, target",
+    [("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher")],
+)
+def test_launchers_compose(launcher, target):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(
+            "train",
+            overrides=[f"hydra/launcher={launcher}", "hydra.sweep.dir=/tmp/x"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher._target_.endswith(target)
