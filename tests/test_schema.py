@@ -150,6 +150,13 @@ def test_nan_in_required_column_is_counted():
         ),
         ({"features": {"a": {"kind": "binary", "colour": 1}}}, "unexpected keyword"),
         ({"features": {}}, "no features"),
+        (
+            {
+                "features": {"a": {"kind": "binary"}},
+                "predicates": {"a": {"feature": "a", "op": "==", "value": 1}},
+            },
+            "predicates named like features",
+        ),
     ],
 )
 def test_bad_declarations(bad, match):

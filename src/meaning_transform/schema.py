@@ -115,6 +115,9 @@ class FeatureSchema:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise SchemaError(f"schema declares features more than once: {dupes}")
+        clash = sorted({p.name for p in self.predicates} & set(names))
+        if clash:  # both are reported as drift/<name>
+            raise SchemaError(f"predicates named like features: {clash}; rename the predicates")
         for p in self.predicates:
             if p.feature not in names:
                 raise SchemaError(
