@@ -99,8 +99,9 @@ def _is_multirun(config: DictConfig) -> bool:
 class SweepReport(Callback):
     """Report every multirun: ``sweep_summary.csv`` and ``rate_drift.png`` in the sweep dir.
 
-    The report is rewritten after each job as well as at the end, because Hydra's basic and
-    Optuna sweepers re-raise a failed job's exception and then skip ``on_multirun_end``.
+    The report is rewritten after each job as well as at the end: training records its own
+    failures and returns NaN, but an error that still escapes a job (e.g. a BaseException, or an
+    Optuna sweep stopped by ``max_failure_rate``) makes Hydra skip ``on_multirun_end``.
     Nothing here ever raises: a reporting problem must not fail a training sweep (imports are
     lazy for the same reason: Hydra builds this callback before any job runs).
     """

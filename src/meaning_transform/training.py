@@ -180,9 +180,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = _summarize(cfg, trainer, callbacks, lineage)
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
-        summary["test_coding"] = coding_of(
-            module, datamodule.test_x
-        )  # best weights, loaded by test
+        # trainer.test loaded the best weights into module: code the test split with them
+        summary["test_coding"] = coding_of(module, datamodule.test_x)
     summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
         atomic_write(
