@@ -112,6 +112,9 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         self.shuffle = shuffle
         self.split_agents: dict[str, np.ndarray] = {}
         self.train_x = self.val_x = self.test_x = torch.empty(0)
+        # per split, each row's agent (index into the sorted agent ids) and step
+        self.train_agents = self.val_agents = self.test_agents = np.empty(0, dtype=np.int64)
+        self.train_steps = self.val_steps = self.test_steps = np.empty(0, dtype=np.int64)
         self._ready = False
 
     @abstractmethod
@@ -125,9 +128,15 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
             return
         table = self._valid_rows(_drop_empty_optional(self.load_table(), self.declared_schema))
         codes, agents = _factorize(table["agent_id"])
-        split_of_agent = self._assign_splits(len(agents))
+        split_of_agent = self._assign_splits(len(agents), self._agent_kinds(table, codes))
         split_of_row = split_of_agent[codes]
+        # Rows of each split in (agent, step) order; each row's agent code and step are kept.
+        order = np.lexsort((table["step"], codes))
+        table, codes, split_of_row = _take(table, order), codes[order], split_of_row[order]
         parts = {s: _take(table, split_of_row == i) for i, s in enumerate(SPLITS)}
+        for i, s in enumerate(SPLITS):
+            setattr(self, f"{s}_agents", codes[split_of_row == i].astype(np.int64))
+            setattr(self, f"{s}_steps", np.asarray(parts[s]["step"], dtype=np.int64))
         self.split_agents = {s: agents[split_of_agent == i] for i, s in enumerate(SPLITS)}
         # A schema that arrives fitted (a checkpoint's, for evaluation) is used as it is.
         fitted = self.declared_schema.fitted
@@ -153,8 +162,14 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         log.info("dropped %d of %d rows with NULL/NaN/inf values (%s)", any_bad.sum(), n, detail)
         return _take(table, ~any_bad)
 
-    def _assign_splits(self, n_agents: int) -> np.ndarray:
-        """Split index (0 train, 1 val, 2 test) of each agent, from a seeded permutation."""
+    def _assign_splits(self, n_agents: int, kinds: np.ndarray | None = None) -> np.ndarray:
+        """Split index (0 train, 1 val, 2 test) of each agent, from a seeded permutation.
+
+        Test, then val agents are taken in permutation order, skipping an agent whose kind
+        (``kinds``: e.g. its agent type) would otherwise be left without a training agent, so
+        the vocabulary fitted on train covers every split. With many agents of every kind no
+        agent is skipped and the split is the plain permutation's.
+        """
         counts = {s: _agents_for(f, n_agents) for s, f in self.fractions.items()}
         if counts["val"] + counts["test"] >= n_agents:
             raise DataError(
@@ -163,10 +178,40 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
                 f"{counts['val']}/{counts['test']}; lower the fractions or load more agents"
             )
         order = np.random.default_rng(self.split_seed).permutation(n_agents)
+        kinds = np.zeros(n_agents, dtype=np.int64) if kinds is None else kinds
+        left = np.bincount(kinds)  # agents of each kind still in train
         split = np.zeros(n_agents, dtype=np.int64)
-        split[order[: counts["test"]]] = 2
-        split[order[counts["test"] : counts["test"] + counts["val"]]] = 1
+        wanted = [2] * counts["test"] + [1] * counts["val"]
+        for agent in order.tolist():
+            if not wanted:
+                break
+            if left[kinds[agent]] > 1:
+                split[agent] = wanted.pop(0)
+                left[kinds[agent]] -= 1
+        if wanted:
+            raise DataError(
+                f"cannot hold out {counts['test']} test and {counts['val']} val agents and keep "
+                f"an agent of every agent type in training ({n_agents} agents, "
+                f"{len(left)} types); lower the fractions or load more agents"
+            )
         return split
+
+    def _agent_kinds(self, table: Table, codes: np.ndarray) -> np.ndarray | None:
+        """Per agent, the code of its first row's value of each per-agent categorical feature
+        (``source: agents``, e.g. agent_type), combined; None when there is none."""
+        names = [
+            f.name
+            for f in self.declared_schema.of_kind("categorical")
+            if f.source == "agents" and f.name in table
+        ]
+        if not names:
+            return None
+        first = np.unique(codes, return_index=True)[1]  # codes are 0..n_agents-1
+        combined = np.zeros(len(first), dtype=np.int64)
+        for name in names:
+            values, _ = _factorize(np.asarray(table[name])[first].astype(str))
+            combined = combined * (int(values.max()) + 1) + values
+        return np.unique(combined, return_inverse=True)[1]
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
