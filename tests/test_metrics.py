@@ -104,3 +104,32 @@ def test_rate_meter_mean_and_code_entropy():
     assert out["rate_bits"].item() == pytest.approx(2.0)  # 4 equally used codes
     assert out["codes_used"].item() == 4 and out["perplexity"].item() == pytest.approx(4.0)
     assert math.isclose(codes.code_counts.sum().item(), 4)
+
+
+def _age_schema(mean: float, std: float) -> FeatureSchema:
+    """One continuous feature ``age`` (tolerance 5) standardized with (mean, std)."""
+    decl = {"features": {"age": {"kind": "continuous", "tolerance": 5.0}}}
+    return FeatureSchema.from_config(
+        {**decl, "normalizers": {"age": {"mean": mean, "std": std}}, "fitted": True}
+    )
+
+
+def test_tolerance_slack_is_relative():
+    # std 1: data units are native units. Tolerance 5 with slack 1e-4 allows up to 5.0005.
+    m = SemanticDrift(_age_schema(0.0, 1.0))
+    x = torch.zeros(3, 1)
+    x_hat = torch.tensor([[5.0], [5.00025], [5.001]])  # within, within (0.5e-4 over), outside
+    m.update(x, x_hat)
+    assert m.compute()["drift/age"].item() == pytest.approx(1 / 3)
+
+
+def test_an_error_of_exactly_one_tolerance_at_age_480_is_within():
+    # 480 and 485 in float32 data units (mean 250, std 150): 1.5333333 and 1.5666667, whose
+    # difference times 150 is 5.0000134 -- over 5 + 1e-6, within 5 * (1 + 1e-4).
+    s = _age_schema(250.0, 150.0)
+    x = s.encode({"age": np.array([480.0])})
+    x_hat = s.encode({"age": np.array([485.0])})
+    assert ((x - x_hat).abs() * 150.0).item() > 5.0 + 1e-6
+    m = SemanticDrift(s)
+    m.update(x, x_hat)
+    assert m.compute()["drift"].item() == 0.0
