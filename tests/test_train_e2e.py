@@ -86,6 +86,12 @@ def test_default_run_writes_every_output(tmp_path):
     tail = proc.stdout + proc.stderr
     assert f"run directory: {run_dir.resolve()}" in tail
     assert "best val/loss:" in tail and "by group: spatial" in tail and "bits per state" in tail
+    # classical baselines of the same test split, beside this model's numbers in the last line
+    baselines = summary["baselines"]
+    assert [e["k"] for e in baselines["quantizer"]] == [1, 2, 4, 8, 16]
+    assert baselines["quantizer"][0]["drift"] == 0.0 and baselines["delta"][0]["drift"] == 0.0
+    assert "classical quantizer:" in tail and "per-agent delta:" in tail
+    assert "this model:" in proc.stdout.strip().splitlines()[-1]
     # the composed config lives inside every checkpoint and load needs nothing else
     ckpt = read_checkpoint(run_dir / "checkpoints/last.ckpt")
     assert ckpt["run_config"]["experiment_name"] == "e2e"
@@ -270,6 +276,7 @@ def test_real_agentfarm_db(tiny_cfg, real_db):
     summary = run(tiny_cfg("data=sqlite", f"data.path={real_db}", "data.limit=4000", "test=false"))
     assert summary["epochs_run"] == 2 and summary["drift"] is not None
     assert set(summary["drift_groups"]) >= {"spatial", "resources", "status", "role"}
+    assert summary["baselines"]["quantizer"][0]["drift"] == 0.0
     assert (real_db.stat().st_mtime, real_db.stat().st_size) == (mtime, size)
 
 

@@ -22,6 +22,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from meaning_transform.baselines import classical_baselines
+from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
 from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
 from meaning_transform.checkpoints import check_compatible, read_checkpoint
@@ -182,6 +184,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
         # trainer.test loaded the best weights into module: code the test split with them
         summary["test_coding"] = coding_of(module, datamodule.test_x)
+    summary["baselines"] = test_baselines(datamodule)
     summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
         atomic_write(
@@ -199,6 +202,33 @@ def evaluate_split(
     path = ckpt if ckpt and Path(ckpt).is_file() else None
     results = trainer.test(module, datamodule=datamodule, ckpt_path=path, verbose=False)
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+
+def test_baselines(datamodule: Any) -> dict[str, Any] | None:
+    """Classical baselines on the test split, tables fitted on the training split (or None)."""
+    if not datamodule.test_x.shape[0]:
+        return None
+    return classical_baselines(
+        datamodule.schema,
+        datamodule.train_x,
+        datamodule.train_agents,
+        datamodule.test_x,
+        datamodule.test_agents,
+    )
+
+
+def _log_baselines(s: dict[str, Any]) -> None:
+    """The last lines: the classical baselines beside this model's test bits and drift."""
+    if not s.get("baselines"):
+        return
+    test = s.get("test") or {}
+    bits, drift = test.get("test/rate_bits"), test.get("test/drift")
+    model = (
+        f"this model: {bits:.1f} bits/state at test drift {drift:.4f}"
+        if bits is not None and drift is not None
+        else "this model: not tested"
+    )
+    log.info("%s; %s", describe_baselines(s["baselines"]), model)
 
 
 def _history(callbacks: list[Callback], kind: type) -> list[dict[str, float]]:
@@ -317,6 +347,7 @@ def _print_final(s: dict[str, Any]) -> None:
             coding["num_bytes"],
             coding["num_states"],
         )
+    _log_baselines(s)
 
 
 def optimized_value(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
