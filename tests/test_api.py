@@ -96,7 +96,11 @@ def test_evaluate_reproduces_logged_drift(tiny_cfg, tmp_path):
         evaluate_main([f"ckpt_path={summary['best_model_path']}", "split=test", f"output={out}"])
         == 0
     )
-    assert json.loads(out.read_text())["split"] == "test"
+    written = json.loads(out.read_text())
+    assert written["split"] == "test"
+    # the classical baselines of the evaluated split: the same numbers the run reported
+    assert written["baselines"] == summary["baselines"]
+    assert report["baselines"]["num_states"] == report["num_states"]
 
 
 def test_evaluate_bad_input_is_one_line(capsys, tmp_path):

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from meaning_transform.baselines import classical_baselines
+from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.checkpoints import read_checkpoint
 from meaning_transform.config import CONF_DIR
 from meaning_transform.errors import USER_ERRORS, ConfigError
@@ -74,7 +77,21 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
         "metrics": {k.removeprefix("val/"): float(v) for k, v in metrics.items()},
     }
     report["coding"] = coding_of(module, x)
+    report["baselines"] = split_baselines(datamodule, split)
     return report
+
+
+def split_baselines(datamodule: Any, split: str) -> dict[str, Any]:
+    """Classical baselines of one split (``all``: every split), tables fitted on train."""
+    parts = SPLITS[:-1] if split == "all" else (split,)
+    agents = np.concatenate([getattr(datamodule, f"{s}_agents") for s in parts])
+    return classical_baselines(
+        datamodule.schema,
+        datamodule.train_x,
+        datamodule.train_agents,
+        split_tensor(datamodule, split),
+        agents,
+    )
 
 
 @torch.no_grad()
@@ -110,6 +127,16 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  coded: {c['num_bytes']} bytes = {c['coded_bits_per_state']:.2f} bits/state "
             f"(estimated {c['estimated_bits_per_state']:.2f}; exact round trip: {c['exact']})"
+        )
+    b = report.get("baselines")
+    if b:
+        lines.append(f"  {describe_baselines(b)} (tables fitted on the training split)")
+        lines.append(
+            "  classical quantizer by k: "
+            + ", ".join(
+                f"k={e['k']:g} {e['bits_per_state']:.1f} bits drift {e['drift']:.3f}"
+                for e in b["quantizer"]
+            )
         )
     return "\n".join(lines)
 
