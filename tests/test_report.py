@@ -274,3 +274,28 @@ def test_table_lifts_shared_overrides(tmp_path: Path) -> None:
     lines = format_table(collect(tmp_path)).splitlines()
     assert lines[0] == "all jobs: compression=vq seed=7"
     assert lines[3].split()[:3] == ["0", "compression.level=1", "ok"]
+
+
+def test_report_draws_the_classical_baselines(sweep: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from meaning_transform.report import _plot_baselines, read_baselines
+
+    baselines = {
+        "num_states": 10,
+        "quantizer": [
+            {"k": 1, "bits_per_state": 30.0, "drift": 0.0},
+            {"k": 2, "bits_per_state": 24.0, "drift": 0.25},
+        ],
+        "delta": [{"k": 1, "bits_per_state": 3.4, "drift": 0.0}],
+    }
+    path = sweep / "3" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "baselines": baselines}))
+    assert read_baselines(sweep) == baselines  # jobs 0-2 have none: the first that has them
+    fig, ax = plt.subplots()
+    assert _plot_baselines(ax, baselines) == [30.0, 24.0, 3.4]
+    lines = [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+    assert lines == [([30.0, 24.0], [0.0, 0.25]), ([3.4], [0.0])]
+    plt.close(fig)
+    build_report(sweep)
+    assert (sweep / RATE_DRIFT_PNG).stat().st_size > 0

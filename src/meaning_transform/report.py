@@ -271,10 +271,49 @@ def _label(level: Any) -> str:
     return f"{level:g}" if _finite(level) else ("" if level is None else str(level))
 
 
-def plot_rate_drift(rows: Sequence[Row], path: str | Path) -> None:
-    """Bits per state (log x) vs drift: a marker per kind, seed error bars, the Pareto front."""
+def read_baselines(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """The classical baselines of the sweep's data: the first job summary that has them."""
+    for job in job_dirs(sweep_dir):
+        summary, _ = _read_json(job / "summary.json")
+        if summary and summary.get("baselines"):
+            return summary["baselines"]
+    return None
+
+
+def _plot_baselines(ax: Any, baselines: dict[str, Any]) -> list[float]:
+    """Classical quantizer curve and per-agent delta points over k; their bits per state."""
+    bits = []
+    for key, label, style in (
+        ("quantizer", "classical quantizer", "k-"),
+        ("delta", "per-agent delta", "k:"),
+    ):
+        entries = [e for e in baselines.get(key) or [] if e.get("bits_per_state", 0) > 0]
+        if not entries:
+            continue
+        xs, ys = [e["bits_per_state"] for e in entries], [e["drift"] for e in entries]
+        marker = "x" if key == "quantizer" else "+"
+        ax.plot(xs, ys, style, marker=marker, linewidth=1, label=f"{label} (k = grid coarseness)")
+        for e in entries:
+            ax.annotate(
+                f"k={e['k']:g}",
+                (e["bits_per_state"], e["drift"]),
+                xytext=(3, -9),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.3",
+            )
+        bits += xs
+    return bits
+
+
+def plot_rate_drift(
+    rows: Sequence[Row], path: str | Path, baselines: dict[str, Any] | None = None
+) -> None:
+    """Bits per state (log x) vs drift: a marker per kind, seed error bars, the Pareto front,
+    and the classical baselines (quantizer curve, per-agent delta) when given."""
     points = group_seeds(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    baseline_bits = _plot_baselines(ax, baselines) if baselines else []
     for kind in sorted({str(p["kind"]) for p in points}):
         mine = [p for p in points if str(p["kind"]) == kind]
         marker, colour = STYLES.get(kind, OTHER_STYLE)
@@ -311,7 +350,7 @@ def plot_rate_drift(rows: Sequence[Row], path: str | Path) -> None:
         ax.text(
             0.5, 0.5, "no finished jobs to plot", ha="center", va="center", transform=ax.transAxes
         )
-    elif all(p["rate_bits"] > 0 for p in points):
+    elif all(p["rate_bits"] > 0 for p in points) and all(b > 0 for b in baseline_bits):
         ax.set_xscale("log")
     else:  # a zero-rate code (e.g. collapsed VQ) has no place on a log axis
         ax.set_xscale("symlog", linthresh=1e-2)
@@ -319,7 +358,7 @@ def plot_rate_drift(rows: Sequence[Row], path: str | Path) -> None:
     ax.set_ylabel("semantic drift (0 = nothing lost)")
     ax.set_title("Rate-drift trade-off (labels: compression level, n seeds)")
     ax.grid(alpha=0.3, which="both")
-    if points:
+    if points or baseline_bits:
         ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
@@ -370,7 +409,7 @@ def write_report(sweep_dir: str | Path) -> list[Row]:
     sweep = Path(sweep_dir)
     rows = collect(sweep)
     write_summary_csv(rows, sweep / SUMMARY_CSV)
-    plot_rate_drift(rows, sweep / RATE_DRIFT_PNG)
+    plot_rate_drift(rows, sweep / RATE_DRIFT_PNG, read_baselines(sweep))
     return rows
 
 
