@@ -150,15 +150,3 @@ def test_segmented_scans_by_hand():
     np.testing.assert_array_equal(
         seg.run_length(np.array([False, True, True, True, False])), [0, 1, 1, 2, 0]
     )
-
-
-def test_small_synthetic_runs_split_with_every_agent_type_in_training(agentfarm_cfg):
-    from meaning_transform.data import SyntheticDataModule
-
-    for n in (1000, 2000):  # 10 and 20 agents: once failed with "not in its vocabulary"
-        dm = SyntheticDataModule(agentfarm_cfg, num_states=n)
-        dm.setup()
-        assert set(dm.schema.feature("agent_type").categories) == set(
-            generate_synthetic(n)["agent_type"]
-        )
-        assert len(dm.test_x) > 0 and len(dm.val_x) > 0
