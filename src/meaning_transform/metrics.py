@@ -18,7 +18,6 @@ from torchmetrics import Metric
 from meaning_transform.models.bottlenecks.vq import entropy_bits
 from meaning_transform.schema import FeatureSchema
 
-
 #: relative float32 slack on a continuous feature's tolerance (see SemanticDrift.update)
 TOLERANCE_SLACK = 1e-4
 
