@@ -101,7 +101,7 @@ def test_checkpoint_restores_the_model_alone(tmp_path: Path) -> None:
     table = generate_synthetic(64, seed=123)
     codes = module.encode(table)
     torch.testing.assert_close(loaded.encode(table), codes, rtol=0, atol=0)
-    assert codes.shape == (64, module.codec.latent_dim)
+    assert codes.shape == (64, module.codec.latent_dim + len(module.schema.features))
     a, b = module.decode(codes), loaded.decode(codes)
     r1, r2 = module.reconstruct(table), loaded.reconstruct(table)
     for out in (a, b, r1, r2):

@@ -16,6 +16,7 @@ from torch import nn
 
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.identity import kl_nats
+from meaning_transform.models.grid_path import GridPath
 from meaning_transform.schema import FeatureSchema
 
 
@@ -29,6 +30,7 @@ class LossContext:
     bottleneck: BottleneckOutput
     schema: FeatureSchema
     progress: float  # epochs trained so far, fractional (epoch + batch / batches)
+    grid: GridPath | None = None  # the model's grid path, if it has one
 
 
 class LossTerm(nn.Module):
@@ -55,18 +57,71 @@ class LossTerm(nn.Module):
         raise NotImplementedError
 
 
+#: |e| (tolerance units) where the outside-tolerance count starts: a hair past 1, since values on
+#: a grid cell's edge decode exactly one tolerance away and float rounding must not make them
+#: pull on the grid step (drift counts |e| > 1 + 1e-4 the same way, see metrics.py)
+EDGE = 1.0 + 1e-3
+
+
 class ReconstructionLoss(LossTerm):
-    """Typed reconstruction: MSE (normalized units), BCE, CE; schema-weighted mean over features."""
+    """Typed reconstruction in the units of meaning; schema-weighted mean over features.
+
+    Continuous features are judged in units of their tolerance, ``e = (x_hat - x) / tolerance``
+    (native units), where drift counts ``|e| > 1`` as meaning lost. Within tolerance nothing is
+    lost, so the loss is 0 there (a loss that still rewarded smaller errors inside tolerance
+    would buy precision nobody reads with bits: measured, it halved every grid step, +1 bit per
+    feature). Beyond it: ``outside_weight * min(1, sharpness * (|e| - 1))``, a differentiable
+    count of the states outside tolerance (the fraction drift reports, reached at
+    ``|e| = 1 + 1/sharpness``), plus ``huber_weight * huber(|e| - 1)`` so far-off states still
+    pull back in. Binary features: BCE on the logit; categorical: cross-entropy.
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        huber_weight: float = 1.0,
+        outside_weight: float = 1.0,
+        sharpness: float = 8.0,
+    ) -> None:
+        super().__init__(weight)
+        for name, value in (("huber_weight", huber_weight), ("outside_weight", outside_weight)):
+            if not value >= 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {value}")
+        if not sharpness > 0:
+            raise ValueError(f"loss.sharpness must be > 0, got {sharpness}")
+        self.huber_weight = float(huber_weight)
+        self.outside_weight = float(outside_weight)
+        self.sharpness = float(sharpness)
+        self._units: dict[tuple[int, str], torch.Tensor] = {}
+
+    def _tolerance_units(self, schema: FeatureSchema, device: torch.device) -> torch.Tensor:
+        """Per continuous column: std / tolerance (normalized error -> tolerance units)."""
+        key = (id(schema), str(device))
+        if key not in self._units:
+            _, std = schema.affine()
+            cols = schema.index_of_kind("continuous")
+            self._units[key] = (std[cols] / schema.tolerances()[cols]).to(device)
+        return self._units[key]
+
+    def tolerance_loss(self, e: torch.Tensor) -> torch.Tensor:
+        """Per-element loss of errors ``e`` in tolerance units."""
+        excess = (e.abs() - EDGE).clamp_min(0.0)
+        huber = F.huber_loss(excess, torch.zeros_like(excess), reduction="none", delta=1.0)
+        outside = (self.sharpness * excess).clamp_max(1.0)
+        return self.huber_weight * huber + self.outside_weight * outside
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         """Weighted mean of per-feature losses (vectorized per kind: this runs every step)."""
         schema, x, heads = ctx.schema, ctx.x, ctx.heads
         total = heads.new_zeros(())
-        for kind, loss_fn in (("continuous", F.mse_loss), ("binary", _bce)):
-            cols, head_cols, w = schema.kind_layout(kind, heads.device)
-            if cols.numel():
-                per_feature = loss_fn(heads[:, head_cols], x[:, cols], reduction="none").mean(0)
-                total = total + (per_feature * w).sum()
+        cols, head_cols, w = schema.kind_layout("continuous", heads.device)
+        if cols.numel():
+            e = (heads[:, head_cols] - x[:, cols]) * self._tolerance_units(schema, heads.device)
+            total = total + (self.tolerance_loss(e).mean(0) * w).sum()
+        cols, head_cols, w = schema.kind_layout("binary", heads.device)
+        if cols.numel():
+            per_feature = _bce(heads[:, head_cols], x[:, cols], reduction="none").mean(0)
+            total = total + (per_feature * w).sum()
         slices = schema.head_slices
         for col in schema.index_of_kind("categorical"):
             f = schema.features[col]
@@ -82,18 +137,47 @@ def _bce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Te
 
 
 class SemanticLoss(LossTerm):
-    """BCE between each predicate's soft value on the decoded state and its truth on the input."""
+    """BCE between each predicate's soft value on the decoded state and its truth on the input,
+    capped once the decoded state is ``margin`` (logit units; tolerances for a threshold
+    predicate) on the right side: past that, pushing further would only buy errors beyond
+    tolerance, which drift counts (measured: uncapped, decoded ``starvation_counter`` was pushed
+    past its tolerance to make ``starving`` surer)."""
+
+    def __init__(self, weight: float = 1.0, margin: float = 0.5) -> None:
+        super().__init__(weight)
+        if not margin >= 0:
+            raise ValueError(f"loss.semantic_margin must be >= 0, got {margin}")
+        self.floor = F.softplus(torch.tensor(-float(margin))).item()  # BCE at the margin
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
-        """Predicate-weighted mean BCE."""
+        """Predicate-weighted mean capped BCE."""
         schema = ctx.schema
         if not schema.predicates:
             return ctx.heads.new_zeros(())
         truth = schema.evaluate_predicates(ctx.x).to(ctx.heads.dtype)
         prob = schema.soft_predicates(ctx.heads).clamp(1e-6, 1 - 1e-6)
-        bce = F.binary_cross_entropy(prob, truth, reduction="none").mean(dim=0)
+        bce = F.binary_cross_entropy(prob, truth, reduction="none")
+        bce = (bce - self.floor).clamp_min(0.0).mean(dim=0)
         w = torch.tensor([p.weight for p in schema.predicates], device=bce.device)
         return (bce * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class GridStepLoss(LossTerm):
+    """Expected share of meaning lost by the grid path's steps, independent of the batch.
+
+    A continuous value falls anywhere in its grid cell, so a step of ``k`` x (2 x tolerance)
+    leaves a fraction ``max(0, 1 - 1/k)`` of states outside tolerance: the schema-weighted sum
+    of that over continuous features, normalized like ``recon``. This is what keeps the learned
+    step honest: judged only on the training batch, a step of 1.03 cells kept every training
+    agent's position (stationary agents hold few distinct values) within tolerance and put 37%
+    of held-out agents' positions outside. 0 without a grid path.
+    """
+
+    def forward(self, ctx: LossContext) -> torch.Tensor:
+        """Weighted expected outside-tolerance fraction of the grid's continuous channels."""
+        if ctx.grid is None:
+            return ctx.heads.new_zeros(())
+        return ctx.grid.expected_outside(ctx.schema)
 
 
 class KLLoss(LossTerm):

@@ -98,7 +98,8 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 class RateMeter(Metric):
-    """Bits per state over an epoch: mean rate, or for discrete codes the entropy of their usage."""
+    """Bits per state over an epoch: the latent's mean rate (for discrete codes the entropy of
+    their usage), plus the grid channels' mean rate when the model has a grid path."""
 
     full_state_update = False
     higher_is_better = False
@@ -106,27 +107,43 @@ class RateMeter(Metric):
     def __init__(self, codebook_size: int = 0) -> None:
         super().__init__()
         self.add_state("bits", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("grid_bits", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state(
             "code_counts", torch.zeros(codebook_size, dtype=torch.float64), dist_reduce_fx="sum"
         )
+        self.has_grid = False
 
-    def update(self, rate_bits: torch.Tensor, codes: torch.Tensor | None = None) -> None:
-        """Accumulate per-state bits, and code indices when the bottleneck is discrete."""
+    def update(
+        self,
+        rate_bits: torch.Tensor,
+        codes: torch.Tensor | None = None,
+        grid_bits: torch.Tensor | None = None,
+    ) -> None:
+        """Accumulate per-state latent bits, code indices (discrete codes) and grid bits."""
         self.bits += rate_bits.detach().sum().double()
         self.count += rate_bits.shape[0]
+        if grid_bits is not None:
+            self.has_grid = True
+            self.grid_bits += grid_bits.detach().sum().double()
         if codes is not None and self.code_counts.numel():
             self.code_counts += torch.bincount(
                 codes.flatten(), minlength=self.code_counts.numel()
             ).double()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``rate_bits``; with codes also ``codes_used`` and ``perplexity``."""
+        """``rate_bits`` (total); with codes ``codes_used``, ``perplexity``; with a grid path
+        ``rate_bits_latent`` and ``rate_bits_grid``."""
+        n = self.count.clamp_min(1.0)
+        out: dict[str, torch.Tensor] = {}
         if self.code_counts.numel() and self.code_counts.sum() > 0:
-            h = entropy_bits(self.code_counts)
-            return {
-                "rate_bits": h.float(),
-                "codes_used": (self.code_counts > 0).sum().float(),
-                "perplexity": torch.exp2(h).float(),
-            }
-        return {"rate_bits": (self.bits / self.count.clamp_min(1.0)).float()}
+            latent = entropy_bits(self.code_counts)
+            out["codes_used"] = (self.code_counts > 0).sum()
+            out["perplexity"] = torch.exp2(latent)
+        else:
+            latent = self.bits / n
+        out["rate_bits"] = latent + self.grid_bits / n
+        if self.has_grid:
+            out["rate_bits_latent"] = latent
+            out["rate_bits_grid"] = self.grid_bits / n
+        return {k: v.float() for k, v in out.items()}

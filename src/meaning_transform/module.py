@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from meaning_transform.losses import CompositeLoss, LossContext
 from meaning_transform.metrics import RateMeter, SemanticDrift
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
+from meaning_transform.models.grid_path import GridPath
 from meaning_transform.schema import FeatureSchema, Table
 
 EVAL_STAGES = ("val", "test")
@@ -63,8 +64,17 @@ class MeaningModule(L.LightningModule):
         self.schema = FeatureSchema.from_config(hp.schema)
         if not self.schema.fitted:
             raise ValueError("MeaningModule needs a fitted schema (the DataModule fits it)")
+        model_cfg = dict(hp.model)
+        grid_cfg = dict(model_cfg.pop("grid_path", None) or {})
+        self.grid: GridPath | None = None
+        if grid_cfg.pop("enabled", False):
+            level = hp.compression.get("level", 1.0)
+            self.grid = GridPath(self.schema, level=level, **grid_cfg)
         self.codec = instantiate(
-            hp.model, input_dim=self.schema.input_dim, output_dim=self.schema.head_dim
+            model_cfg,
+            input_dim=self.schema.input_dim,
+            output_dim=self.schema.head_dim,
+            grid_dim=len(self.schema.features) if self.grid is not None else 0,
         )
         self.bottleneck: Bottleneck = instantiate(hp.compression, latent_dim=self.codec.latent_dim)
         terms = {name: instantiate(t) for name, t in (hp.loss.get("terms") or {}).items()}
@@ -78,14 +88,18 @@ class MeaningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ core
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Latent, BottleneckOutput]:
-        """Data tensor -> (decoder heads, latent, bottleneck output)."""
+        """Data tensor -> (decoder heads, latent, bottleneck output of all coded channels)."""
         latent = self.codec.encoder(self.schema.model_input(x))
         out = self.bottleneck(latent)
-        return self.codec.decoder(out.z), latent, out
+        if self.grid is None:
+            return self.codec.decoder(out.z), latent, out
+        g, grid_out = self.grid(x)
+        heads = self.codec.decoder(torch.cat([out.z, g], dim=1)) + self.grid.skip_heads(g)
+        return heads, latent, _with_grid(out, grid_out)
 
     def _step(self, x: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
         heads, latent, out = self(x)
-        ctx = LossContext(x, heads, latent, out, self.schema, progress)
+        ctx = LossContext(x, heads, latent, out, self.schema, progress, self.grid)
         total, reported, values, weights = self.loss_fn(ctx)
         return total, reported, values, weights, heads, out
 
@@ -179,7 +193,9 @@ class MeaningModule(L.LightningModule):
         _, reported, values, weights, heads, out = self._step(x, float(self.current_epoch))
         self._accumulate(stage, reported, values, weights, out.rate_bits, x.shape[0])
         self.drift[stage].update(x, self.schema.point_estimate(heads))
-        self.rate[stage].update(out.rate_bits, out.codes)
+        grid_bits = out.grid_bits
+        latent_bits = out.rate_bits if grid_bits is None else out.rate_bits - grid_bits
+        self.rate[stage].update(latent_bits, out.codes, grid_bits)
 
     def _eval_epoch_end(self, stage: str) -> None:
         self._log_sums(stage)
@@ -188,6 +204,9 @@ class MeaningModule(L.LightningModule):
         fixed = getattr(self.bottleneck, "fixed_rate_bits", None)
         if fixed is not None:
             metrics[f"{stage}/fixed_rate_bits"] = torch.tensor(float(fixed))
+        if self.grid is not None:  # the grid step each feature has learned, in 2 x tolerance
+            for name, k in self.grid.steps_in_tolerances(self.schema).items():
+                metrics[f"{stage}/grid_k/{name}"] = torch.tensor(k)
         self.log_dict(metrics, sync_dist=False)  # torchmetrics already synced across ranks
         self.drift[stage].reset()
         self.rate[stage].reset()
@@ -239,18 +258,37 @@ class MeaningModule(L.LightningModule):
     # ------------------------------------------------------------------ table API
     @torch.no_grad()
     def encode(self, table: Table) -> torch.Tensor:
-        """Table of agent states -> the codes the decoder sees (quantized latents), [N, latent]."""
+        """Table of agent states -> what the decoder sees: quantized latents, then (with the
+        grid path) the grid-decoded state, [N, latent_dim (+ n_features)]."""
         self.eval()
         x = self.schema.encode(table).to(self.device)
-        return self.bottleneck(self.codec.encoder(self.schema.model_input(x))).z
+        z = self.bottleneck(self.codec.encoder(self.schema.model_input(x))).z
+        return z if self.grid is None else torch.cat([z, self.grid(x)[0]], dim=1)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> Table:
-        """Codes -> table of agent states in native units and real categories."""
+        """Codes (``encode``'s output) -> table of agent states in native units."""
         self.eval()
-        heads = self.codec.decoder(codes.to(self.device))
+        codes = codes.to(self.device)
+        heads = self.codec.decoder(codes)
+        if self.grid is not None:
+            heads = heads + self.grid.skip_heads(codes[:, self.codec.latent_dim :])
         return self.schema.decode(self.schema.point_estimate(heads))
 
     def reconstruct(self, table: Table) -> Table:
         """Encode then decode a table."""
         return self.decode(self.encode(table))
+
+
+def _with_grid(out: BottleneckOutput, grid: BottleneckOutput) -> BottleneckOutput:
+    """The learned bottleneck's output with the grid channels' rate and losses added."""
+    return BottleneckOutput(
+        z=out.z,
+        rate_bits=out.rate_bits + grid.rate_bits,
+        rate_loss=out.rate_loss + grid.rate_loss,
+        aux_loss=out.aux_loss + grid.aux_loss,
+        codes=out.codes,
+        kl_scale=out.kl_scale,
+        grid_bits=grid.rate_bits,
+        stats=out.stats,
+    )

@@ -71,11 +71,15 @@ class MLPDecoder(nn.Module):
         activation: str = "ReLU",
         batch_norm: bool = True,
         dropout: float = 0.0,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         hidden = list(reversed(hidden_dims))
         self.body = _mlp([latent_dim, *hidden], activation, batch_norm, dropout)
         self.out = nn.Linear(hidden[-1] if hidden else latent_dim, output_dim)
+        if zero_init:  # a correction added to other heads: start by changing nothing
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Decode latents to head outputs."""
@@ -83,7 +87,12 @@ class MLPDecoder(nn.Module):
 
 
 class MLPCodec(nn.Module):
-    """The encoder/decoder pair configured by ``conf/model/mlp.yaml``."""
+    """The encoder/decoder pair configured by ``conf/model/mlp.yaml``.
+
+    ``grid_dim`` > 0 (the model has a grid path): the decoder also reads the grid-decoded state
+    (``grid_dim`` columns after the latent) and its output is a correction to the grid's own
+    heads, zero at initialization.
+    """
 
     def __init__(
         self,
@@ -95,6 +104,7 @@ class MLPCodec(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.0,
         variational: bool = True,
+        grid_dim: int = 0,
     ) -> None:
         super().__init__()
         if latent_dim <= 0:
@@ -109,5 +119,11 @@ class MLPCodec(nn.Module):
             input_dim, latent_dim, hidden_dims, activation, batch_norm, dropout, variational
         )
         self.decoder = MLPDecoder(
-            latent_dim, output_dim, hidden_dims, activation, batch_norm, dropout
+            latent_dim + grid_dim,
+            output_dim,
+            hidden_dims,
+            activation,
+            batch_norm,
+            dropout,
+            zero_init=grid_dim > 0,
         )

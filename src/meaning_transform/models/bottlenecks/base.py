@@ -33,6 +33,7 @@ class BottleneckOutput:
     aux_loss: torch.Tensor  # scalar: the bottleneck's own training loss (commitment, quantiles)
     codes: torch.Tensor | None = None  # [B] discrete code index per state (vq), for usage stats
     kl_scale: float = 1.0  # multiplies the KL loss term (``none``: its rate *is* the KL)
+    grid_bits: torch.Tensor | None = None  # [B] the grid path's share of rate_bits, if any
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars to log
 
 

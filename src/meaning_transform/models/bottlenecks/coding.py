@@ -48,9 +48,9 @@ def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
 def _support(bottleneck: EntropyBottleneck) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel lowest and highest integer offset from the median covered by the pmf."""
     q = bottleneck.quantiles.detach()[:, 0, :].cpu()
-    medians = q[:, 1]
-    lowest = torch.floor(q[:, 0] - medians).clamp_max(0)
-    highest = torch.ceil(q[:, 2] - medians).clamp_min(0)
+    centers = bottleneck.centers.detach().cpu()
+    lowest = torch.floor(q[:, 0] - centers).clamp_max(0)
+    highest = torch.ceil(q[:, 2] - centers).clamp_min(0)
     return lowest.long().numpy(), highest.long().numpy()
 
 
@@ -59,14 +59,14 @@ def _pmf_tables(bottleneck: EntropyBottleneck) -> tuple[np.ndarray, list[np.ndar
     """Lowest offset per channel and its pmf over the support with the overflow bin last."""
     lowest, highest = _support(bottleneck)
     lengths = highest - lowest + 1
-    medians = bottleneck.medians
+    centers = bottleneck.centers
     grid = torch.arange(int(lengths.max()))[:, None] + torch.from_numpy(lowest)[None, :]
     # Same float arithmetic as ``quantize`` so the pmf is evaluated at the very values coded.
-    grid = grid.to(medians) + medians
+    grid = grid.to(centers) + centers
     probs = bottleneck.likelihood(grid).double().cpu().numpy()  # [L, D]
 
-    edges = torch.from_numpy(np.stack([lowest - 0.5, highest + 0.5], axis=1)).to(medians)
-    edges = edges + medians[:, None]
+    edges = torch.from_numpy(np.stack([lowest - 0.5, highest + 0.5], axis=1)).to(centers)
+    edges = edges + centers[:, None]
     logits = bottleneck._logits_cumulative(edges[:, None, :])[:, 0, :]  # [D, 2]
     tails = torch.sigmoid(logits[:, 0]) + torch.sigmoid(-logits[:, 1])
     tails = tails.double().cpu().numpy()
@@ -76,8 +76,8 @@ def _pmf_tables(bottleneck: EntropyBottleneck) -> tuple[np.ndarray, list[np.ndar
 
 
 def _offsets(bottleneck: EntropyBottleneck, z: torch.Tensor) -> np.ndarray:
-    """Integer offsets from the medians, [N, D], exactly as the eval forward rounds."""
-    offsets = torch.round(z.detach() - bottleneck.medians)
+    """Integer offsets from the grid centers, [N, D], exactly as the eval forward rounds."""
+    offsets = torch.round(z.detach() - bottleneck.centers)
     if not torch.isfinite(offsets).all():
         raise ValueError("cannot code non-finite latents; check the encoder output for NaN/inf")
     if offsets.abs().max() >= 2 ** (_MAX_DISTANCE_BITS - 1):
@@ -181,8 +181,8 @@ def decompress(
         if escaped.any():
             index[escaped] = _decode_escapes(coder, int(escaped.sum()), size)
         offsets[:, c] = index + lowest[c]
-    medians = bottleneck.medians
-    return torch.from_numpy(offsets).to(medians) + medians
+    centers = bottleneck.centers
+    return torch.from_numpy(offsets).to(centers) + centers
 
 
 def code_latents(bottleneck: EntropyBottleneck, z: torch.Tensor) -> CodingReport:

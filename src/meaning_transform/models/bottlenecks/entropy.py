@@ -34,9 +34,12 @@ class EntropyBottleneck(Bottleneck):
 
     Every channel has its own monotone CDF network (positive matrices, biases, tanh-gated
     factors). Training adds U(-0.5, 0.5) noise to measure the rate and hands the decoder
-    ``z`` rounded around the channel medians through a straight-through estimator; eval
-    rounds for real. ``rate_bits`` is ``-log2`` likelihood summed over channels, in bits per
-    state. ``level`` (``compression.level``) only scales the rate term:
+    ``z`` rounded around the channel medians through a straight-through estimator (or, with
+    ``noisy_training``, the noisy ``z`` itself: the decoder then sees rounding errors spread
+    over the whole cell, whatever values the training data happens to hold); eval rounds for
+    real. ``rate_bits`` is ``-log2`` likelihood summed over channels, in bits per
+    state (``round_at_medians=False`` rounds to the integers themselves: the grid path's channels,
+    whose integers are grid cells). ``level`` (``compression.level``) only scales the rate term:
     ``rate_loss = level * rate_bits.mean()``, so a higher level trades distortion for fewer
     bits. ``aux_loss`` trains the quantiles (the support used for real coding) and moves
     nothing else, so it can be added to the main loss.
@@ -59,8 +62,12 @@ class EntropyBottleneck(Bottleneck):
         likelihood_bound: float = 1e-9,
         tail_mass: float = 1e-9,
         density_lr_scale: float = 1.0,
+        round_at_medians: bool = True,
+        noisy_training: bool = False,
     ) -> None:
         super().__init__(latent_dim, level)
+        self.round_at_medians = bool(round_at_medians)
+        self.noisy_training = bool(noisy_training)
         if not 0 < tail_mass < 1:
             raise ValueError(f"tail_mass must be in (0, 1), got {tail_mass}")
         if not density_lr_scale > 0:
@@ -90,6 +97,13 @@ class EntropyBottleneck(Bottleneck):
         self.quantiles = nn.Parameter(quantiles)  # [D, 1, 3]
         t = math.log(2.0 / tail_mass - 1.0)
         self.register_buffer("quantile_targets", torch.tensor([-t, 0.0, t]), persistent=False)
+
+    @torch.no_grad()
+    def init_quantiles(
+        self, lower: torch.Tensor, median: torch.Tensor, upper: torch.Tensor
+    ) -> None:
+        """Start each channel's coding support at ``[lower, upper]`` around ``median`` ([D] each)."""
+        self.quantiles.copy_(torch.stack([lower, median, upper], dim=-1)[:, None, :])
 
     @property
     def medians(self) -> torch.Tensor:
@@ -135,10 +149,16 @@ class EntropyBottleneck(Bottleneck):
         lik = _LowerBound.apply(lik, self.likelihood_bound)
         return lik.squeeze(1).t()
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Round ``z`` [B, D] to the integer grid offset by the medians (no gradient)."""
+    @property
+    def centers(self) -> torch.Tensor:
+        """Per-channel offset of the rounding grid, [D]: the medians, or 0 (plain integers)."""
         medians = self.medians
-        return torch.round(z.detach() - medians) + medians
+        return medians if self.round_at_medians else torch.zeros_like(medians)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Round ``z`` [B, D] to the integer grid offset by ``centers`` (no gradient)."""
+        centers = self.centers
+        return torch.round(z.detach() - centers) + centers
 
     def quantile_loss(self) -> torch.Tensor:
         """Pull the quantiles to the CDF's tails and median; moves only ``quantiles``."""
@@ -165,7 +185,7 @@ class EntropyBottleneck(Bottleneck):
         z = latent.z
         if self.training:
             y = z + torch.empty_like(z).uniform_(-0.5, 0.5)
-            z_hat = z + (self.quantize(z) - z).detach()
+            z_hat = y if self.noisy_training else z + (self.quantize(z) - z).detach()
         else:
             y = z_hat = self.quantize(z)
         likelihood, aux_loss = self._likelihood_and_quantile_loss(y)
