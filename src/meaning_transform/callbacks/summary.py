@@ -1,4 +1,4 @@
-"""One human-readable line per epoch."""
+"""One human-readable line per epoch, and one when early stopping ends the run."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import logging
 import time
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 log = logging.getLogger("meaning_transform")
 
 
 class EpochSummary(Callback):
-    """Logs ``epoch | train loss | val loss | drift | bits/state | time`` after each epoch."""
+    """Logs ``epoch | train loss | val loss | drift | bits/state | time`` after each epoch.
+
+    Epochs count from 1, as on the progress bar. When an ``EarlyStopping`` callback stops the
+    run, one more line says why: the metric, its best value and epoch, and the patience.
+    """
 
     def __init__(self) -> None:
         self._start = time.perf_counter()
@@ -40,3 +45,26 @@ class EpochSummary(Callback):
             fmt("val/rate_bits", ".2f"),
             time.perf_counter() - self._start,
         )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Say why early stopping ended the run, if it did (rank 0)."""
+        if not trainer.is_global_zero or not trainer.should_stop:
+            return
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            if (
+                isinstance(cb, EarlyStopping)
+                and cb.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+            ):
+                log.info("%s", early_stop_line(cb, cb.stopped_epoch))
+
+
+def early_stop_line(cb: EarlyStopping, epoch: int) -> str:
+    """Why ``cb`` stopped training after (0-based) ``epoch``, in one line with 1-based epochs."""
+    if cb.stopping_reason != EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return f"early stopping after epoch {epoch + 1}: {cb.stopping_reason_message}"
+    best_epoch = epoch + 1 - cb.wait_count
+    return (
+        f"early stopping after epoch {epoch + 1}: {cb.monitor} has not improved by more than "
+        f"{abs(cb.min_delta):g} for {cb.wait_count} epochs (patience {cb.patience}); best "
+        f"{float(cb.best_score):.4f} at epoch {best_epoch}"
+    )

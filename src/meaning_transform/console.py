@@ -1,0 +1,35 @@
+"""What a training run prints: our lines, not notices from the libraries a user cannot act on."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+#: Lightning's info notices (accelerator inventory, the litlogger tip, "`Trainer.fit` stopped",
+#: "Restoring states from ..."): the run's own lines say what matters
+LIGHTNING_NOTICE_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+#: warnings about library internals or settings this project chose on purpose
+NOT_ACTIONABLE = (
+    # torch deprecates a class Lightning still uses internally
+    r".*isinstance\(treespec, LeafSpec\)",
+    # train metrics are summed on device and logged once per epoch, not every log_every_n_steps
+    r".*is smaller than the logging interval",
+    # eval metrics are torchmetrics, already synced across ranks before they are logged
+    r".*sync_dist=True\)` when logging on epoch level",
+    # batches are index slices of one in-memory tensor: worker processes would only add copies
+    r".*does not have many workers",
+)
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Hide library notices and warnings that are not the user's to act on (all kept if verbose)."""
+    if verbose:
+        return
+    for name in LIGHTNING_NOTICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in NOT_ACTIONABLE:
+        warnings.filterwarnings("ignore", message=pattern)
