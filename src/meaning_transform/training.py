@@ -28,6 +28,7 @@ from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_wr
 from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
 from meaning_transform.checkpoints import check_compatible, read_checkpoint
 from meaning_transform.config import validate_config
+from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.evaluate import coding_of
 from meaning_transform.module import MeaningModule
@@ -160,6 +161,7 @@ def _changed_loss_weights(old: Any, new: dict[str, Any]) -> dict[str, list[Any]]
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and test) one model as ``cfg`` says; write the run directory; return the summary."""
     configure_logging(cfg)
+    quiet_libraries(bool(cfg.get("verbose")))
     cfg, datamodule, module, lineage = prepare(cfg)
     out_dir = Path(cfg.paths.output_dir)
     trainer, callbacks = build_trainer(cfg)
