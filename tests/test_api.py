@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import REPO
 
+from meaning_transform.errors import ConfigError
 from meaning_transform.evaluate import evaluate_checkpoint
 from meaning_transform.evaluate import main as evaluate_main
 from meaning_transform.training import run
@@ -33,6 +34,8 @@ def test_readme_has_the_examples():
 
 
 def test_readme_examples_run_verbatim(tmp_path):
+    elsewhere = tmp_path / "elsewhere"  # not where the example files are: any directory works
+    elsewhere.mkdir()
     runs = 0
     for kind, name, code in readme_examples():
         if kind == "file":
@@ -42,7 +45,7 @@ def test_readme_examples_run_verbatim(tmp_path):
             continue
         proc = subprocess.run(
             [sys.executable, "-c", code],
-            cwd=tmp_path,
+            cwd=elsewhere,
             env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)},
             capture_output=True,
             text=True,
@@ -51,7 +54,7 @@ def test_readme_examples_run_verbatim(tmp_path):
         assert proc.returncode == 0, f"example {runs}:\n{code}\n{proc.stderr[-3000:]}"
         runs += 1
     assert runs == 3
-    summaries = list((tmp_path / "outputs").rglob("summary.json"))
+    summaries = list((elsewhere / "outputs").rglob("summary.json"))
     assert len(summaries) == 4  # basic, two stages, extensions
     ext = [json.loads(p.read_text()) for p in summaries]
     custom = [s for s in ext if s["compression"] == "FixedBitsQuantizer"]
@@ -67,20 +70,49 @@ def test_stage_two_changes_weights_and_starts_lower(tiny_cfg):
 
     cfg = tiny_cfg("test=false", "trainer.max_epochs=3")
     trainer = MeaningTrainer(cfg)
+    cfg.loss.rate_weight = 0.001
     cfg.loss.kl_weight = 1.0
     s1 = trainer.train()
-    cfg.loss.kl_weight = 0.1
+    cfg.loss.rate_weight = 0.01
+    cfg.loss.kl_weight = 0.1  # the encoder is deterministic: no effect, so not reported
     cfg.loss.semantic_weight = 1.0
     s2 = trainer.train(init_from=s1["best_model_path"])
-    assert s1["train_losses"][0]["weight/kl"] == pytest.approx(1.0)
-    assert s2["train_losses"][0]["weight/kl"] == pytest.approx(0.1)
+    assert s1["train_losses"][0]["weight/rate"] == pytest.approx(0.001)
+    assert s2["train_losses"][0]["weight/rate"] == pytest.approx(0.01)
     assert s2["train_losses"][0]["weight/semantic"] == pytest.approx(1.0)
-    assert s2["train_losses"][0]["semantic"] < s1["train_losses"][0]["semantic"]
+    assert s2["changed_loss_weights"] == {
+        "semantic_weight": [0.5, 1.0],
+        "rate_weight": [0.001, 0.01],
+    }
     assert s2["stage"] == 2 and s2["parent_run"]["stage"] == 1
     assert s2["init_from"] == s1["best_model_path"]
     assert s1["experiment_dir"] != s2["experiment_dir"]
-    s3 = trainer.train(resume_from=s2["last_model_path"])  # same max_epochs: nothing more to do
-    assert s3["resumed_from"] == s2["last_model_path"] and s3["epochs_run"] == 3
+    s3 = trainer.train(resume_from=s2["last_model_path"])  # a stage is max_epochs long
+    assert s3["resumed_from"] == s2["last_model_path"] and s3["epochs_run"] == 6
+    assert [r["epoch"] for r in s3["train_losses"]] == [1, 2, 3, 4, 5, 6]
+    cfg.model.latent_dim = 0
+    with pytest.raises(ConfigError):
+        trainer.train()
+    assert trainer.stage == 3  # a failed train() is not a stage
+    cfg.model.latent_dim = 4
+    assert trainer.train()["stage"] == 4
+
+
+def test_seed_api_names(tiny_cfg):
+    from meaning_transform import Config, Trainer
+
+    config = tiny_cfg("test=false")
+    assert type(config) is type(Config())
+    config.training.num_epochs = 2  # the seed document's names, as written there
+    config.training.kl_loss_weight = 0.3
+    config.training.semantic_loss_weight = 0.7
+    config.model.latent_dim = 4
+    config.data.num_states = 500
+    results = Trainer(config).train()
+    assert results["epochs_run"] == 2
+    assert results["train_losses"][0]["weight/semantic"] == pytest.approx(0.7)
+    assert results["train_losses"][0]["weight/kl"] == pytest.approx(0.3)
+    assert config.training.num_epochs == 2 and "training" not in results["history"][0]
 
 
 def test_evaluate_reproduces_logged_drift(tiny_cfg, tmp_path):

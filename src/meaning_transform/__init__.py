@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_config": "meaning_transform.api",
     "MeaningTrainer": "meaning_transform.api",
     "Trainer": "meaning_transform.api",
+    "Config": "meaning_transform.api",
     "run": "meaning_transform.training",
     "MeaningModule": "meaning_transform.module",
     "FeatureSchema": "meaning_transform.schema",

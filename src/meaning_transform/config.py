@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from meaning_transform.errors import ConfigError
 
@@ -93,4 +93,43 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "ckpt_path and init_from are both set: use ckpt_path= to resume a run, "
             "or init_from= to start a new one from its weights, not both"
+        )
+
+
+#: the seed document's config attribute names -> this project's keys (Python API)
+SEED_ALIASES = {
+    "training.num_epochs": "trainer.max_epochs",
+    "training.batch_size": "data.batch_size",
+    "training.learning_rate": "optimizer.lr",
+    "training.kl_loss_weight": "loss.kl_weight",
+    "training.semantic_loss_weight": "loss.semantic_weight",
+}
+
+
+def apply_seed_aliases(cfg: DictConfig) -> DictConfig:
+    """Copy values set under the seed's names onto the real keys, then drop the alias node."""
+    aliases = cfg.get("training")
+    if not isinstance(aliases, DictConfig):
+        return cfg
+    for alias, key in SEED_ALIASES.items():
+        name = alias.split(".", 1)[1]
+        if name in aliases and not OmegaConf.is_interpolation(aliases, name):
+            OmegaConf.update(cfg, key, aliases[name], merge=False)
+    with open_dict(cfg):
+        del cfg["training"]
+    return cfg
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """ConfigError (one line) when the config asks for a GPU that this machine does not have."""
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch  # here, not at module level: config checks run before torch is needed
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator!r} (trainer=gpu) but this machine has no CUDA GPU "
+            f"(torch {torch.__version__}): use trainer.accelerator=auto to take a GPU when there "
+            "is one and the CPU otherwise, or trainer=cpu"
         )

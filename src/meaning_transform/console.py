@@ -20,6 +20,8 @@ NOT_ACTIONABLE = (
     r".*is smaller than the logging interval",
     # eval metrics are torchmetrics, already synced across ranks before they are logged
     r".*sync_dist=True\)` when logging on epoch level",
+    # a resumed run writes a new run dir; our checkpoint callbacks carry their own state
+    r".*The dirpath has changed from",
     # batches are index slices of one in-memory tensor: worker processes would only add copies
     r".*does not have many workers",
 )

@@ -27,7 +27,7 @@ from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
 from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
 from meaning_transform.checkpoints import check_compatible, read_checkpoint
-from meaning_transform.config import validate_config
+from meaning_transform.config import check_accelerator, validate_config
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.evaluate import coding_of
@@ -107,6 +107,7 @@ def configure_logging(cfg: DictConfig) -> None:
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, Any]]:
     """Validate, load data and build the model. Writes nothing; raises USER_ERRORS on bad input."""
     validate_config(cfg)
+    check_accelerator(cfg)
     cfg = cfg.copy()
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
@@ -141,6 +142,16 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
         changed = _changed_loss_weights(
             parent.get("loss"), OmegaConf.to_container(cfg.loss, resolve=True)
         )
+        if not cfg.model.get("variational", False):
+            for key in [k for k in changed if k.startswith("kl_")]:
+                old, new = changed.pop(key)
+                log.warning(
+                    "loss.%s %s -> %s changes nothing: the encoder is deterministic "
+                    "(model.variational=false), so the KL term is 0",
+                    key,
+                    old,
+                    new,
+                )
         lineage["changed_loss_weights"] = changed
         if cfg.get("init_from"):
             module.load_state_dict(ckpt["state_dict"])
@@ -149,6 +160,11 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
             lineage["resumed_from"] = str(Path(source).resolve())
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return cfg, datamodule, module, lineage
+
+
+def epochs_done(path: str) -> int:
+    """Epochs a checkpoint has completed (the next run starts at this 0-based epoch)."""
+    return int(read_checkpoint(path).get("epoch", -1)) + 1
 
 
 def _changed_loss_weights(old: Any, new: dict[str, Any]) -> dict[str, list[Any]]:
