@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
         "num_states": int(x.shape[0]),
         "metrics": {k.removeprefix("val/"): float(v) for k, v in metrics.items()},
     }
-    report["coding"] = coding_of(module, x)
+    report["coding"] = module.code(x)
     report["baselines"] = split_baselines(datamodule, split)
     return report
 
@@ -92,15 +91,6 @@ def split_baselines(datamodule: Any, split: str) -> dict[str, Any]:
         split_tensor(datamodule, split),
         agents,
     )
-
-
-@torch.no_grad()
-def coding_of(module: MeaningModule, x: torch.Tensor) -> dict[str, Any] | None:
-    """Really code the states' latents (entropy bottleneck); None for bottlenecks that don't."""
-    module.eval()
-    z = module.codec.encoder(module.schema.model_input(x.to(module.device))).mu
-    report = module.bottleneck.coding_report(z)
-    return asdict(report) if report is not None else None
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -125,7 +115,8 @@ def format_report(report: dict[str, Any]) -> str:
     c = report.get("coding")
     if c:
         lines.append(
-            f"  coded: {c['num_bytes']} bytes = {c['coded_bits_per_state']:.2f} bits/state "
+            f"  coded ({' + '.join(c['coded'])}): {c['num_bytes']} bytes = "
+            f"{c['coded_bits_per_state']:.2f} bits/state "
             f"(estimated {c['estimated_bits_per_state']:.2f}; exact round trip: {c['exact']})"
         )
     b = report.get("baselines")

@@ -87,7 +87,7 @@ class MeaningGrid:
         x32 = x.detach().cpu().to(torch.float32)
         native = self._native64(x32)
         truth = schema.evaluate_predicates(x32).numpy() if schema.predicates else None
-        native32 = schema.native(x32).numpy()
+        x_np = x32.numpy()
         out = np.empty(native.shape, dtype=np.int64)
         for i, f in enumerate(schema.features):
             if f.kind != "continuous":
@@ -101,8 +101,8 @@ class MeaningGrid:
                     assert truth is not None
                     passed = truth[:, c.predicate] == c.passed_when_true
                 else:  # equality predicates: the same float32 arithmetic they are judged by
-                    v32 = native32[:, i]
-                    passed = v32 > c.t if c.strict else v32 >= c.t
+                    v32, t32 = x_np[:, i], schema.data_value(f.name, c.t)
+                    passed = v32 > t32 if c.strict else v32 >= t32
                 # A value within float noise of t may round to a neighbouring cell: keep it
                 # on the side of t that the predicate says (it is still within tolerance).
                 m_t = np.rint(c.t / step)

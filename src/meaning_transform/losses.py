@@ -167,17 +167,16 @@ class GridStepLoss(LossTerm):
 
     A continuous value falls anywhere in its grid cell, so a step of ``k`` x (2 x tolerance)
     leaves a fraction ``max(0, 1 - 1/k)`` of states outside tolerance: the schema-weighted sum
-    of that over continuous features, normalized like ``recon``. This is what keeps the learned
-    step honest: judged only on the training batch, a step of 1.03 cells kept every training
-    agent's position (stationary agents hold few distinct values) within tolerance and put 37%
-    of held-out agents' positions outside. 0 without a grid path.
+    of that over continuous features, normalized like ``recon``: with the rate, the only thing
+    the step learns from (see GridPath.forward for why not from the batch). 0 without a grid
+    path.
     """
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         """Weighted expected outside-tolerance fraction of the grid's continuous channels."""
         if ctx.grid is None:
             return ctx.heads.new_zeros(())
-        return ctx.grid.expected_outside(ctx.schema)
+        return ctx.grid.expected_outside()
 
 
 class KLLoss(LossTerm):

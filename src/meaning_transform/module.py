@@ -94,7 +94,7 @@ class MeaningModule(L.LightningModule):
         if self.grid is None:
             return self.codec.decoder(out.z), latent, out
         g, grid_out = self.grid(x)
-        heads = self.codec.decoder(torch.cat([out.z, g], dim=1)) + self.grid.skip_heads(g)
+        heads = self.grid.heads(g, self.codec.decoder(torch.cat([out.z, g], dim=1)))
         return heads, latent, _with_grid(out, grid_out)
 
     def _step(self, x: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
@@ -272,8 +272,35 @@ class MeaningModule(L.LightningModule):
         codes = codes.to(self.device)
         heads = self.codec.decoder(codes)
         if self.grid is not None:
-            heads = heads + self.grid.skip_heads(codes[:, self.codec.latent_dim :])
+            heads = self.grid.heads(codes[:, self.codec.latent_dim :], heads)
         return self.schema.decode(self.schema.point_estimate(heads))
+
+    @torch.no_grad()
+    def code(self, x: torch.Tensor) -> dict[str, Any] | None:
+        """Really code a batch (data tensor) with ``constriction``: estimated vs coded bits.
+
+        Codes the grid channels and, when its bottleneck can (entropy), the latent; ``coded``
+        names the parts. None when nothing can be coded (vq or none without a grid path).
+        """
+        self.eval()
+        x = x.to(self.device)
+        parts: dict[str, list[Any]] = {}
+        latent = self.bottleneck.coding_report(self.codec.encoder(self.schema.model_input(x)).mu)
+        if latent is not None:
+            parts["latent"] = [latent]
+        if self.grid is not None:
+            parts["grid"] = self.grid.coding_report(x)
+        if not parts:
+            return None
+        reports = [r for part in parts.values() for r in part]
+        return {
+            "num_states": int(x.shape[0]),
+            "estimated_bits_per_state": sum(r.estimated_bits_per_state for r in reports),
+            "coded_bits_per_state": sum(r.coded_bits_per_state for r in reports),
+            "num_bytes": sum(r.num_bytes for r in reports),
+            "exact": all(r.exact for r in reports),
+            "coded": list(parts),
+        }
 
     def reconstruct(self, table: Table) -> Table:
         """Encode then decode a table."""

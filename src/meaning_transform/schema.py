@@ -477,12 +477,27 @@ class FeatureSchema:
             return float(f.categories.index(str(p.value)))
         return float(p.value)
 
+    def data_value(self, name: str, value: float) -> float:
+        """A native value of feature ``name`` in data-tensor units, as float32 ``encode`` gives."""
+        f = self.feature(name)
+        if f.kind == "continuous":
+            norm = self.normalizers[f.name]
+            value = (np.float64(value) - norm.mean) / norm.std
+        return float(np.float32(value))
+
     def evaluate_predicates(self, x: torch.Tensor) -> torch.Tensor:
-        """Data tensor -> bool tensor [N, n_predicates] of each predicate's truth."""
-        native = self.native(x)
+        """Data tensor -> bool tensor [N, n_predicates] of each predicate's truth.
+
+        Compared in the data tensor's own units, with the threshold converted by ``encode``'s
+        arithmetic: a value equal to the threshold encodes to the very same float32, so
+        ``starvation_counter > 0`` is false at 0 (mapped back to native units, a float32 0 comes
+        back as +-1e-8 and the comparison with 0 was a coin flip).
+        """
         cols = self.columns
         out = [
-            _OPS[p.op](native[:, cols[p.feature]], self.predicate_threshold(p))
+            _OPS[p.op](
+                x[:, cols[p.feature]], self.data_value(p.feature, self.predicate_threshold(p))
+            )
             for p in self.predicates
         ]
         if not out:

@@ -30,7 +30,6 @@ from meaning_transform.checkpoints import check_compatible, read_checkpoint
 from meaning_transform.config import check_accelerator, validate_config
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
-from meaning_transform.evaluate import coding_of
 from meaning_transform.module import MeaningModule
 
 log = logging.getLogger("meaning_transform")
@@ -201,7 +200,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
         # trainer.test loaded the best weights into module: code the test split with them
-        summary["test_coding"] = coding_of(module, datamodule.test_x)
+        summary["test_coding"] = module.code(datamodule.test_x)
     summary["baselines"] = test_baselines(datamodule)
     summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
@@ -359,7 +358,8 @@ def _print_final(s: dict[str, Any]) -> None:
     coding = s.get("test_coding")
     if coding:
         log.info(
-            "test split really coded: %.2f bits per state (estimated %.2f), %d bytes for %d states",
+            "test split really coded (%s): %.2f bits per state (estimated %.2f), %d bytes for %d states",
+            " + ".join(coding["coded"]),
             coding["coded_bits_per_state"],
             coding["estimated_bits_per_state"],
             coding["num_bytes"],

@@ -1,26 +1,32 @@
-"""Agent-state data: synthetic generator, AgentFarm SQLite loader and LightningDataModules."""
+"""Agent-state data: synthetic generator, AgentFarm SQLite loader and LightningDataModules.
 
-from meaning_transform.data.datamodule import (
-    AgentStateDataModule,
-    EpochShuffleSampler,
-    SQLiteDataModule,
-    SyntheticDataModule,
-    TensorRows,
-    collate_batch,
-)
-from meaning_transform.data.errors import DataError
-from meaning_transform.data.sqlite import check_sqlite_args, load_sqlite
-from meaning_transform.data.synthetic import generate_synthetic
+Names are imported on first use, so importing ``meaning_transform.data.errors`` (or this package)
+does not pull in torch, Lightning or pyarrow.
+"""
 
-__all__ = [
-    "AgentStateDataModule",
-    "DataError",
-    "EpochShuffleSampler",
-    "SQLiteDataModule",
-    "SyntheticDataModule",
-    "TensorRows",
-    "check_sqlite_args",
-    "collate_batch",
-    "generate_synthetic",
-    "load_sqlite",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "AgentStateDataModule": "meaning_transform.data.datamodule",
+    "EpochShuffleSampler": "meaning_transform.data.datamodule",
+    "SQLiteDataModule": "meaning_transform.data.datamodule",
+    "SyntheticDataModule": "meaning_transform.data.datamodule",
+    "TensorRows": "meaning_transform.data.datamodule",
+    "collate_batch": "meaning_transform.data.datamodule",
+    "DataError": "meaning_transform.data.errors",
+    "check_sqlite_args": "meaning_transform.data.sqlite",
+    "load_sqlite": "meaning_transform.data.sqlite",
+    "generate_synthetic": "meaning_transform.data.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names on first use."""
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'meaning_transform.data' has no attribute {name!r}")

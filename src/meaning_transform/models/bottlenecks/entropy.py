@@ -34,10 +34,8 @@ class EntropyBottleneck(Bottleneck):
 
     Every channel has its own monotone CDF network (positive matrices, biases, tanh-gated
     factors). Training adds U(-0.5, 0.5) noise to measure the rate and hands the decoder
-    ``z`` rounded around the channel medians through a straight-through estimator (or, with
-    ``noisy_training``, the noisy ``z`` itself: the decoder then sees rounding errors spread
-    over the whole cell, whatever values the training data happens to hold); eval rounds for
-    real. ``rate_bits`` is ``-log2`` likelihood summed over channels, in bits per
+    ``z`` rounded around the channel medians through a straight-through estimator; eval rounds
+    for real. ``rate_bits`` is ``-log2`` likelihood summed over channels, in bits per
     state (``round_at_medians=False`` rounds to the integers themselves: the grid path's channels,
     whose integers are grid cells). ``level`` (``compression.level``) only scales the rate term:
     ``rate_loss = level * rate_bits.mean()``, so a higher level trades distortion for fewer
@@ -63,11 +61,9 @@ class EntropyBottleneck(Bottleneck):
         tail_mass: float = 1e-9,
         density_lr_scale: float = 1.0,
         round_at_medians: bool = True,
-        noisy_training: bool = False,
     ) -> None:
         super().__init__(latent_dim, level)
         self.round_at_medians = bool(round_at_medians)
-        self.noisy_training = bool(noisy_training)
         if not 0 < tail_mass < 1:
             raise ValueError(f"tail_mass must be in (0, 1), got {tail_mass}")
         if not density_lr_scale > 0:
@@ -180,12 +176,16 @@ class EntropyBottleneck(Bottleneck):
         aux = loss_q - loss_fixed_q + loss_fixed_q.detach()
         return self._bin_probability(lower, upper), aux
 
+    def training_rate_point(self, z: torch.Tensor) -> torch.Tensor:
+        """Where training measures the rate: ``z`` plus U(-0.5, 0.5) noise (Balle et al.)."""
+        return z + torch.empty_like(z).uniform_(-0.5, 0.5)
+
     def forward(self, latent: Latent) -> BottleneckOutput:
         """Quantize ``latent.z`` and measure its rate in bits per state."""
         z = latent.z
         if self.training:
-            y = z + torch.empty_like(z).uniform_(-0.5, 0.5)
-            z_hat = y if self.noisy_training else z + (self.quantize(z) - z).detach()
+            y = self.training_rate_point(z)
+            z_hat = z + (self.quantize(z) - z).detach()
         else:
             y = z_hat = self.quantize(z)
         likelihood, aux_loss = self._likelihood_and_quantile_loss(y)
