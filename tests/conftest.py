@@ -27,6 +27,12 @@ def agentfarm_schema(agentfarm_cfg: dict[str, Any]) -> FeatureSchema:
     return FeatureSchema.from_config(agentfarm_cfg)
 
 
+@pytest.fixture(scope="module")
+def agentfarm_schema_module() -> FeatureSchema:
+    """The (unfitted) AgentFarm feature schema, shared by a module's tests."""
+    return FeatureSchema.from_config(yaml.safe_load(AGENTFARM_SCHEMA.read_text()))
+
+
 @pytest.fixture
 def real_db() -> Path:
     """The real AgentFarm database in shared/data (skips when this clone does not have it)."""

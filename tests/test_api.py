@@ -59,8 +59,8 @@ def test_readme_examples_run_verbatim(tmp_path):
     ext = [json.loads(p.read_text()) for p in summaries]
     custom = [s for s in ext if s["compression"] == "FixedBitsQuantizer"]
     assert len(custom) == 1
-    assert custom[0]["rate_bits"] == pytest.approx(32 * 4)  # default latent_dim x 4 bits
     row = custom[0]["history"][-1]
+    assert row["val/rate_bits_latent"] == pytest.approx(32 * 4)  # default latent_dim x 4 bits
     assert "val/latent_norm" in row and "train/latent_l1" in row
     assert set(custom[0]["drift_groups"]) == {"spatial", "status"}
 

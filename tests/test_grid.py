@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from meaning_transform.data.synthetic import generate_synthetic
 from meaning_transform.grid import MeaningGrid
@@ -77,12 +74,6 @@ def synthetic(agentfarm_schema_module):
     table = generate_synthetic(20_000, seed=4)
     schema = agentfarm_schema_module.fit(table)
     return schema, schema.encode(table)
-
-
-@pytest.fixture(scope="module")
-def agentfarm_schema_module():
-    path = Path(__file__).resolve().parents[1] / "conf" / "schema" / "agentfarm.yaml"
-    return FeatureSchema.from_config(yaml.safe_load(path.read_text()))
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8, 16])

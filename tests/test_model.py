@@ -121,11 +121,13 @@ def test_checkpoint_restores_the_model_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("bottleneck", BOTTLENECKS)
-def test_losses_decrease_when_overfitting(tmp_path: Path, bottleneck: str) -> None:
+def test_learned_path_learns_when_overfitting(tmp_path: Path, bottleneck: str) -> None:
+    """Without the grid path, the encoder/bottleneck/decoder alone learns to reconstruct."""
     cfg = _cfg(
         tmp_path,
         *SMALL,
         f"compression={bottleneck}",
+        "model.grid_path.enabled=false",
         "callbacks.last_checkpoint=null",
         "+trainer.overfit_batches=2",
         "trainer.max_epochs=25",
@@ -137,23 +139,40 @@ def test_losses_decrease_when_overfitting(tmp_path: Path, bottleneck: str) -> No
     rows = run(cfg)["train_losses"]
     assert len(rows) == 25
     first, last = rows[0], rows[-1]
-    assert last["loss"] < 0.6 * first["loss"], (first, last)
-    # Measured (1,200 states, 2 batches, 25 epochs): recon falls to ~0.26x for entropy and vq,
-    # but only to ~0.65x for none: its KL at loss.kl_weight=0.1 per nat (~0.14 per bit, 50x
-    # loss.rate_weight) keeps the VAE near one nat per state, so it cannot reconstruct sharply.
-    ratio = 0.8 if bottleneck == "none" else 0.5
-    assert last["recon"] < ratio * first["recon"], (first, last)
+    # Measured (1,200 states, 2 batches, 25 epochs): loss and recon fall to 0.62-0.69x. recon
+    # counts states outside tolerance, which falls slower than an MSE (half a cell on a 50-cell
+    # grid is a hard target for an MLP); an untrained or broken model stays at ~1x.
+    assert last["loss"] < 0.8 * first["loss"], (first, last)
+    assert last["recon"] < 0.8 * first["recon"], (first, last)
+
+
+@pytest.mark.slow
+def test_tiny_model_overfit_on_200_states_reaches_drift_zero(tmp_path: Path) -> None:
+    """End to end through train.py's code path: 200 states, every split's drift exactly 0."""
+    cfg = _cfg(
+        tmp_path,
+        "data.num_states=200",
+        "data.num_agents=10",
+        "model.hidden_dims=[16]",
+        "model.latent_dim=2",
+        "trainer.max_epochs=5",
+        "test=true",
+    )
+    summary = run(cfg)
+    assert summary["drift"] == 0.0
+    assert summary["test"]["test/drift"] == 0.0
+    assert all(row["val/drift"] == 0.0 for row in summary["history"])
 
 
 def test_entropy_levels_give_strictly_fewer_bits(tmp_path: Path) -> None:
-    """compression.level 0.5 < 1 < 2 < 5 -> strictly fewer measured bits per state."""
+    """compression.level 1 < 16 < 64 -> strictly fewer measured bits per state."""
     bits = []
-    for level in (0.5, 1.0, 2.0, 5.0):
+    for level in (1.0, 16.0, 64.0):
         cfg = _cfg(
             tmp_path / str(level),
             *SMALL,
             "data.num_states=2000",
-            "trainer.max_epochs=4",
+            "trainer.max_epochs=6",
             f"compression.level={level}",
             "callbacks.last_checkpoint=null",
         )

@@ -168,19 +168,22 @@ class GridPath(nn.Module):
 
     def heads(self, g: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
         """Decoder heads: those the grid values ``g`` (data tensor) imply, plus the learned
-        decoder's ``correction`` [B, head_dim].
+        decoder's bounded ``correction`` [B, head_dim].
 
-        A continuous head's correction is bounded to ``tolerance - step / 2`` (0 once the step
-        reaches 2 x tolerance), so a value whose grid cell keeps it within tolerance stays
-        within tolerance: the learned part can refine, never lose meaning the grid keeps.
+        Bounds: a continuous value moves at most ``tolerance * |1 - k|`` (k = step / (2 x
+        tolerance)): at k <= 1 a value whose cell keeps it within tolerance stays within it; at
+        k = 1 nothing moves; past it the value may move within its cell. A binary or
+        categorical logit moves by less than ``DISCRETE_GAIN / 2``, which cannot overturn the
+        grid's exact value. So the learned part can refine, never lose meaning the grid keeps.
         (Unbounded, it memorized the training agents' positions -- a run has ~60 stationary
         ones -- and put 36% of held-out positions outside tolerance.)
         """
         k = self.step / self.two_tol
-        room = (self.half_tol_std * (2.0 - 2.0 * k)).clamp_min(0.0)
-        bounded = torch.tanh(correction[:, self._skip.continuous_heads]) * room[self.cont_cols]
-        correction = correction.index_copy(1, self._skip.continuous_heads, bounded)
-        return self._skip(g) + correction
+        room = (self.half_tol_std * 2.0 * (1.0 - k).abs())[self.cont_cols]
+        bound = self._skip.discrete_bound.expand_as(correction).index_copy(
+            1, self._skip.continuous_heads, room.expand(len(correction), -1)
+        )
+        return self._skip(g) + torch.tanh(correction) * bound
 
     def expected_outside(self) -> torch.Tensor:
         """Weighted sum over continuous channels of ``max(0, 1 - 1/k)``, the share of uniformly
@@ -225,6 +228,8 @@ class _SkipLayout(nn.Module):
         self.register_buffer(
             "continuous_heads", torch.tensor(starts, dtype=torch.long), persistent=False
         )
+        bound = torch.full((1, self.head_dim), DISCRETE_GAIN / 2 * (1 - 1e-3))
+        self.register_buffer("discrete_bound", bound, persistent=False)
         self.register_buffer("cols", torch.tensor(cols, dtype=torch.long), persistent=False)
         self.register_buffer("heads", torch.tensor(heads, dtype=torch.long), persistent=False)
         self.register_buffer("gains", torch.tensor(gains), persistent=False)

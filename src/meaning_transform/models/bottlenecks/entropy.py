@@ -55,7 +55,7 @@ class EntropyBottleneck(Bottleneck):
         self,
         latent_dim: int,
         level: float = 1.0,
-        filters: tuple[int, ...] = (3, 3, 3),
+        filters: tuple[int, ...] | None = (3, 3, 3),
         init_scale: float = 10.0,
         likelihood_bound: float = 1e-9,
         tail_mass: float = 1e-9,
@@ -70,15 +70,14 @@ class EntropyBottleneck(Bottleneck):
             raise ValueError(f"density_lr_scale must be > 0, got {density_lr_scale}")
         self.density_lr_scale = float(density_lr_scale)
         k = self.density_lr_scale
-        self.filters = tuple(int(f) for f in filters)
         self.likelihood_bound = float(likelihood_bound)
         self.tail_mass = float(tail_mass)
-
-        widths = (1, *self.filters, 1)
-        scale = init_scale ** (1.0 / (len(widths) - 1))
         self.matrices = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.factors = nn.ParameterList()
+        # filters=None: no CDF network (a subclass brings its own density)
+        widths = (1, *filters, 1) if filters is not None else (1,)
+        scale = init_scale ** (1.0 / max(len(widths) - 1, 1))
         for i in range(len(widths) - 1):
             # Each layer starts shrinking by ``scale``, so the composed CDF spans ~init_scale.
             init = math.log(math.expm1(1.0 / scale / widths[i + 1]))

@@ -40,7 +40,7 @@ class HistogramEntropyModel(EntropyBottleneck):
         super().__init__(
             len(lo),
             level=level,
-            filters=(),
+            filters=None,
             likelihood_bound=likelihood_bound,
             density_lr_scale=density_lr_scale,
             round_at_medians=False,
