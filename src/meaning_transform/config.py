@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from meaning_transform.errors import ConfigError
+from meaning_transform.rundir import NAME_RULE, is_plain_name
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -26,10 +26,7 @@ def _int(v: Any) -> bool:
 # key -> (check, what is allowed); keys absent from the composed config are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
-    "experiment_name": (
-        lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+=-]+", v) is not None,
-        "a non-empty name of letters, digits, '_', '-', '.', '+', '='",
-    ),
+    "experiment_name": (is_plain_name, NAME_RULE),
     "torch_threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "monitor.mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "model.latent_dim": (lambda v: _int(v) and v > 0, "an integer > 0"),

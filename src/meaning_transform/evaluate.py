@@ -51,7 +51,7 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
     from hydra.utils import instantiate
 
     ckpt = read_checkpoint(ckpt_path)
-    module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     datamodule = instantiate(
         _data_config(data_cfg, ckpt, ckpt_path), schema=module.schema.to_dict()
     )

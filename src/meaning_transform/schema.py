@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from meaning_transform.errors import SchemaError
+
 log = logging.getLogger(__name__)
 
 Table = dict[str, np.ndarray]
@@ -35,10 +37,6 @@ _OPS = {
     "==": operator.eq,
     "!=": operator.ne,
 }
-
-
-class SchemaError(ValueError):
-    """A schema declaration, or a table checked against a schema, is invalid."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import math
 import sys
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from meaning_transform.config import check_accelerator, validate_config
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.module import MeaningModule
+from meaning_transform.rundir import new_run_dir
 
 log = logging.getLogger("meaning_transform")
 
@@ -48,19 +48,12 @@ def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
-    """The run directory: ``paths.output_dir``, Hydra's run dir, or a fresh timestamped one."""
+    """The run directory: ``paths.output_dir``, Hydra's run dir, or a new unique one (created)."""
     if cfg.paths.get("output_dir"):
         return Path(cfg.paths.output_dir)
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    base = (
-        Path(cfg.paths.log_dir) / cfg.experiment_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    )
-    out, n = base, 1
-    while out.exists():  # API runs started within the same second get their own folder
-        out = base.with_name(f"{base.name}_{n}")
-        n += 1
-    return out
+    return Path(new_run_dir(cfg.paths.log_dir, cfg.experiment_name))
 
 
 def _build_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -195,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("run directory: %s", out_dir)
         log.debug("schema:\n%s", module.schema.describe())
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     summary = _summarize(cfg, trainer, callbacks, lineage)
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
@@ -217,7 +210,9 @@ def evaluate_split(
 ) -> dict[str, float]:
     """Test-split metrics of the best checkpoint (or the current weights when there is none)."""
     path = ckpt if ckpt and Path(ckpt).is_file() else None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=path, verbose=False)
+    results = trainer.test(
+        module, datamodule=datamodule, ckpt_path=path, verbose=False, weights_only=True
+    )
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
