@@ -85,27 +85,27 @@ def test_agent_missing_from_agents_table_gives_none(tmp_path, agentfarm_schema):
     )
 
 
-def test_old_schema_needs_missing_columns_optional(tmp_path, agentfarm_cfg):
+def test_old_schema_loads_a_column_marked_required_is_named(tmp_path, agentfarm_cfg):
     path = tmp_path / "old.db"
     write_agentfarm_db(path, 100, num_agents=3, old_schema=True)
+    table = load_sqlite(path, FeatureSchema.from_config(agentfarm_cfg))  # the shipped schema
+    assert "starvation_counter" not in table and "starting_health" not in table
+    assert "agent_type" in table
     with pytest.raises(
         DataError,
         match=r"lacks required column\(s\) \['starvation_counter'\].*"
         r"columns found: \['id', 'simulation_id', 'step_number'",
     ):
-        load_sqlite(path, FeatureSchema.from_config(agentfarm_cfg))
-    table = load_sqlite(path, schema_with(agentfarm_cfg, starvation_counter=True))
-    assert "starvation_counter" not in table and "starting_health" not in table
-    assert "agent_type" in table
+        load_sqlite(path, schema_with(agentfarm_cfg, starvation_counter=False))
 
 
 def test_no_agents_table(tmp_path, agentfarm_cfg, caplog):
     path = tmp_path / "old_no_agents.db"
     write_agentfarm_db(path, 100, num_agents=3, old_schema=True, with_agents_table=False)
-    schema = schema_with(agentfarm_cfg, starvation_counter=True)
+    optional = FeatureSchema.from_config(agentfarm_cfg)  # the shipped schema
+    required = schema_with(agentfarm_cfg, agent_type=False)
     with pytest.raises(DataError, match=r"set schema.features.agent_type.optional=true"):
-        load_sqlite(path, schema)
-    optional = schema_with(agentfarm_cfg, starvation_counter=True, agent_type=True)
+        load_sqlite(path, required)
     with caplog.at_level(logging.INFO, logger="meaning_transform.data.sqlite"):
         table = load_sqlite(path, optional)
     assert "agent_type" not in table
@@ -115,9 +115,9 @@ def test_no_agents_table(tmp_path, agentfarm_cfg, caplog):
 
 
 def test_missing_file(tmp_path, agentfarm_schema):
-    with pytest.raises(DataError, match=r"database file '.*nope.db' not found"):
+    with pytest.raises(DataError, match=r"^data.path='.*nope.db': file not found"):
         load_sqlite(tmp_path / "nope.db", agentfarm_schema)
-    with pytest.raises(DataError, match="is not a file"):
+    with pytest.raises(DataError, match="not a file"):
         load_sqlite(tmp_path, agentfarm_schema)
 
 

@@ -27,7 +27,9 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # name the file the user must fix
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -14,9 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -26,7 +25,7 @@ from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
 from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
 from meaning_transform.checkpoints import check_compatible, read_checkpoint
-from meaning_transform.config import check_accelerator, validate_config
+from meaning_transform.config import check_accelerator, instantiate_checked, validate_config
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.module import MeaningModule
@@ -34,17 +33,8 @@ from meaning_transform.rundir import new_run_dir
 
 log = logging.getLogger("meaning_transform")
 
-
-def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with user mistakes reported as one ConfigError line."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, USER_ERRORS):
-            raise cause from None
-        msg = str(cause) if cause is not None else str(e).splitlines()[0]
-        raise ConfigError(f"{what}: {msg}") from None
+#: storage failures while a run writes: reported as one line (exit code 1), not a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
@@ -60,13 +50,13 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is not None and "_target_" in node:
-            callbacks.append(_instantiate(node, f"callbacks.{name}"))
+            callbacks.append(instantiate_checked(node, f"callbacks.{name}"))
     return callbacks
 
 
 def _build_loggers(cfg: DictConfig) -> list[Any] | bool:
     loggers = [
-        _instantiate(node, f"logger.{name}")
+        instantiate_checked(node, f"logger.{name}")
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
@@ -78,7 +68,7 @@ def build_trainer(
 ) -> tuple[L.Trainer, list[Callback]]:
     """Lightning Trainer with the configured callbacks (plus ``extra``), loggers, atomic saves."""
     callbacks = [*_build_callbacks(cfg), *(extra or [])]
-    trainer = _instantiate(
+    trainer = instantiate_checked(
         cfg.trainer,
         "trainer",
         callbacks=callbacks,
@@ -105,7 +95,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
         torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = _instantiate(cfg.data, "data", schema=cfg.schema)
+    datamodule = instantiate_checked(cfg.data, "data", schema=cfg.schema)
     datamodule.setup("fit")
     lineage: dict[str, Any] = {"resumed_from": None, "init_from": None, "parent_run": None}
     source = cfg.get("ckpt_path") or cfg.get("init_from")
@@ -183,8 +173,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "itself (e.g. hydra/launcher=submitit_slurm with tasks_per_node = devices)"
         )
     if trainer.is_global_zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        except OSError as e:
+            raise ConfigError(
+                f"paths.output_dir={str(out_dir)!r}: cannot write there ({e.strerror}); "
+                "choose a writable paths.log_dir or paths.output_dir"
+            ) from None
         log.info("run directory: %s", out_dir)
         log.debug("schema:\n%s", module.schema.describe())
     started = time.perf_counter()
@@ -412,6 +408,12 @@ def main_entry(cfg: DictConfig) -> float | None:
         if isinstance(e, USER_ERRORS):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # a full disk, a read-only mount
+            print(
+                f"error: cannot write {e.filename or 'the run directory'}: {e.strerror}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         raise
 
 

@@ -121,10 +121,12 @@ def _check_file(path: str | Path) -> Path:
     file = Path(path).expanduser()
     if not file.exists():
         raise DataError(
-            f"database file {str(file)!r} not found (expected an AgentFarm simulation.db)"
+            f"data.path={str(file)!r}: file not found (expected an AgentFarm simulation.db)"
         )
     if not file.is_file():
-        raise DataError(f"database path {str(file)!r} is not a file (expected simulation.db)")
+        raise DataError(
+            f"data.path={str(file)!r}: not a file (expected an AgentFarm simulation.db)"
+        )
     with file.open("rb") as fh:
         header = fh.read(len(SQLITE_HEADER))
     if header != SQLITE_HEADER:
