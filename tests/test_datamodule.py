@@ -263,7 +263,7 @@ def test_category_outside_vocabulary(tmp_path, agentfarm_cfg):
     write_agentfarm_db(path, 600, num_agents=30, agent_types=("system", "chaos"))
     agentfarm_cfg["features"]["agent_type"]["categories"] = ["control", "independent", "system"]
     dm = SQLiteDataModule(agentfarm_cfg, path=path)
-    with pytest.raises(ValueError, match=r"values \['chaos'\] not in its vocabulary"):
+    with pytest.raises(ValueError, match=r"1 value\(s\) not in its vocabulary \('chaos';"):
         dm.setup()
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from meaning_transform.errors import SchemaError
+from meaning_transform.messages import few
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +381,9 @@ class FeatureSchema:
                 unseen = sorted(set(vals.tolist()) - set(f.categories))
                 if unseen:
                     raise SchemaError(
-                        f"categorical column {f.name!r} has values {unseen} not in its "
-                        f"vocabulary {list(f.categories)}; list them in "
+                        f"categorical column {f.name!r} has {len(unseen)} value(s) not in its "
+                        f"vocabulary ({few(map(repr, unseen))}; vocabulary: "
+                        f"{few(map(repr, f.categories))}); list them in "
                         f"schema.features.{f.name}.categories"
                     )
 

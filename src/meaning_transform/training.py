@@ -28,6 +28,8 @@ from meaning_transform.checkpoints import check_compatible, read_checkpoint
 from meaning_transform.config import check_accelerator, instantiate_checked, validate_config
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.io import remove_stale_temp_files
+from meaning_transform.messages import few
 from meaning_transform.module import MeaningModule
 from meaning_transform.rundir import new_run_dir
 
@@ -173,6 +175,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "itself (e.g. hydra/launcher=submitit_slurm with tasks_per_node = devices)"
         )
     if trainer.is_global_zero:
+        _remove_stale_temp_files(out_dir, cfg.get("ckpt_path"))
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
@@ -199,6 +202,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         _print_final(summary)
     return summary
+
+
+def _remove_stale_temp_files(out_dir: Path, resumed: str | None) -> None:
+    """Delete temp files of killed writes in the run dir and, on resume, in the resumed run's."""
+    folders = [out_dir, out_dir / "checkpoints"]
+    if resumed:
+        ckpt_dir = Path(resumed).resolve().parent
+        folders += [ckpt_dir, ckpt_dir.parent] if ckpt_dir.name == "checkpoints" else [ckpt_dir]
+    stale = [p for folder in dict.fromkeys(folders) for p in remove_stale_temp_files(folder)]
+    if stale:
+        log.info("removed %d temp file(s) left by a killed run: %s", len(stale), few(stale, 3))
 
 
 def evaluate_split(
