@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from typing import Any
@@ -28,8 +29,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to ``path`` atomically."""
 
         def write(tmp: str) -> None:
+            # Serialized in memory first: torch's zip writer reports a failed write (a full
+            # disk) as an obscure RuntimeError, a plain file write as the OSError it is.
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
             with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
+                fh.write(buffer.getbuffer())
                 fh.flush()
                 os.fsync(fh.fileno())
 

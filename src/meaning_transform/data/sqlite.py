@@ -313,7 +313,8 @@ def _filters(
         unknown = sorted(set(types) - set(present))
         if unknown:
             raise DataError(
-                f"agent_types {few(unknown)} not in {file}; types present: {few(present)}"
+                f"agent_types [{few(map(repr, unknown))}] not in {file}; "
+                f"types present: [{few(map(repr, present))}]"
             )
         marks = ", ".join("?" * len(types))
         clauses.append(f"agent_id IN (SELECT agent_id FROM {AGENTS} WHERE agent_type IN ({marks}))")
