@@ -1,9 +1,15 @@
 """Train a meaning-preserving code: ``python train.py [group=option] [key=value] ...``."""
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("MEANING_TRANSFORM_ROOT", str(Path(__file__).resolve().parent))
+
+from meaning_transform.cli import preflight  # noqa: E402  (light: no torch, no Lightning)
+
+if __name__ == "__main__":
+    preflight(sys.argv[1:])  # a bad command line: one line, exit 2, nothing written
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

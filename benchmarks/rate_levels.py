@@ -90,7 +90,7 @@ def train_one(bottleneck: str, level: float, args: argparse.Namespace, out: Path
 @torch.no_grad()
 def coded_bits(cfg: Any, ckpt: str) -> dict[str, Any]:
     """ANS-code the validation latents of the last checkpoint; estimated vs coded bits."""
-    module = MeaningModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    module = MeaningModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
     _, datamodule, _, _ = prepare(cfg)  # same data seed and split as the trained run
     x = datamodule.val_x
     z = module.codec.encoder(module.schema.model_input(x)).z

@@ -86,10 +86,15 @@ def test_bottleneck_and_optimizer_instantiate(compression):
         ("loss.kl_weight=-0.1", "loss.kl_weight=-0.1 is invalid"),
         ("seed=-1", "seed=-1 is invalid"),
         ("ckpt_path=/nonexistent.ckpt", "ckpt_path='/nonexistent.ckpt' is invalid: no such"),
+        ("experiment_name=..", "experiment_name='..' is invalid: expected one folder name"),
+        ("experiment_name=a/b", "experiment_name='a/b' is invalid"),
+        ("scheduler.T_max=0", "scheduler.T_max=0 is invalid: expected an integer >= 1"),
+        ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0 is invalid"),
+        ("data.val_fraction=0", "data.val_fraction=0 leaves no validation split"),
     ],
 )
 def test_bad_values_fail_validation_with_one_line(override, message):
-    cfg = load_config([override])
+    cfg = load_config(override.split())
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)

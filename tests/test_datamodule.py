@@ -22,6 +22,7 @@ from meaning_transform.data import (
     generate_synthetic,
 )
 from meaning_transform.data.testing import write_agentfarm_db
+from meaning_transform.schema import INVALID_VALUES
 
 
 def synthetic(cfg, **kwargs) -> SyntheticDataModule:
@@ -207,8 +208,8 @@ def test_invalid_rows_are_reported(null_db, agentfarm_cfg):
     dm = SQLiteDataModule(agentfarm_cfg, path=null_db[0])
     with pytest.raises(
         DataError,
-        match=rf"{null_db[1]} of 400 rows have NULL/NaN/inf values \(rows per column: "
-        r"current_health: 5, total_reward: 2\).*data.drop_invalid=true",
+        match=rf"{null_db[1]} of 400 rows have NULL/NaN/inf or out-of-range .* values "
+        r"\(rows per column: current_health: 5, total_reward: 2\).*data.drop_invalid=true",
     ):
         dm.setup()
 
@@ -221,10 +222,40 @@ def test_drop_invalid(null_db, agentfarm_cfg, caplog):
     assert rows == 400 - null_db[1]
     records = [r for r in caplog.records if r.name == "meaning_transform.data.datamodule"]
     assert [r.getMessage() for r in records] == [
-        f"dropped {null_db[1]} of 400 rows with NULL/NaN/inf values "
+        f"dropped {null_db[1]} of 400 rows with {INVALID_VALUES} values "
         "(current_health: 5, total_reward: 2)"
     ]
     assert torch.isfinite(dm.train_x).all()
+
+
+@pytest.fixture
+def huge_db(tmp_path):
+    """400 states, position_x = 1e308 (finite, but beyond float32) in 2% of them."""
+    path = tmp_path / "huge.db"
+    write_agentfarm_db(path, 400, num_agents=8)
+    with closing(sqlite3.connect(path)) as con:
+        con.execute("UPDATE agent_states SET position_x = 1e308 WHERE rowid % 50 = 0")
+        con.commit()
+    return path
+
+
+def test_huge_finite_values_are_invalid_rows(huge_db, agentfarm_cfg):
+    with pytest.raises(DataError, match=r"^8 of 400 rows .* \(rows per column: position_x: 8\)"):
+        SQLiteDataModule(agentfarm_cfg, path=huge_db).setup()
+    dm = SQLiteDataModule(agentfarm_cfg, path=huge_db, drop_invalid=True)
+    dm.setup()
+    assert sum(len(x) for x in (dm.train_x, dm.val_x, dm.test_x)) == 392
+    assert torch.isfinite(dm.train_x).all() and dm.train_x.abs().max() < 100
+
+
+def test_values_outside_a_declared_range_are_invalid_rows(tmp_path, agentfarm_cfg):
+    path = tmp_path / "s.db"
+    written = write_agentfarm_db(path, 400, num_agents=8)
+    agentfarm_cfg["features"]["current_health"]["max"] = 90.0
+    above = int(np.count_nonzero(np.asarray(written["current_health"], dtype=float) > 90))
+    assert 0 < above < 400
+    with pytest.raises(DataError, match=rf"^{above} of 400 rows .*current_health: {above}\)"):
+        SQLiteDataModule(agentfarm_cfg, path=path).setup()
 
 
 def test_category_outside_vocabulary(tmp_path, agentfarm_cfg):
@@ -232,7 +263,7 @@ def test_category_outside_vocabulary(tmp_path, agentfarm_cfg):
     write_agentfarm_db(path, 600, num_agents=30, agent_types=("system", "chaos"))
     agentfarm_cfg["features"]["agent_type"]["categories"] = ["control", "independent", "system"]
     dm = SQLiteDataModule(agentfarm_cfg, path=path)
-    with pytest.raises(ValueError, match=r"values \['chaos'\] not in its vocabulary"):
+    with pytest.raises(ValueError, match=r"1 value\(s\) not in its vocabulary \('chaos';"):
         dm.setup()
 
 

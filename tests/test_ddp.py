@@ -128,12 +128,19 @@ def test_ddp_validation_equals_single_process(ddp_run, tmp_path):
     assert results[1]["n_val"] == results[2]["n_val"] > 100
     single, ddp = results[1]["metrics"], results[2]["metrics"]
     assert set(single) == set(ddp)
+    # Both runs compute in float32 and sum in a different order (two partial sums added, vs. one
+    # running sum), so they agree to float32 rounding, not bit for bit: about 1e-7 relative per
+    # addition, growing with the number of batches summed. A relative tolerance of 1e-5 is that
+    # rounding with room to spare (rate_bits ~10 differed by 1e-6 absolute) and still far below
+    # the errors this test is for (a state counted twice or dropped, a metric not synced across
+    # ranks), which move these by orders of magnitude more.
+    float32_sums = {"rel": 1e-5, "abs": 1e-7}
     for key in ("val/drift", "val/preservation", "val/rate_bits", "val/drift_group/spatial"):
-        # counts summed across ranks (torchmetrics): exact up to float32 rounding
-        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+        # counts and sums synced across ranks (torchmetrics)
+        assert ddp[key] == pytest.approx(single[key], **float32_sums), key
     for key in ("val/loss", "val/recon", "val/semantic"):
         # mean over ranks of per-rank means: equal to the overall mean for equal halves
-        assert ddp[key] == pytest.approx(single[key], rel=1e-5), key
+        assert ddp[key] == pytest.approx(single[key], **float32_sums), key
 
 
 def test_ddp_inside_a_multirun_fails_before_training(tmp_path):

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
 import adbc_driver_sqlite.dbapi as adbc
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from meaning_transform.api import load_config
 from meaning_transform.data import DataError, load_sqlite
 from meaning_transform.data import sqlite as sqlite_mod
 from meaning_transform.data.testing import write_agentfarm_db
@@ -85,27 +89,27 @@ def test_agent_missing_from_agents_table_gives_none(tmp_path, agentfarm_schema):
     )
 
 
-def test_old_schema_needs_missing_columns_optional(tmp_path, agentfarm_cfg):
+def test_old_schema_loads_a_column_marked_required_is_named(tmp_path, agentfarm_cfg):
     path = tmp_path / "old.db"
     write_agentfarm_db(path, 100, num_agents=3, old_schema=True)
+    table = load_sqlite(path, FeatureSchema.from_config(agentfarm_cfg))  # the shipped schema
+    assert "starvation_counter" not in table and "starting_health" not in table
+    assert "agent_type" in table
     with pytest.raises(
         DataError,
         match=r"lacks required column\(s\) \['starvation_counter'\].*"
         r"columns found: \['id', 'simulation_id', 'step_number'",
     ):
-        load_sqlite(path, FeatureSchema.from_config(agentfarm_cfg))
-    table = load_sqlite(path, schema_with(agentfarm_cfg, starvation_counter=True))
-    assert "starvation_counter" not in table and "starting_health" not in table
-    assert "agent_type" in table
+        load_sqlite(path, schema_with(agentfarm_cfg, starvation_counter=False))
 
 
 def test_no_agents_table(tmp_path, agentfarm_cfg, caplog):
     path = tmp_path / "old_no_agents.db"
     write_agentfarm_db(path, 100, num_agents=3, old_schema=True, with_agents_table=False)
-    schema = schema_with(agentfarm_cfg, starvation_counter=True)
+    optional = FeatureSchema.from_config(agentfarm_cfg)  # the shipped schema
+    required = schema_with(agentfarm_cfg, agent_type=False)
     with pytest.raises(DataError, match=r"set schema.features.agent_type.optional=true"):
-        load_sqlite(path, schema)
-    optional = schema_with(agentfarm_cfg, starvation_counter=True, agent_type=True)
+        load_sqlite(path, required)
     with caplog.at_level(logging.INFO, logger="meaning_transform.data.sqlite"):
         table = load_sqlite(path, optional)
     assert "agent_type" not in table
@@ -115,9 +119,9 @@ def test_no_agents_table(tmp_path, agentfarm_cfg, caplog):
 
 
 def test_missing_file(tmp_path, agentfarm_schema):
-    with pytest.raises(DataError, match=r"database file '.*nope.db' not found"):
+    with pytest.raises(DataError, match=r"^data.path='.*nope.db': file not found"):
         load_sqlite(tmp_path / "nope.db", agentfarm_schema)
-    with pytest.raises(DataError, match="is not a file"):
+    with pytest.raises(DataError, match="not a file"):
         load_sqlite(tmp_path, agentfarm_schema)
 
 
@@ -319,3 +323,91 @@ def test_vectorized_schema_helpers_match_python():
     assert _is_unusable(np.array([None, "a", "a"], object))
     assert not _is_unusable(np.array([1, 1.0], object))  # '1' != '1.0', as np.unique(astype(str))
     assert _is_unusable(np.array([np.nan, 2.0, 2.0])) and not _is_unusable(np.array(["a", "b"]))
+
+
+# ---------------------------------------------------------------- issue 10: old schema, WAL, locks
+def old_schema_copy(real_db: Path, folder: Path) -> Path:
+    """The shared db's first 60 steps in the older AgentFarm layout: no starting_health, no
+    starvation_counter, no agents table (read from a copy of the shared db)."""
+    copy = folder / "real_copy.db"
+    copy.write_bytes(real_db.read_bytes())
+    old = folder / "old_schema.db"
+    with closing(sqlite3.connect(old)) as con:
+        con.execute(f"ATTACH DATABASE '{copy}' AS real")
+        cols = [r[1] for r in con.execute("PRAGMA real.table_info(agent_states)")]
+        keep = ", ".join(c for c in cols if c not in ("starting_health", "starvation_counter"))
+        con.execute(
+            f"CREATE TABLE agent_states AS SELECT {keep} FROM real.agent_states "
+            "WHERE step_number < 60"
+        )
+        con.commit()
+    return old
+
+
+def test_old_agentfarm_schema_loads_with_the_shipped_schema(real_db, tmp_path, caplog):
+    from meaning_transform.data import SQLiteDataModule
+    from meaning_transform.module import MeaningModule
+
+    path = old_schema_copy(real_db, tmp_path)
+    cfg = load_config(["data=sqlite", f"data.path={path}"])
+    dm = SQLiteDataModule(OmegaConf.to_container(cfg.schema), path=path)
+    with caplog.at_level(logging.INFO, logger="meaning_transform"):
+        dm.setup()
+    names = dm.schema.names
+    assert "starvation_counter" not in names and "agent_type" not in names
+    assert "starting_health" not in names and "current_health" in names
+    assert [p.name for p in dm.schema.predicates] == ["alive", "low_health"]  # starving dropped
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "'agents' table" in logged and "starving" in logged
+    model = MeaningModule(
+        dm.schema.to_dict(), cfg.model, cfg.compression, cfg.loss, cfg.optimizer, None
+    )
+    assert model(dm.train_x[:4])[0].shape[0] == 4
+
+
+def files_beside(db: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in db.parent.iterdir()}
+
+
+def test_wal_database_read_changes_nothing_beside_it(tmp_path, agentfarm_schema):
+    path = tmp_path / "wal.db"
+    write_agentfarm_db(path, 200, num_agents=4)
+    sql(path, "PRAGMA journal_mode=WAL")
+    before = files_beside(path)
+    assert list(before) == ["wal.db"]
+    assert len(load_sqlite(path, agentfarm_schema)["step"]) == 200
+    assert files_beside(path) == before  # no -wal, no -shm, nothing touched
+
+
+def test_wal_database_with_a_writer_attached_reads_its_changes(tmp_path, agentfarm_schema):
+    path = tmp_path / "wal.db"
+    write_agentfarm_db(path, 200, num_agents=4)
+    sql(path, "PRAGMA journal_mode=WAL")
+    with closing(sqlite3.connect(path)) as writer:
+        writer.execute("PRAGMA wal_autocheckpoint=0")  # the change stays in wal.db-wal
+        writer.execute("DELETE FROM agent_states WHERE rowid <= 10")
+        writer.commit()
+        assert len(load_sqlite(path, agentfarm_schema)["step"]) == 190
+
+
+def test_locked_database_is_waited_for(tmp_path, agentfarm_schema):
+    """Another process holds an exclusive lock for 1.5 s: the read waits instead of failing."""
+    path = tmp_path / "locked.db"
+    write_agentfarm_db(path, 200, num_agents=4)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+            "time.sleep(1.5); c.execute('COMMIT')\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert len(load_sqlite(path, agentfarm_schema)["step"]) == 200
+    finally:
+        holder.wait(timeout=30)

@@ -1,31 +1,71 @@
-"""Reading checkpoints with clear errors, and checking that one fits the configured model."""
+"""Reading checkpoints safely, with clear errors, and checking that one fits the configured model.
+
+Every checkpoint is loaded with ``torch.load(weights_only=True)``: only tensors and plain
+containers (dict, list, tuple, str, numbers, None) are unpickled, so a file cannot run code when
+it is read. Everything this project and Lightning store in a checkpoint (weights, optimizer and
+scheduler states, loops, callback states, hyperparameters, the run config, history, lineage) is
+plain data; a checkpoint that needs any other type is rejected with a CheckpointError.
+"""
 
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from meaning_transform.errors import CheckpointError
+from meaning_transform.messages import few, one_line
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint dict on CPU; CheckpointError if missing, truncated or foreign."""
+def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; CheckpointError (one line) for anything else."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(
-            f"checkpoint {str(p)!r} cannot be read (truncated or not a checkpoint): "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        ) from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not one line
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} refused: it needs {found.group(1)}, which a checkpoint of "
+                "this project never holds (only tensors and plain containers are loaded, so "
+                "loading a file cannot run code)"
+            ) from None
+        raise _unreadable(p, _unpickler_detail(e)) from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse the file is the file's fault
+        raise _unreadable(p, one_line(e)) from None
+
+
+def _unreadable(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {str(path)!r} cannot be read (truncated, not a checkpoint, or not plain "
+        f"data): {detail}"
+    )
+
+
+def _unpickler_detail(error: Exception) -> str:
+    """The informative line of torch's multi-paragraph weights-only error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [
+        line for line in lines if not line.startswith(("Weights only", "Please file", "Check"))
+    ]
+    return (useful or lines or [type(error).__name__])[0]
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a Lightning checkpoint dict (on CPU); CheckpointError if missing, unsafe or foreign."""
+    ckpt = load_safely(path, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{str(p)!r} is not a meaning-transform checkpoint (no state_dict)")
+        raise CheckpointError(
+            f"{str(path)!r} is not a meaning-transform checkpoint (no state_dict)"
+        )
     return ckpt
 
 
@@ -45,11 +85,9 @@ def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | 
             )
     if problems:
         hint = _hparam_hint(ckpt.get("hyper_parameters") or {}, getattr(module, "hparams", {}))
-        shown = "; ".join(problems[:8]) + (
-            f"; ... {len(problems) - 8} more" if len(problems) > 8 else ""
-        )
         raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit the configured model: {shown}{hint}"
+            f"checkpoint {str(path)!r} does not fit the configured model: "
+            f"{few(problems, 8, sep='; ')}{hint}"
         )
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from meaning_transform.errors import ConfigError
+from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.messages import one_line
+from meaning_transform.rundir import NAME_RULE, is_plain_name
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -26,10 +27,7 @@ def _int(v: Any) -> bool:
 # key -> (check, what is allowed); keys absent from the composed config are skipped
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
-    "experiment_name": (
-        lambda v: isinstance(v, str) and re.fullmatch(r"[\w.+=-]+", v) is not None,
-        "a non-empty name of letters, digits, '_', '-', '.', '+', '='",
-    ),
+    "experiment_name": (is_plain_name, NAME_RULE),
     "torch_threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "monitor.mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "model.latent_dim": (lambda v: _int(v) and v > 0, "an integer > 0"),
@@ -44,6 +42,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer.lr": (lambda v: _num(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
     "trainer.max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "scheduler.T_max": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "scheduler.eta_min": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "scheduler.step_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "scheduler.gamma": (lambda v: _num(v) and v > 0, "a number > 0"),
     "data.batch_size": (lambda v: _int(v) and v > 0, "an integer > 0"),
     "data.num_states": (lambda v: _int(v) and v > 0, "an integer > 0"),
     "data.val_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -68,6 +70,21 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def instantiate_checked(node: Any, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with user mistakes reported as one line (the real reason)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None
+        msg = one_line(cause if cause is not None else e)
+        raise ConfigError(f"{what}: {msg}") from None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line: key, bad value, what is allowed) for the first bad value."""
     for key, (check, allowed) in RULES.items():
@@ -84,6 +101,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "compression=none with model.variational=false is invalid: the VAE rate "
             "KL(q(z|x)||p(z)) needs a variational encoder (set model.variational=true)"
+        )
+    monitor = str(OmegaConf.select(cfg, "monitor.metric", default=""))
+    if OmegaConf.select(cfg, "data.val_fraction", default=None) == 0 and monitor.startswith("val/"):
+        raise ConfigError(
+            f"data.val_fraction=0 leaves no validation split, but monitor.metric={monitor!r} "
+            "(checkpointing, early stopping, sweeps) is a validation metric: set "
+            "data.val_fraction > 0"
         )
     for key in ("ckpt_path", "init_from"):
         path = cfg.get(key)

@@ -1,9 +1,10 @@
-"""User-facing errors: each is reported as one line, before any work starts, with nothing written."""
+"""User-facing errors: each is reported as one line, before any work starts, with nothing written.
+
+Defined here, with no heavy imports, so the entry points can check their input before importing
+torch or Lightning; ``schema.SchemaError`` and ``data.DataError`` are these classes.
+"""
 
 from __future__ import annotations
-
-from meaning_transform.data.errors import DataError
-from meaning_transform.schema import SchemaError
 
 
 class ConfigError(ValueError):
@@ -11,7 +12,15 @@ class ConfigError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the configured model."""
+    """A checkpoint is missing, unreadable, unsafe or does not fit the configured model."""
+
+
+class SchemaError(ValueError):
+    """A schema declaration, or a table checked against a schema, is invalid."""
+
+
+class DataError(ValueError):
+    """Input data (file, table, column, filter or split) is unusable; the message says why."""
 
 
 #: errors caused by the user's input (reported as one line, exit code 2)

@@ -13,14 +13,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from meaning_transform.baselines import classical_baselines
 from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.checkpoints import read_checkpoint
-from meaning_transform.config import CONF_DIR
+from meaning_transform.cli import compose_checked
+from meaning_transform.config import instantiate_checked
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.io import atomic_write
 from meaning_transform.module import MeaningModule
@@ -48,12 +48,10 @@ def split_tensor(datamodule: Any, split: str) -> torch.Tensor:
 
 def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val") -> dict[str, Any]:
     """Drift (per feature, group, predicate), losses, rate and real coded size on one split."""
-    from hydra.utils import instantiate
-
     ckpt = read_checkpoint(ckpt_path)
-    module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-    datamodule = instantiate(
-        _data_config(data_cfg, ckpt, ckpt_path), schema=module.schema.to_dict()
+    module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
+    datamodule = instantiate_checked(
+        _data_config(data_cfg, ckpt, ckpt_path), "data", schema=module.schema.to_dict()
     )
     datamodule.setup("validate")
     x = split_tensor(datamodule, split)
@@ -141,8 +139,7 @@ def default_output(ckpt_path: str, split: str) -> Path:
 
 def compose_eval_config(overrides: list[str]) -> DictConfig:
     """Compose ``conf/eval.yaml`` with command-line overrides (no run dir, no log file)."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="evaluate"):
-        cfg = compose(config_name="eval", overrides=overrides)
+    cfg = compose_checked("eval", overrides)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path is required: ckpt_path=outputs/.../checkpoints/best.ckpt")
     return cfg

@@ -22,9 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from meaning_transform.errors import SchemaError
+from meaning_transform.messages import few
+
 log = logging.getLogger(__name__)
 
 Table = dict[str, np.ndarray]
+#: the largest usable magnitude: the model computes in float32 and squares values (variance,
+#: squared errors), so anything above sqrt(float32 max) ~ 1.8e19 would overflow to inf
+MAX_MAGNITUDE = float(np.sqrt(np.finfo(np.float32).max))
+#: what an invalid value is, as error messages say it
+INVALID_VALUES = f"NULL/NaN/inf or out-of-range (|x| > {MAX_MAGNITUDE:.2g}, or outside min/max)"
 KINDS = ("continuous", "binary", "categorical")
 SOURCES = ("agent_states", "agents")
 _OPS = {
@@ -35,10 +43,6 @@ _OPS = {
     "==": operator.eq,
     "!=": operator.ne,
 }
-
-
-class SchemaError(ValueError):
-    """A schema declaration, or a table checked against a schema, is invalid."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class Feature:
     optional: bool = False
     source: str = "agent_states"
     categories: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -69,6 +75,20 @@ class Feature:
             )
         if not self.weight >= 0:
             raise SchemaError(f"feature {self.name!r}: weight must be >= 0, got {self.weight}")
+        if self.min is not None and self.max is not None and not self.min <= self.max:
+            raise SchemaError(f"feature {self.name!r}: min {self.min} is above max {self.max}")
+
+    def out_of_range(self, col: np.ndarray, present: np.ndarray) -> np.ndarray:
+        """Rows (among ``present``) whose value is above MAX_MAGNITUDE or outside [min, max]."""
+        if self.kind == "categorical":
+            return np.zeros(len(col), dtype=bool)
+        vals = np.asarray(np.where(present, col, 0.0), dtype=np.float64)
+        bad = np.abs(vals) > MAX_MAGNITUDE
+        if self.min is not None:
+            bad |= vals < self.min
+        if self.max is not None:
+            bad |= vals > self.max
+        return bad & present
 
 
 @dataclass(frozen=True)
@@ -322,12 +342,13 @@ class FeatureSchema:
 
     # ----------------------------------------------------------------- validation
     def invalid_rows(self, table: Table) -> dict[str, np.ndarray]:
-        """Per feature, the boolean mask of rows with NULL/NaN/inf (only features with any)."""
+        """Per feature, the mask of rows with an invalid value (see INVALID_VALUES), if any."""
         bad = {}
         for f in self.features:
             if f.name not in table:
                 continue
-            mask = ~_present(table[f.name])
+            present = _present(table[f.name])
+            mask = ~present | f.out_of_range(table[f.name], present)
             if mask.any():
                 bad[f.name] = mask
         return bad
@@ -343,7 +364,7 @@ class FeatureSchema:
         if bad:
             detail = ", ".join(f"{k}: {int(v.sum())} rows" for k, v in bad.items())
             raise SchemaError(
-                f"NULL/NaN/inf values in required columns ({detail}); "
+                f"{INVALID_VALUES} values in required columns ({detail}); "
                 "fix the data or set data.drop_invalid=true to drop those rows"
             )
         for f in self.of_kind("binary"):
@@ -360,8 +381,9 @@ class FeatureSchema:
                 unseen = sorted(set(vals.tolist()) - set(f.categories))
                 if unseen:
                     raise SchemaError(
-                        f"categorical column {f.name!r} has values {unseen} not in its "
-                        f"vocabulary {list(f.categories)}; list them in "
+                        f"categorical column {f.name!r} has {len(unseen)} value(s) not in its "
+                        f"vocabulary ({few(map(repr, unseen))}; vocabulary: "
+                        f"{few(map(repr, f.categories))}); list them in "
                         f"schema.features.{f.name}.categories"
                     )
 

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import sys
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -27,53 +25,40 @@ from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
 from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
 from meaning_transform.checkpoints import check_compatible, read_checkpoint
-from meaning_transform.config import check_accelerator, validate_config
+from meaning_transform.config import check_accelerator, instantiate_checked, validate_config
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.io import remove_stale_temp_files
+from meaning_transform.messages import few
 from meaning_transform.module import MeaningModule
+from meaning_transform.rundir import new_run_dir
 
 log = logging.getLogger("meaning_transform")
 
-
-def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` with user mistakes reported as one ConfigError line."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, USER_ERRORS):
-            raise cause from None
-        msg = str(cause) if cause is not None else str(e).splitlines()[0]
-        raise ConfigError(f"{what}: {msg}") from None
+#: storage failures while a run writes: reported as one line (exit code 1), not a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
-    """The run directory: ``paths.output_dir``, Hydra's run dir, or a fresh timestamped one."""
+    """The run directory: ``paths.output_dir``, Hydra's run dir, or a new unique one (created)."""
     if cfg.paths.get("output_dir"):
         return Path(cfg.paths.output_dir)
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    base = (
-        Path(cfg.paths.log_dir) / cfg.experiment_name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    )
-    out, n = base, 1
-    while out.exists():  # API runs started within the same second get their own folder
-        out = base.with_name(f"{base.name}_{n}")
-        n += 1
-    return out
+    return Path(new_run_dir(cfg.paths.log_dir, cfg.experiment_name))
 
 
 def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     callbacks = []
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is not None and "_target_" in node:
-            callbacks.append(_instantiate(node, f"callbacks.{name}"))
+            callbacks.append(instantiate_checked(node, f"callbacks.{name}"))
     return callbacks
 
 
 def _build_loggers(cfg: DictConfig) -> list[Any] | bool:
     loggers = [
-        _instantiate(node, f"logger.{name}")
+        instantiate_checked(node, f"logger.{name}")
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
@@ -85,7 +70,7 @@ def build_trainer(
 ) -> tuple[L.Trainer, list[Callback]]:
     """Lightning Trainer with the configured callbacks (plus ``extra``), loggers, atomic saves."""
     callbacks = [*_build_callbacks(cfg), *(extra or [])]
-    trainer = _instantiate(
+    trainer = instantiate_checked(
         cfg.trainer,
         "trainer",
         callbacks=callbacks,
@@ -112,7 +97,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
         torch.set_num_threads(int(cfg.torch_threads))
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = _instantiate(cfg.data, "data", schema=cfg.schema)
+    datamodule = instantiate_checked(cfg.data, "data", schema=cfg.schema)
     datamodule.setup("fit")
     lineage: dict[str, Any] = {"resumed_from": None, "init_from": None, "parent_run": None}
     source = cfg.get("ckpt_path") or cfg.get("init_from")
@@ -190,12 +175,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "itself (e.g. hydra/launcher=submitit_slurm with tasks_per_node = devices)"
         )
     if trainer.is_global_zero:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        _remove_stale_temp_files(out_dir, cfg.get("ckpt_path"))
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+        except OSError as e:
+            raise ConfigError(
+                f"paths.output_dir={str(out_dir)!r}: cannot write there ({e.strerror}); "
+                "choose a writable paths.log_dir or paths.output_dir"
+            ) from None
         log.info("run directory: %s", out_dir)
         log.debug("schema:\n%s", module.schema.describe())
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     summary = _summarize(cfg, trainer, callbacks, lineage)
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
@@ -212,12 +204,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _remove_stale_temp_files(out_dir: Path, resumed: str | None) -> None:
+    """Delete temp files of killed writes in the run dir and, on resume, in the resumed run's."""
+    folders = [out_dir, out_dir / "checkpoints"]
+    if resumed:
+        ckpt_dir = Path(resumed).resolve().parent
+        folders += [ckpt_dir, ckpt_dir.parent] if ckpt_dir.name == "checkpoints" else [ckpt_dir]
+    stale = [p for folder in dict.fromkeys(folders) for p in remove_stale_temp_files(folder)]
+    if stale:
+        log.info("removed %d temp file(s) left by a killed run: %s", len(stale), few(stale, 3))
+
+
 def evaluate_split(
     trainer: L.Trainer, module: MeaningModule, datamodule: Any, ckpt: str | None
 ) -> dict[str, float]:
     """Test-split metrics of the best checkpoint (or the current weights when there is none)."""
     path = ckpt if ckpt and Path(ckpt).is_file() else None
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=path, verbose=False)
+    results = trainer.test(
+        module, datamodule=datamodule, ckpt_path=path, verbose=False, weights_only=True
+    )
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
 
@@ -417,6 +422,12 @@ def main_entry(cfg: DictConfig) -> float | None:
         if isinstance(e, USER_ERRORS):
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:  # a full disk, a read-only mount
+            print(
+                f"error: cannot write {e.filename or 'the run directory'}: {e.strerror}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         raise
 
 

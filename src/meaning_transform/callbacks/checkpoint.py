@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from typing import Any
@@ -11,11 +12,16 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from meaning_transform.checkpoints import read_checkpoint
 from meaning_transform.io import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a temp file, fsync, rename: a killed process never leaves a truncated .ckpt."""
+    """Atomic saves (temp file, fsync, rename) and safe loads (``weights_only=True``).
+
+    A killed process never leaves a truncated .ckpt, and ``Trainer.fit/test(ckpt_path=...)``
+    never unpickles anything but tensors and plain containers.
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
@@ -23,12 +29,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to ``path`` atomically."""
 
         def write(tmp: str) -> None:
+            # Serialized in memory first: torch's zip writer reports a failed write (a full
+            # disk) as an obscure RuntimeError, a plain file write as the OSError it is.
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
             with open(tmp, "wb") as fh:
-                torch.save(checkpoint, fh)
+                fh.write(buffer.getbuffer())
                 fh.flush()
                 os.fsync(fh.fileno())
 
         atomic_write(path, write)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with ``weights_only=True`` whatever the caller asks (CheckpointError if unsafe)."""
+        return read_checkpoint(path, map_location=map_location or "cpu")
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -29,6 +29,7 @@ class MetricsHistory(Callback):
         self.path = path
         self.rows: list[Row] = []
         self._epoch_start = time.perf_counter()
+        self._resumed_epochs: int | None = None  # epochs completed in the checkpoint resumed
 
     # -------------------------------------------------------------- recording
     def select(self, metrics: dict[str, float]) -> Row:
@@ -68,9 +69,26 @@ class MetricsHistory(Callback):
         """Rows travel inside checkpoints."""
         return {"rows": [dict(r) for r in self.rows]}
 
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Note how many epochs the checkpoint completed (Lightning calls load_state_dict next)."""
+        self._resumed_epochs = int(checkpoint.get("epoch", -1)) + 1
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore rows from a checkpoint."""
-        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+        """Restore rows from a checkpoint, none after the epoch it was written at."""
+        rows = [dict(r) for r in state_dict.get("rows", [])]
+        if self._resumed_epochs is not None:
+            rows = [r for r in rows if r["epoch"] <= self._resumed_epochs]
+        self.rows = rows
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After a resume, rewrite the CSV now: rows of epochs the checkpoint lacks are dropped.
+
+        (A run killed after writing an epoch's row but before its checkpoint leaves that row.)
+        """
+        if self._resumed_epochs is not None and trainer.is_global_zero and self.path:
+            write_csv(self.path, self.rows)
 
 
 class SemanticDriftTracker(MetricsHistory):

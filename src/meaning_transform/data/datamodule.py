@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from meaning_transform.data.errors import DataError
 from meaning_transform.data.sqlite import check_sqlite_args, load_sqlite
 from meaning_transform.data.synthetic import generate_synthetic
-from meaning_transform.schema import Feature, FeatureSchema, Table
+from meaning_transform.schema import INVALID_VALUES, Feature, FeatureSchema, Table
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         self._ready = True
 
     def _valid_rows(self, table: Table) -> Table:
-        """Table without NULL/NaN/inf rows if drop_invalid, else raise DataError naming them."""
+        """Table without invalid rows if drop_invalid, else raise DataError naming them."""
         n = len(table["step"])
         bad = self.declared_schema.invalid_rows(table)
         if not bad:
@@ -154,12 +154,16 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         any_bad = np.logical_or.reduce(list(bad.values()))
         if not self.drop_invalid:
             raise DataError(
-                f"{int(any_bad.sum())} of {n} rows have NULL/NaN/inf values (rows per column: "
+                f"{int(any_bad.sum())} of {n} rows have {INVALID_VALUES} values (rows per column: "
                 f"{detail}); fix the data or set data.drop_invalid=true to drop those rows"
             )
         if any_bad.all():
-            raise DataError(f"all {n} rows have NULL/NaN/inf values ({detail}); nothing is left")
-        log.info("dropped %d of %d rows with NULL/NaN/inf values (%s)", any_bad.sum(), n, detail)
+            raise DataError(
+                f"all {n} rows have {INVALID_VALUES} values ({detail}); nothing is left"
+            )
+        log.info(
+            "dropped %d of %d rows with %s values (%s)", any_bad.sum(), n, INVALID_VALUES, detail
+        )
         return _take(table, ~any_bad)
 
     def _assign_splits(self, n_agents: int, kinds: np.ndarray | None = None) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Errors of the data layer."""
+"""Errors of the data layer (``DataError`` is defined with the other user errors)."""
 
 from __future__ import annotations
 
+from meaning_transform.errors import DataError
 
-class DataError(ValueError):
-    """Input data (file, table, column, filter or split) is unusable; the message says why."""
+__all__ = ["DataError"]

@@ -8,8 +8,9 @@ Reads ``agent_states`` (``step_number`` becomes ``step``) and, for schema featur
 Rows are read with the ADBC SQLite driver (``adbc-driver-sqlite``), which returns Arrow columns
 straight from SQLite's C API: no Python object per value. Without a ``limit``, the table is read
 as a few rowid ranges on parallel connections (the driver releases the GIL); the ranges are
-concatenated in rowid order. The database is opened with a ``mode=ro`` URI and never written;
-every query binds its values as parameters.
+concatenated in rowid order. The database is opened read-only and never written (see
+``open_uri`` for what may change beside it); a writer's lock is waited for up to 10 s; every
+query binds its values as parameters.
 
 The driver infers each Arrow column type from the first rows of a result, so every query starts
 with a sentinel row of the intended types (REAL for numbers, TEXT for ids and categories) that is
@@ -35,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from meaning_transform.data.errors import DataError
+from meaning_transform.messages import few
 from meaning_transform.schema import Feature, FeatureSchema, Table
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ MAX_PARTS = 4  # most parallel connections
 ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 NUMBER_SENTINEL = "-0.5"  # REAL literal of the sentinel row
 TEXT_SENTINEL = "''"  # TEXT literal of the sentinel row
+BUSY_TIMEOUT_MS = 10_000  # how long to wait for a writer's lock before failing
 DRIVER_ERRORS = (adbc.Error, OSError)  # ADBC errors; the Arrow stream reports as OSError
 
 Part = tuple[str, int, int] | None  # (rowid alias, first rowid, last rowid), or the whole table
@@ -121,10 +124,12 @@ def _check_file(path: str | Path) -> Path:
     file = Path(path).expanduser()
     if not file.exists():
         raise DataError(
-            f"database file {str(file)!r} not found (expected an AgentFarm simulation.db)"
+            f"data.path={str(file)!r}: file not found (expected an AgentFarm simulation.db)"
         )
     if not file.is_file():
-        raise DataError(f"database path {str(file)!r} is not a file (expected simulation.db)")
+        raise DataError(
+            f"data.path={str(file)!r}: not a file (expected an AgentFarm simulation.db)"
+        )
     with file.open("rb") as fh:
         header = fh.read(len(SQLITE_HEADER))
     if header != SQLITE_HEADER:
@@ -170,11 +175,42 @@ def _check_agent_types(agent_types: Sequence[str] | None) -> list[str] | None:
 
 # ------------------------------------------------------------------------ database
 def _connect(file: Path) -> adbc.Connection:
-    """Read-only connection (``as_uri`` percent-encodes characters special in URIs)."""
+    """Read-only connection that changes nothing beside the database (see ``open_uri``)."""
     try:
-        return adbc.connect(f"{file.resolve().as_uri()}?mode=ro", autocommit=True)
+        con = adbc.connect(open_uri(file), autocommit=True)
     except DRIVER_ERRORS as e:
         raise DataError(f"{file}: cannot open read-only as SQLite ({e})") from None
+    try:
+        with closing(con.cursor()) as cur:  # a writer holding a lock: wait before failing
+            cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cur.fetchall()
+    except DRIVER_ERRORS as e:
+        con.close()
+        raise DataError(f"{file}: cannot open read-only as SQLite ({e})") from None
+    return con
+
+
+def open_uri(file: Path) -> str:
+    """The SQLite URI to read ``file`` with (``as_uri`` percent-encodes special characters).
+
+    A WAL-mode database with no ``-wal`` file (closed cleanly: every change is in the file) is
+    opened ``immutable=1``: SQLite then creates no ``-wal``/``-shm`` file and takes no lock, so
+    the directory may be read-only. With a ``-wal`` file (a writer is attached, or crashed), its
+    changes are only readable through the ``-shm`` index that SQLite shares with writers, so the
+    database is opened ``mode=ro`` like a rollback-journal one, and SQLite may update ``-shm``.
+    """
+    uri = file.resolve().as_uri()
+    wal = Path(f"{file}-wal")
+    if _is_wal(file) and not wal.exists():
+        return f"{uri}?immutable=1"
+    return f"{uri}?mode=ro"
+
+
+def _is_wal(file: Path) -> bool:
+    """True when the header's read/write format versions (bytes 18-19) say WAL mode."""
+    with file.open("rb") as fh:
+        header = fh.read(20)
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
 
 
 def _quote(name: str) -> str:
@@ -276,7 +312,10 @@ def _filters(
         present = sorted({str(v) for v in _values(con, "agent_type", f" FROM {AGENTS}")})
         unknown = sorted(set(types) - set(present))
         if unknown:
-            raise DataError(f"agent_types {unknown} not in {file}; types present: {present}")
+            raise DataError(
+                f"agent_types [{few(map(repr, unknown))}] not in {file}; "
+                f"types present: [{few(map(repr, present))}]"
+            )
         marks = ", ".join("?" * len(types))
         clauses.append(f"agent_id IN (SELECT agent_id FROM {AGENTS} WHERE agent_type IN ({marks}))")
         params += types
