@@ -3,7 +3,8 @@
 Builds the default model (``conf/``, or the overrides given) on synthetic data, runs ``--warmup``
 then ``--steps`` plain optimizer steps (forward, losses, backward, Adam) at ``--batch-size`` under
 ``torch.profiler``, prints the top ops by self CPU time and writes
-benchmarks/results/profile_step.json.
+benchmarks/results/profile_step.json. ``--compile`` also times the step under ``torch.compile``
+(``compile=true``): compile seconds, then compiled and eager ms per step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd step")
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -70,6 +72,28 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(args.steps):
             step(i)
+    compiled = None
+    if args.compile:
+        eager_step = module._step
+        module._step = torch.compile(eager_step)  # what compile=true does in training.prepare
+        start = time.perf_counter()
+        for i in range(3):
+            step(i)
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(args.steps):
+            step(i)
+        compiled_ms = (time.perf_counter() - start) / args.steps * 1000
+        module._step = eager_step
+        start = time.perf_counter()
+        for i in range(args.steps):
+            step(i)
+        eager_ms = (time.perf_counter() - start) / args.steps * 1000
+        compiled = {"compile_s": compile_s, "compiled_ms": compiled_ms, "eager_ms": eager_ms}
+        print(
+            f"torch.compile: {compile_s:.0f} s to compile; {compiled_ms:.2f} ms per step "
+            f"compiled vs {eager_ms:.2f} eager (interleaved after it)"
+        )
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top)
     print(table)
     rows = [
@@ -91,6 +115,7 @@ def main() -> None:
             "steps": args.steps,
             "ms_per_step": per_step_ms,
             "top_ops": rows,
+            "compile": compiled,
         },
     )
 

@@ -41,6 +41,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf, open_dict
 
 from meaning_transform.api import load_config
+from meaning_transform.console import quiet_libraries
 from meaning_transform.module import MeaningModule
 from meaning_transform.training import build_trainer, prepare
 
@@ -227,6 +228,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
     args = parser.parse_args()
+    quiet_libraries()
     threads_before = torch.get_num_threads()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,6 +29,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
     "experiment_name": (is_plain_name, NAME_RULE),
     "torch_threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
     "monitor.mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "model.latent_dim": (lambda v: _int(v) and v > 0, "an integer > 0"),
     "model.hidden_dims": (

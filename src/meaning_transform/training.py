@@ -142,6 +142,8 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
             lineage["init_from"] = str(Path(source).resolve())
         else:
             lineage["resumed_from"] = str(Path(source).resolve())
+    if cfg.get("compile"):  # the step only: Lightning's loop and the optimizer stay eager
+        module._step = torch.compile(module._step)  # type: ignore[method-assign]
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return cfg, datamodule, module, lineage
 
