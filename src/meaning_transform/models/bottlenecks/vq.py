@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from vector_quantize_pytorch import VectorQuantize
 
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
 
@@ -80,6 +79,9 @@ class VQBottleneck(Bottleneck):
         # Relative mode: any positive value switches the library's expiry on; the real threshold
         # is set from each batch in forward.
         absolute = 1.0 if self.relative_threshold else float(threshold_ema_dead_code or 0.0)
+        # imported here: metrics.py needs this module's entropy_bits, not the VQ library (0.2 s)
+        from vector_quantize_pytorch import VectorQuantize
+
         self.vq = VectorQuantize(
             dim=latent_dim,
             codebook_size=self.codebook_size,
