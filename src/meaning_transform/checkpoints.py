@@ -13,12 +13,13 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from meaning_transform.errors import CheckpointError
 from meaning_transform.messages import few, one_line
+
+if TYPE_CHECKING:  # imported in load_safely: a missing file is reported without torch
+    import torch
 
 
 def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -26,6 +27,8 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    import torch
+
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not one line
             warnings.simplefilter("ignore")

@@ -8,22 +8,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import numpy as np
-import torch
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from meaning_transform.baselines import classical_baselines
-from meaning_transform.baselines import describe as describe_baselines
-from meaning_transform.checkpoints import read_checkpoint
 from meaning_transform.cli import compose_checked
 from meaning_transform.config import instantiate_checked
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.io import atomic_write
-from meaning_transform.module import MeaningModule
+
+if TYPE_CHECKING:  # torch and Lightning are imported where used: bad arguments answer at once
+    import torch
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -42,13 +38,23 @@ def split_tensor(datamodule: Any, split: str) -> torch.Tensor:
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is invalid: expected one of {SPLITS}")
     if split == "all":
+        import torch
+
         return torch.cat([datamodule.train_x, datamodule.val_x, datamodule.test_x])
     return getattr(datamodule, f"{split}_x")
 
 
 def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val") -> dict[str, Any]:
     """Drift (per feature, group, predicate), losses, rate and real coded size on one split."""
-    ckpt = read_checkpoint(ckpt_path)
+    from meaning_transform.checkpoints import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path)  # a missing or bad file is reported before Lightning loads
+    import lightning as L
+
+    from meaning_transform.console import quiet_libraries
+    from meaning_transform.module import MeaningModule
+
+    quiet_libraries()
     module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     datamodule = instantiate_checked(
         _data_config(data_cfg, ckpt, ckpt_path), "data", schema=module.schema.to_dict()
@@ -80,6 +86,10 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
 
 def split_baselines(datamodule: Any, split: str) -> dict[str, Any]:
     """Classical baselines of one split (``all``: every split), tables fitted on train."""
+    import numpy as np
+
+    from meaning_transform.baselines import classical_baselines
+
     parts = SPLITS[:-1] if split == "all" else (split,)
     agents = np.concatenate([getattr(datamodule, f"{s}_agents") for s in parts])
     return classical_baselines(
@@ -93,6 +103,8 @@ def split_baselines(datamodule: Any, split: str) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as a readable table."""
+    from meaning_transform.baselines import describe as describe_baselines
+
     m = report["metrics"]
     lines = [
         f"checkpoint {report['checkpoint']} (epoch {report['epoch']}), split {report['split']}, "
