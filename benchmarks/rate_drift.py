@@ -47,7 +47,7 @@ DATASETS = {
     "run1": ["data=sqlite", f"data.path={SHARED / 'agentfarm_run1.db'}"],
     "run3_moving": ["data=sqlite", f"data.path={SHARED / 'agentfarm_run3_moving.db'}"],
 }
-LEVELS = (1.0, 8.0, 12.0, 16.0, 24.0)
+LEVELS = (1.0, 6.0, 8.0, 10.0, 14.0)
 BOTTLENECKS = ("entropy", "vq", "none")
 QUIET = [
     "logger=none",

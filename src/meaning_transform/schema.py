@@ -113,10 +113,15 @@ class Predicate:
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Standardization of one continuous feature, fitted on the training split."""
+    """Standardization of one continuous feature, fitted on the training split.
+
+    ``lattice``: 1.0 when every training value is a whole number (positions, counters, ages),
+    else 0.0 (values anywhere). The grid path keeps its steps on that lattice.
+    """
 
     mean: float
     std: float
+    lattice: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -320,7 +325,10 @@ class FeatureSchema:
                 mean = float(vals.mean()) if vals.size else 0.0
                 std = float(vals.std()) if vals.size else 1.0
                 # A constant column keeps std 1 so encode/decode stay exact inverses.
-                normalizers[f.name] = Normalizer(mean, std if std > 1e-12 else 1.0)
+                whole = bool(vals.size) and bool(np.all(vals == np.round(vals)))
+                normalizers[f.name] = Normalizer(
+                    mean, std if std > 1e-12 else 1.0, 1.0 if whole else 0.0
+                )
             fitted.append(f)
         schema = FeatureSchema(tuple(fitted), self._kept_predicates(fitted), normalizers, True)
         schema.check_table(table)

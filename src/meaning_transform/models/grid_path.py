@@ -70,6 +70,9 @@ class GridPath(nn.Module):
             [f.kind == "continuous" and f.name not in read for f in schema.features]
         )
         step = torch.where(continuous, 2.0 * init_k * tol, 1.0).float()
+        # Whole-number features (positions, ages) keep their steps whole (see ``step``).
+        whole = torch.tensor([_lattice(schema, f) for f in schema.features])
+        lattice = torch.where(smooth & (whole > 0) & (whole <= step), whole, 0.0)
         weights = [f.weight if f.kind == "continuous" else 0.0 for f in schema.features]
         buffers = {
             "mean": mean,
@@ -77,6 +80,7 @@ class GridPath(nn.Module):
             "step0": step,
             "center": torch.where(smooth, torch.round(mean / step) * step, 0.0),
             "smooth_mask": smooth,
+            "lattice": lattice,
             "two_tol": (2.0 * tol).clamp_min(1e-12),
             "half_tol_std": 0.5 * tol / std,
             "cont_cols": continuous.nonzero().flatten(),
@@ -119,9 +123,24 @@ class GridPath(nn.Module):
         return lo[self.table_cols], hi[self.table_cols]
 
     @property
+    def relaxed_step(self) -> torch.Tensor:
+        """The learned step before whole-number features round it (what GridStepLoss prices)."""
+        return self.step0 * self.log_step.exp()
+
+    @property
     def step(self) -> torch.Tensor:
-        """Grid step per data column in native units (1 for binary/categorical columns)."""
-        return torch.where(self.smooth_mask, self.step0 * self.log_step.exp(), self.step0)
+        """Grid step per data column in native units (1 for binary/categorical columns).
+
+        On a whole-number feature the step is a whole number (straight-through): a step of 1.03
+        cells on integer positions leaves the error of every 17th one at 0.51 cells, outside
+        tolerance, and measured on 8 held-out agents that was 37% of the positions, where
+        ``1 - 1/k`` (GridStepLoss) promised 3%. Whole steps lose what that promises.
+        """
+        learned = self.relaxed_step
+        safe = self.lattice.clamp_min(1e-12)
+        whole = self.lattice * (learned / safe).round().clamp_min(1.0)
+        learned = torch.where(self.lattice > 0, learned + (whole - learned).detach(), learned)
+        return torch.where(self.smooth_mask, learned, self.step0)
 
     def _parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, EntropyBottleneck, Any]]:
         """(data columns, entropy model, channel values) of the smooth and table parts of ``x``."""
@@ -188,7 +207,9 @@ class GridPath(nn.Module):
     def expected_outside(self) -> torch.Tensor:
         """Weighted sum over continuous channels of ``max(0, 1 - 1/k)``, the share of uniformly
         spread values a step of k x (2 x tolerance) puts outside tolerance (see GridStepLoss)."""
-        k = self.step / self.two_tol
+        # The relaxed step: its whole-number rounding has no useful gradient, and pricing the
+        # relaxed k with the uniform model keeps a rounded step of 2 from looking free.
+        k = torch.where(self.smooth_mask, self.relaxed_step, self.step0) / self.two_tol
         return (self.outside_weights * (1.0 - 1.0 / k).clamp_min(0.0)).sum()
 
     def steps_in_tolerances(self, schema: FeatureSchema) -> dict[str, float]:
@@ -197,6 +218,11 @@ class GridPath(nn.Module):
         return {
             f.name: float(k[i]) for i, f in enumerate(schema.features) if f.kind == "continuous"
         }
+
+
+def _lattice(schema: FeatureSchema, f: Feature) -> float:
+    """1.0 for a continuous feature whose training values are all whole numbers, else 0.0."""
+    return schema.normalizers[f.name].lattice if f.kind == "continuous" else 0.0
 
 
 def _top_symbol(schema: FeatureSchema, f: Feature) -> int:
