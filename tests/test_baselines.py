@@ -38,12 +38,16 @@ def test_hand_computed_cross_entropy_of_both_codes():
 def test_escapes_cost_their_payload_and_round_trip():
     table = Table.fit(np.array([0, 1, 1, 2]))  # range 0..2: 1.5, 2.5, 1.5 and escape 0.5 of 6
     np.testing.assert_allclose(table.probs, np.array([1.5, 2.5, 1.5, 0.5]) / 6)
-    # 7 is 5 past the range: escape + side bit + 5 length bits + 2 bits below the leading one
-    assert table.bits(np.array([7]))[0] == pytest.approx(-math.log2(0.5 / 6) + 1 + 5 + 2)
-    # -3 is 3 below: + 1 + 5 + 1
-    assert table.bits(np.array([-3]))[0] == pytest.approx(-math.log2(0.5 / 6) + 1 + 5 + 1)
+    # 7 is 5 past the range: escape + side bit + log2(31) length bits + 2 bits below the leading one
+    assert table.bits(np.array([7]))[0] == pytest.approx(
+        -math.log2(0.5 / 6) + 1 + math.log2(31) + 2
+    )
+    # -3 is 3 below: + 1 + log2(31) + 1
+    assert table.bits(np.array([-3]))[0] == pytest.approx(
+        -math.log2(0.5 / 6) + 1 + math.log2(31) + 1
+    )
     rng = np.random.default_rng(0)
-    values = np.concatenate([rng.integers(0, 3, 500), [7, -3, 2**20 + 5, -(2**31)]])
+    values = np.concatenate([rng.integers(0, 3, 500), [7, -3, 2**20 + 5, -(2**29)]])
     other = Table.fit(np.array([4, 5]))
     words = ans_code([(table, values), (other, values[::-1].copy())])
     first, second = ans_decode(words, [table, other], [len(values), len(values)])

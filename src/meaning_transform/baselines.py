@@ -10,7 +10,7 @@ on the training split and measured on an evaluated split:
 
 A table covers the training range of its column (categorical/binary: the whole vocabulary), every
 value there counted +1/2, plus an escape bin (count 1/2). An escaped value is followed by its side
-(1 bit), the bit length of its distance d >= 1 past the range (5 bits) and the bits of d below its
+(1 bit), the bit length of its distance d >= 1 past the range (log2 31 bits) and the bits of d below its
 leading one; every one of those bits is counted. ``bits_per_state`` is the cross-entropy (sum over
 columns, mean over states); ``coded_bits_per_state`` is the size of the same symbols really coded
 with ``constriction`` (ANS). ``drift`` is the project's ``SemanticDrift`` on (x, decoded grid
@@ -29,12 +29,11 @@ import torch
 
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.metrics import SemanticDrift
+from meaning_transform.models.bottlenecks.coding import decode_escapes, encode_escapes, escape_bits
 from meaning_transform.schema import FeatureSchema
 
 KS = (1, 2, 4, 8, 16)
 _SMOOTHING = 0.5  # count added to every value of a table's range and to its escape bin
-_LENGTH_BITS = 5  # an escape's distance has 1..32 bits; its length is coded uniformly
-_CHUNK_BITS = 16  # constriction's uniform models need fewer than 2**24 symbols
 
 
 @dataclass(frozen=True)
@@ -69,19 +68,8 @@ class Table:
         idx, escaped = self.index(values)
         out = -np.log2(self.probs[idx])
         if escaped.any():
-            out[escaped] += _escape_payload_bits(self._distance(values[escaped]))
+            out[escaped] += escape_bits(values[escaped] - self.lo, self.size)
         return out
-
-    def _distance(self, values: np.ndarray) -> np.ndarray:
-        above = values >= self.lo + self.size
-        return np.where(above, values - (self.lo + self.size - 1), self.lo - values)
-
-
-def _escape_payload_bits(distance: np.ndarray) -> np.ndarray:
-    """Side bit + bit length + the bits below the leading one of each distance >= 1."""
-    if distance.size and distance.max() >= 2**32:
-        raise ValueError(f"escaped distance {int(distance.max())} needs more than 32 bits")
-    return 1.0 + _LENGTH_BITS + np.floor(np.log2(distance))
 
 
 # ---------------------------------------------------------------------- real coding
@@ -94,7 +82,7 @@ def ans_code(streams: Sequence[tuple[Table, np.ndarray]]) -> np.ndarray:
     for table, values in reversed(streams):  # a stack: the last pushed is decoded first
         idx, escaped = table.index(values)
         if escaped.any():
-            _encode_escapes(coder, values[escaped], table)
+            encode_escapes(coder, values[escaped] - table.lo, table.size)
         if len(idx):
             coder.encode_reverse(idx.astype(np.int32), _model(table))
     return coder.get_compressed()
@@ -109,7 +97,7 @@ def ans_decode(words: np.ndarray, tables: Sequence[Table], lengths: Sequence[int
         escaped = idx == table.size
         values = idx + table.lo
         if escaped.any():
-            values[escaped] = _decode_escapes(coder, int(escaped.sum()), table)
+            values[escaped] = decode_escapes(coder, int(escaped.sum()), table.size) + table.lo
         out.append(values)
     sentinel = coder.decode(constriction.stream.model.Uniform(2), 1)
     if sentinel[0] != 1 or not coder.is_empty():
@@ -119,41 +107,6 @@ def ans_decode(words: np.ndarray, tables: Sequence[Table], lengths: Sequence[int
 
 def _model(table: Table) -> Any:
     return constriction.stream.model.Categorical(table.probs, perfect=False)
-
-
-def _encode_escapes(coder: Any, values: np.ndarray, table: Table) -> None:
-    above = values >= table.lo + table.size
-    distance = table._distance(values)
-    _escape_payload_bits(distance)  # checks the range
-    nbits = np.floor(np.log2(distance)).astype(np.int64)  # bits below the leading one
-    residual = distance - (np.int64(1) << nbits)
-    low = np.minimum(nbits, _CHUNK_BITS)
-    high = nbits - low
-    uniform = constriction.stream.model.Uniform()
-    for bits, chunk in ((high, residual >> low), (low, residual & ((np.int64(1) << low) - 1))):
-        used = bits > 0
-        if used.any():
-            sizes = (np.int64(1) << bits[used]).astype(np.int32)
-            coder.encode_reverse(chunk[used].astype(np.int32), uniform, sizes)
-    coder.encode_reverse(nbits.astype(np.int32), constriction.stream.model.Uniform(32))
-    coder.encode_reverse(above.astype(np.int32), constriction.stream.model.Uniform(2))
-
-
-def _decode_escapes(coder: Any, count: int, table: Table) -> np.ndarray:
-    above = coder.decode(constriction.stream.model.Uniform(2), count).astype(bool)
-    nbits = coder.decode(constriction.stream.model.Uniform(32), count).astype(np.int64)
-    low = np.minimum(nbits, _CHUNK_BITS)
-    high = nbits - low
-    chunks = []
-    for bits in (low, high):
-        chunk = np.zeros(count, dtype=np.int64)
-        used = bits > 0
-        if used.any():
-            sizes = (np.int64(1) << bits[used]).astype(np.int32)
-            chunk[used] = coder.decode(constriction.stream.model.Uniform(), sizes)
-        chunks.append(chunk)
-    distance = (chunks[0] + (chunks[1] << low)) + (np.int64(1) << nbits)
-    return np.where(above, table.lo + table.size - 1 + distance, table.lo - distance)
 
 
 # ---------------------------------------------------------------------- the two codes

@@ -95,12 +95,28 @@ def _chunk_sizes(distance_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, residual_bits - low
 
 
-def _encode_escapes(
-    coder: constriction.stream.stack.AnsCoder, index: np.ndarray, size: int
-) -> None:
-    """Push side, bit length and residual of out-of-support indices (decoded in that order)."""
+def _distance(index: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(above the support?, distance >= 1 past it) of out-of-support indices."""
     above = index >= size
-    distance = np.where(above, index - size + 1, -index)  # >= 1
+    distance = np.where(above, index - size + 1, -index)
+    if distance.size and distance.max() >= 2 ** (_MAX_DISTANCE_BITS - 1):
+        raise ValueError(f"escaped value {int(distance.max())} past its table is too far to code")
+    return above, distance
+
+
+def escape_bits(index: np.ndarray, size: int) -> np.ndarray:
+    """Bits ``encode_escapes`` spends on each out-of-support index (beyond the escape symbol):
+    a side bit, the bit length (uniform over 31) and the bits below the leading one."""
+    _, distance = _distance(index, size)
+    return 1.0 + np.log2(_MAX_DISTANCE_BITS) + np.floor(np.log2(distance))
+
+
+def encode_escapes(coder: constriction.stream.stack.AnsCoder, index: np.ndarray, size: int) -> None:
+    """Push side, bit length and residual of out-of-support indices (decoded in that order).
+
+    ``index`` is relative to a table of ``size`` in-support values (0 .. size - 1).
+    """
+    above, distance = _distance(index, size)
     distance_bits = np.floor(np.log2(distance)).astype(np.int64) + 1
     residual = distance - (np.int64(1) << (distance_bits - 1))
     low_bits, high_bits = _chunk_sizes(distance_bits)
@@ -118,8 +134,8 @@ def _encode_escapes(
     coder.encode_reverse(above.astype(np.int32), constriction.stream.model.Uniform(2))
 
 
-def _decode_escapes(coder: constriction.stream.stack.AnsCoder, count: int, size: int) -> np.ndarray:
-    """Pop ``count`` out-of-support indices pushed by ``_encode_escapes``."""
+def decode_escapes(coder: constriction.stream.stack.AnsCoder, count: int, size: int) -> np.ndarray:
+    """Pop ``count`` out-of-support indices pushed by ``encode_escapes``."""
     above = coder.decode(constriction.stream.model.Uniform(2), count).astype(bool)
     uniform_bits = constriction.stream.model.Uniform(_MAX_DISTANCE_BITS)
     distance_bits = coder.decode(uniform_bits, count).astype(np.int64) + 1
@@ -154,7 +170,7 @@ def compress(bottleneck: EntropyBottleneck, z: torch.Tensor) -> tuple[np.ndarray
         index = offsets[:, c] - lowest[c]
         escaped = (index < 0) | (index >= size)
         if escaped.any():
-            _encode_escapes(coder, index[escaped], size)
+            encode_escapes(coder, index[escaped], size)
         symbols = np.where(escaped, size, index).astype(np.int32)
         coder.encode_reverse(symbols, _categorical(pmfs[c]))
     meta = {"num_states": offsets.shape[0], "latent_dim": offsets.shape[1]}
@@ -179,7 +195,7 @@ def decompress(
         index = coder.decode(_categorical(pmfs[c]), num_states).astype(np.int64)
         escaped = index == size
         if escaped.any():
-            index[escaped] = _decode_escapes(coder, int(escaped.sum()), size)
+            index[escaped] = decode_escapes(coder, int(escaped.sum()), size)
         offsets[:, c] = index + lowest[c]
     centers = bottleneck.centers
     return torch.from_numpy(offsets).to(centers) + centers
