@@ -38,8 +38,10 @@ from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
 from meaning_transform.models.bottlenecks.histogram import HistogramEntropyModel
 from meaning_transform.schema import Feature, FeatureSchema
 
-#: a table channel's support spans the training mean -+ this many std (continuous features)
+#: a table channel's support spans the training mean -+ this many std (continuous features),
+#: at most MAX_TABLE symbols
 TABLE_SPAN_STD = 8.0
+MAX_TABLE = 4096
 
 #: logit margin the skip gives a decoded binary value (sigmoid(5) = 0.993), and the penalty per
 #: squared index distance of a categorical's other categories
@@ -120,6 +122,13 @@ class GridPath(nn.Module):
         top = torch.tensor([_top_symbol(schema, f) for f in schema.features])
         lo = torch.where(continuous, symbols[0], 0)
         hi = torch.where(continuous, symbols[1], top)
+        # a tolerance tiny against the spread must not make a million-entry table: values past
+        # MAX_TABLE symbols are escapes (coded, and counted, by coding.py)
+        middle = (lo + hi) // 2
+        lo, hi = (
+            torch.maximum(lo, middle - MAX_TABLE // 2),
+            torch.minimum(hi, middle + MAX_TABLE // 2),
+        )
         return lo[self.table_cols], hi[self.table_cols]
 
     @property
@@ -142,7 +151,7 @@ class GridPath(nn.Module):
         learned = torch.where(self.lattice > 0, learned + (whole - learned).detach(), learned)
         return torch.where(self.smooth_mask, learned, self.step0)
 
-    def _parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, EntropyBottleneck, Any]]:
+    def _parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, EntropyBottleneck, torch.Tensor]]:
         """(data columns, entropy model, channel values) of the smooth and table parts of ``x``."""
         parts = []
         if self.smooth is not None:
@@ -160,7 +169,10 @@ class GridPath(nn.Module):
         g = torch.empty_like(x)
         for cols, model, d in self._parts(x):
             out = model(Latent(z=d, mu=d))
-            g = g.index_copy(1, cols, self._decode(cols, out.z))
+            decoded = (
+                self._smooth_values(out.z) if model is self.smooth else self._table_values(out.z)
+            )
+            g = g.index_copy(1, cols, decoded)
             rate_bits = rate_bits + out.rate_bits
             rate_loss = rate_loss + out.rate_loss
             aux_loss = aux_loss + out.aux_loss
@@ -172,14 +184,17 @@ class GridPath(nn.Module):
             z=g, rate_bits=rate_bits, rate_loss=rate_loss, aux_loss=aux_loss
         )
 
-    def _decode(self, cols: torch.Tensor, d_hat: torch.Tensor) -> torch.Tensor:
-        """Rounded channel values of ``cols`` -> their data-tensor values."""
-        if self.smooth is not None and cols is self.smooth_cols:
-            native = d_hat * self.step[cols] + self.center[cols]
-            return (native - self.mean[cols]) / self.std[cols]
-        symbols = torch.zeros(d_hat.shape[0], len(self.step0), dtype=torch.long)
-        symbols[:, cols] = d_hat.detach().round().long().cpu()
-        return self.meaning_grid.decode(symbols.numpy())[:, cols.cpu()].to(d_hat)
+    def _smooth_values(self, d_hat: torch.Tensor) -> torch.Tensor:
+        """Rounded smooth channels -> their data-tensor values (cell centers)."""
+        cols = self.smooth_cols
+        native = d_hat * self.step[cols] + self.center[cols]
+        return (native - self.mean[cols]) / self.std[cols]
+
+    def _table_values(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Meaning-grid symbols of the table channels -> their data-tensor values."""
+        full = torch.zeros(symbols.shape[0], len(self.step0), dtype=torch.long)
+        full[:, self.table_cols.cpu()] = symbols.detach().round().long().cpu()
+        return self.meaning_grid.decode(full.numpy())[:, self.table_cols.cpu()].to(symbols)
 
     def coding_report(self, x: torch.Tensor) -> list[Any]:
         """Really code the grid channels of data tensor ``x``: one CodingReport per part."""
