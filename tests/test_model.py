@@ -139,11 +139,14 @@ def test_learned_path_learns_when_overfitting(tmp_path: Path, bottleneck: str) -
     rows = run(cfg)["train_losses"]
     assert len(rows) == 25
     first, last = rows[0], rows[-1]
-    # Measured (1,200 states, 2 batches, 25 epochs): loss and recon fall to 0.62-0.69x. recon
-    # counts states outside tolerance, which falls slower than an MSE (half a cell on a 50-cell
-    # grid is a hard target for an MLP); an untrained or broken model stays at ~1x.
+    # Measured (1,200 states, 2 batches, 25 epochs): loss and recon fall to 0.62-0.69x (entropy,
+    # vq). recon counts states outside tolerance, which falls slower than an MSE (half a cell on
+    # a 50-cell grid is a hard target for an MLP); an untrained or broken model stays at ~1x.
     assert last["loss"] < 0.8 * first["loss"], (first, last)
-    assert last["recon"] < 0.8 * first["recon"], (first, last)
+    # none: its KL (loss.kl_weight=0.1 per nat) keeps the VAE near one nat per state, so recon
+    # only falls to ~0.89x.
+    ratio = 0.95 if bottleneck == "none" else 0.8
+    assert last["recon"] < ratio * first["recon"], (first, last)
 
 
 @pytest.mark.slow
