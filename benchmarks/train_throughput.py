@@ -157,6 +157,7 @@ def bench_batch(args: argparse.Namespace, batch_size: int, tmp: Path) -> list[di
         f"data.batch_size={batch_size}",
         f"paths.output_dir={tmp / 'prepare'}",
         "test=false",
+        *args.overrides,
     ]
     cfg, datamodule, module0, _ = prepare(load_config(overrides))
     x = datamodule.train_x
@@ -217,6 +218,7 @@ def bench_batch(args: argparse.Namespace, batch_size: int, tmp: Path) -> list[di
 def main() -> None:
     """Run the benchmark, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.batch_norm=false")
     parser.add_argument("--states", type=int, default=100_000, help="synthetic states (all splits)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument(
@@ -237,6 +239,7 @@ def main() -> None:
     torch.set_num_threads(threads_before)
     results = {
         "states": args.states,
+        "overrides": args.overrides,
         "repeats": args.repeats,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": os.cpu_count(),
@@ -251,13 +254,17 @@ def main() -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print_table(results)
-    write_results("train_throughput", results)
+    name = "train_throughput" + "".join(f"_{o}" for o in args.overrides)
+    if args.threads != [1]:
+        name += "_threads" + "-".join(map(str, args.threads))
+    write_results(name, results)
 
 
 def print_table(r: dict[str, Any]) -> None:
     """The results as an aligned text table."""
     print(
-        f"\ntraining throughput, {r['states']:,} states, best of {r['repeats']} "
+        f"\ntraining throughput, {r['states']:,} states {' '.join(r['overrides'])}, "
+        f"best of {r['repeats']} "
         f"({r['machine']}, torch {r['torch']}, lightning {r['lightning']})"
     )
     print(
