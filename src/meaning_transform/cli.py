@@ -178,7 +178,9 @@ def check_args(argv: Sequence[str], config_name: str = "train") -> None:
         cfg = compose_checked(name, variant)
         if "experiment_name" in cfg:
             check_experiment_name(cfg.experiment_name)
-        if name == config_name:  # bad values too, before torch and Lightning are imported
+        # Bad values too, before torch and Lightning are imported. Not in a multirun: there a
+        # job with a bad value fails on its own (failed.json) and the sweep goes on.
+        if name == config_name and not multirun:
             validate_config(cfg)
 
 
