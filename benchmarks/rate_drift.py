@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS))
     parser.add_argument("--bottlenecks", nargs="+", default=list(BOTTLENECKS))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--name", default="rate_drift", help="results file name (no .json)")
     args = parser.parse_args()
     missing = [d for d in args.data if d != "synthetic" and not SHARED.exists()]
     if missing:
@@ -165,7 +166,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for data in args.data:
             results[data] = bench(data, args, Path(tmp))
-    write_results("rate_drift", results)
+    write_results(args.name, results)
 
 
 if __name__ == "__main__":
