@@ -91,6 +91,12 @@ def test_bottleneck_and_optimizer_instantiate(compression):
         ("scheduler.T_max=0", "scheduler.T_max=0 is invalid: expected an integer >= 1"),
         ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0 is invalid"),
         ("data.val_fraction=0", "data.val_fraction=0 leaves no validation split"),
+        (
+            "model.grid_path.init_k=0.5",
+            "model.grid_path.init_k=0.5 is invalid: expected a number >= 1",
+        ),
+        ("loss.sharpness=0", "loss.sharpness=0 is invalid: expected a number > 0"),
+        ("loss.huber_weight=-1", "loss.huber_weight=-1 is invalid"),
     ],
 )
 def test_bad_values_fail_validation_with_one_line(override, message):

@@ -57,7 +57,7 @@ class GridPath(nn.Module):
         level: float = 1.0,
         init_k: float = 1.0,
         learn_step: bool = True,
-        init_scale: float = 32.0,
+        init_scale: float = 16.0,
         density_lr_scale: float = 10.0,
     ) -> None:
         super().__init__()
