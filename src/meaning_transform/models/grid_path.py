@@ -108,18 +108,16 @@ class GridPath(nn.Module):
             )
             self.smooth.init_quantiles(middle - spread, middle, middle + spread)
         if (~smooth).any():
-            lo, hi = self._table_support(schema, continuous)
+            lo, hi = self._table_support(continuous)
             self.table = HistogramEntropyModel(lo, hi, level, density_lr_scale=density_lr_scale)
         self._skip = _SkipLayout(schema)
 
-    def _table_support(
-        self, schema: FeatureSchema, continuous: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _table_support(self, continuous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lowest and highest symbol of each table channel: the grid symbols of the training
         mean -+ TABLE_SPAN_STD std (the whole vocabulary for binary/categorical)."""
         ends = torch.tensor([[-TABLE_SPAN_STD], [TABLE_SPAN_STD]]).expand(2, len(continuous))
         symbols = torch.from_numpy(self.meaning_grid.encode(torch.where(continuous, ends, 0.0)))
-        top = torch.tensor([_top_symbol(schema, f) for f in schema.features])
+        top = torch.tensor(self.meaning_grid.vocab_sizes()) - 1  # binary 1, categorical V - 1
         lo = torch.where(continuous, symbols[0], 0)
         hi = torch.where(continuous, symbols[1], top)
         # a tolerance tiny against the spread must not make a million-entry table: values past
@@ -238,11 +236,6 @@ class GridPath(nn.Module):
 def _lattice(schema: FeatureSchema, f: Feature) -> float:
     """1.0 for a continuous feature whose training values are all whole numbers, else 0.0."""
     return schema.normalizers[f.name].lattice if f.kind == "continuous" else 0.0
-
-
-def _top_symbol(schema: FeatureSchema, f: Feature) -> int:
-    """Largest symbol of a binary (1) or categorical (vocabulary size - 1) feature."""
-    return schema.vocab_size(f) - 1 if f.kind == "categorical" else 1
 
 
 class _SkipLayout(nn.Module):
