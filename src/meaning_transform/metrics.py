@@ -104,15 +104,15 @@ class RateMeter(Metric):
     full_state_update = False
     higher_is_better = False
 
-    def __init__(self, codebook_size: int = 0) -> None:
+    def __init__(self, codebook_size: int = 0, has_grid: bool = False) -> None:
         super().__init__()
+        self.has_grid = has_grid
         self.add_state("bits", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("grid_bits", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state(
             "code_counts", torch.zeros(codebook_size, dtype=torch.float64), dist_reduce_fx="sum"
         )
-        self.has_grid = False
 
     def update(
         self,
@@ -124,7 +124,6 @@ class RateMeter(Metric):
         self.bits += rate_bits.detach().sum().double()
         self.count += rate_bits.shape[0]
         if grid_bits is not None:
-            self.has_grid = True
             self.grid_bits += grid_bits.detach().sum().double()
         if codes is not None and self.code_counts.numel():
             self.code_counts += torch.bincount(

@@ -81,7 +81,8 @@ class MeaningModule(L.LightningModule):
         self.loss_fn = CompositeLoss(terms)
         codebook = getattr(self.bottleneck, "codebook_size", 0)
         self.drift = torch.nn.ModuleDict({s: SemanticDrift(self.schema) for s in EVAL_STAGES})
-        self.rate = torch.nn.ModuleDict({s: RateMeter(codebook) for s in EVAL_STAGES})
+        has_grid = self.grid is not None
+        self.rate = torch.nn.ModuleDict({s: RateMeter(codebook, has_grid) for s in EVAL_STAGES})
         self._sums: dict[str, torch.Tensor] = {}  # per-stage running sums, see _accumulate
         self._rows: dict[str, list[tuple[torch.Tensor, int]]] = {}  # not yet summed
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
