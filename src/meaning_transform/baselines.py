@@ -170,6 +170,18 @@ def _drift(schema: FeatureSchema, x: torch.Tensor, x_hat: torch.Tensor) -> float
     return float(metric.compute()["drift"])
 
 
+def baselines_of_splits(datamodule: Any, splits: Sequence[str]) -> dict[str, Any] | None:
+    """Classical baselines of a DataModule's ``splits`` (rows concatenated), tables fitted on its
+    training split; None when those splits hold no state."""
+    x = torch.cat([getattr(datamodule, f"{s}_x") for s in splits])
+    if not x.shape[0]:
+        return None
+    agents = np.concatenate([np.asarray(getattr(datamodule, f"{s}_agents")) for s in splits])
+    return classical_baselines(
+        datamodule.schema, datamodule.train_x, datamodule.train_agents, x, agents
+    )
+
+
 def classical_baselines(
     schema: FeatureSchema,
     train_x: torch.Tensor,

@@ -51,6 +51,7 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
     ckpt = read_checkpoint(ckpt_path)  # a missing or bad file is reported before Lightning loads
     import lightning as L
 
+    from meaning_transform.baselines import baselines_of_splits
     from meaning_transform.console import quiet_libraries
     from meaning_transform.module import MeaningModule
 
@@ -80,25 +81,9 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
         "metrics": {k.removeprefix("val/"): float(v) for k, v in metrics.items()},
     }
     report["coding"] = module.code(x)
-    report["baselines"] = split_baselines(datamodule, split)
+    parts = SPLITS[:-1] if split == "all" else (split,)  # the rows split_tensor gave
+    report["baselines"] = baselines_of_splits(datamodule, parts)
     return report
-
-
-def split_baselines(datamodule: Any, split: str) -> dict[str, Any]:
-    """Classical baselines of one split (``all``: every split), tables fitted on train."""
-    import numpy as np
-
-    from meaning_transform.baselines import classical_baselines
-
-    parts = SPLITS[:-1] if split == "all" else (split,)
-    agents = np.concatenate([getattr(datamodule, f"{s}_agents") for s in parts])
-    return classical_baselines(
-        datamodule.schema,
-        datamodule.train_x,
-        datamodule.train_agents,
-        split_tensor(datamodule, split),
-        agents,
-    )
 
 
 def format_report(report: dict[str, Any]) -> str:

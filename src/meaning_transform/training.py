@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from meaning_transform.baselines import classical_baselines
+from meaning_transform.baselines import baselines_of_splits
 from meaning_transform.baselines import describe as describe_baselines
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO, atomic_write
 from meaning_transform.callbacks.history import MetricsHistory, SemanticDriftTracker
@@ -195,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
         # trainer.test loaded the best weights into module: code the test split with them
         summary["test_coding"] = module.code(datamodule.test_x)
-    summary["baselines"] = test_baselines(datamodule)
+    summary["baselines"] = baselines_of_splits(datamodule, ("test",))
     summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
         atomic_write(
@@ -226,19 +226,6 @@ def evaluate_split(
         module, datamodule=datamodule, ckpt_path=path, verbose=False, weights_only=True
     )
     return {k: float(v) for k, v in (results[0] if results else {}).items()}
-
-
-def test_baselines(datamodule: Any) -> dict[str, Any] | None:
-    """Classical baselines on the test split, tables fitted on the training split (or None)."""
-    if not datamodule.test_x.shape[0]:
-        return None
-    return classical_baselines(
-        datamodule.schema,
-        datamodule.train_x,
-        datamodule.train_agents,
-        datamodule.test_x,
-        datamodule.test_agents,
-    )
 
 
 def _log_baselines(s: dict[str, Any]) -> None:
