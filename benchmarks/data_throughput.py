@@ -28,6 +28,7 @@ from _results import write_results
 from meaning_transform.data import generate_synthetic, load_sqlite
 from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.table import encode, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "conf" / "schema" / "agentfarm.yaml"
@@ -80,7 +81,7 @@ def generation_memory_mib(rows: int) -> tuple[float, float]:
 def fast_path(path: Path, schema: FeatureSchema) -> torch.Tensor:
     """The project's path: columnar load, fit on the table, encode."""
     table = load_sqlite(path, schema)
-    return schema.fit(table).encode(table)
+    return encode(fit(schema, table), table)
 
 
 @dataclass
@@ -158,7 +159,7 @@ def main() -> None:
         write_s = time.perf_counter() - start
         fast_s, fast_cpu_s = best_of_with_cpu(args.repeats, lambda: fast_path(db, schema))
         load_s = best_of(args.repeats, lambda: load_sqlite(db, schema))
-        layout = schema.fit(load_sqlite(db, schema, limit=args.rows))
+        layout = fit(schema, load_sqlite(db, schema, limit=args.rows))
         start = time.perf_counter()
         naive = naive_path(db, layout)
         naive_s = time.perf_counter() - start

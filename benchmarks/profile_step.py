@@ -19,8 +19,8 @@ from _results import write_results
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from meaning_transform.api import load_config
+from meaning_transform.assemble import prepare
 from meaning_transform.console import quiet_libraries
-from meaning_transform.training import prepare
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
     compiled = None
     if args.compile:
         eager_step = module._step
-        module._step = torch.compile(eager_step)  # what compile=true does in training.prepare
+        module._step = torch.compile(eager_step)  # what compile=true does in assemble.prepare
         start = time.perf_counter()
         for i in range(3):
             step(i)

@@ -41,9 +41,9 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf, open_dict
 
 from meaning_transform.api import load_config
+from meaning_transform.assemble import build_trainer, prepare
 from meaning_transform.console import quiet_libraries
 from meaning_transform.module import MeaningModule
-from meaning_transform.training import build_trainer, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_LIGHTNING_VS_VAE = 0.9  # issue 13: Lightning path >= 0.9x the seed-size VAE loop

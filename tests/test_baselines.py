@@ -17,11 +17,12 @@ from meaning_transform.baselines import (
 )
 from meaning_transform.data import SQLiteDataModule, SyntheticDataModule
 from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.table import fit
 
 
 def test_hand_computed_cross_entropy_of_both_codes():
     schema = FeatureSchema.from_config({"features": {"flag": {"kind": "binary"}}})
-    schema = schema.fit({"flag": np.array([0, 1])})
+    schema = fit(schema, {"flag": np.array([0, 1])})
     train = torch.tensor([[0.0], [0.0], [0.0], [1.0]])  # agents 0, 0, 1, 1
     evaluated = torch.tensor([[0.0], [1.0]])  # one agent: 0 then 1
     b = classical_baselines(schema, train, [0, 0, 1, 1], evaluated, [5, 5], ks=(1,))

@@ -10,6 +10,8 @@ from meaning_transform.data.synthetic import generate_synthetic
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.metrics import SemanticDrift
 from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.layout import SchemaLayout
+from meaning_transform.schema.table import encode, fit
 
 DECL = {
     "features": {
@@ -32,9 +34,9 @@ TABLE = {
 
 
 def test_hand_computed_symbols_and_midpoints():
-    schema = FeatureSchema.from_config(DECL).fit(TABLE)
+    schema = fit(FeatureSchema.from_config(DECL), TABLE)
     grid = MeaningGrid(schema)
-    symbols = grid.encode(schema.encode(TABLE))
+    symbols = grid.encode(encode(schema, TABLE))
     # x, step 1: rint(v)
     np.testing.assert_array_equal(symbols[:, 0], [2, -1, 0, 7, 3, 1])
     # hp, step 4: m = rint(v / 4) plus crossings passed: "> 0" (in cell 0), ">= 29" (in cell 7).
@@ -42,38 +44,40 @@ def test_hand_computed_symbols_and_midpoints():
     np.testing.assert_array_equal(symbols[:, 1], [27, 0, 1, 8, 9, 10])
     np.testing.assert_array_equal(symbols[:, 2], TABLE["flag"])
     np.testing.assert_array_equal(symbols[:, 3], [0, 1, 0, 2, 1, 0])  # a, b, c
-    native = schema.native(grid.decode(symbols)).double().numpy()
+    native = SchemaLayout(schema).native(grid.decode(symbols)).double().numpy()
     np.testing.assert_allclose(native[:, 0], [2, -1, 0, 7, 3, 1], atol=1e-5)
     # 100 -> cell [98, 102]; -1 -> [-2, 0] (t on the lower side of ">"); 1 -> (0, 2];
     # 28 -> [26, 29) (t on the upper side of "<"); 29.5 -> [29, 30]; 31 -> [30, 34]
     np.testing.assert_allclose(native[:, 1], [100, -1, 1, 27.5, 29.5, 32], atol=1e-5)
-    np.testing.assert_array_equal(native[:, 2:], schema.encode(TABLE)[:, 2:].numpy())
+    np.testing.assert_array_equal(native[:, 2:], encode(schema, TABLE)[:, 2:].numpy())
 
 
 def test_equality_predicate_gets_a_point_cell():
     decl = {**DECL, "predicates": {"full": {"feature": "hp", "op": "==", "value": 99}}}
-    schema = FeatureSchema.from_config(decl).fit(TABLE)
+    schema = fit(FeatureSchema.from_config(decl), TABLE)
     grid = MeaningGrid(schema)
     # cell 25 = [98, 102] split at 99: [98, 99) is symbol 25, {99} 26, (99, 102] 27
     symbols = np.array([[0, 25, 0, 0], [0, 26, 0, 0], [0, 27, 0, 0], [0, 24, 0, 0]])
     decoded = grid.decode(symbols)
-    native = schema.native(decoded).double().numpy()[:, 1]
+    native = SchemaLayout(schema).native(decoded).double().numpy()[:, 1]
     np.testing.assert_allclose(native, [98.5, 99, 100.5, 96], atol=1e-5)
     # the point cell decodes to the very float32 that schema.encode gives the native 99
-    expected = schema.encode({**TABLE, "hp": np.full(6, 99.0)})[0, 1]
+    expected = encode(schema, {**TABLE, "hp": np.full(6, 99.0)})[0, 1]
     assert decoded[1, 1] == expected
     # and the predicate's truth (float32, as the drift metric reads it) is kept
     table = {**TABLE, "hp": np.array([99.0, 98.5, 99.5, 97.0, 100.0, 101.0])}
-    x = schema.encode(table)
+    x = encode(schema, table)
     again = grid.decode(grid.encode(x))
-    torch.testing.assert_close(schema.evaluate_predicates(again), schema.evaluate_predicates(x))
+    torch.testing.assert_close(
+        SchemaLayout(schema).evaluate_predicates(again), SchemaLayout(schema).evaluate_predicates(x)
+    )
 
 
 @pytest.fixture(scope="module")
 def synthetic(agentfarm_schema_module):
     table = generate_synthetic(20_000, seed=4)
-    schema = agentfarm_schema_module.fit(table)
-    return schema, schema.encode(table)
+    schema = fit(agentfarm_schema_module, table)
+    return schema, encode(schema, table)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4, 8, 16])
@@ -81,14 +85,19 @@ def test_within_k_tolerances_and_every_predicate_kept(synthetic, k):
     schema, x = synthetic
     grid = MeaningGrid(schema, k)
     decoded = grid.decode(grid.encode(x))
-    err = (schema.native(decoded).double() - schema.native(x).double()).abs()
+    err = (
+        SchemaLayout(schema).native(decoded).double() - SchemaLayout(schema).native(x).double()
+    ).abs()
     for i, f in enumerate(schema.features):
         if f.kind == "continuous":
             # float32 data: up to a few ulps of |x| * std past k * tolerance (see metrics.py)
             assert err[:, i].max().item() <= k * f.tolerance * (1 + 1e-4), f.name
         else:
             torch.testing.assert_close(decoded[:, i], x[:, i], rtol=0, atol=0)
-    torch.testing.assert_close(schema.evaluate_predicates(decoded), schema.evaluate_predicates(x))
+    torch.testing.assert_close(
+        SchemaLayout(schema).evaluate_predicates(decoded),
+        SchemaLayout(schema).evaluate_predicates(x),
+    )
 
 
 def test_k1_has_drift_exactly_zero(synthetic):
@@ -110,4 +119,4 @@ def test_needs_a_fitted_schema_and_k_at_least_1(agentfarm_schema_module):
     with pytest.raises(ValueError, match="fitted"):
         MeaningGrid(agentfarm_schema_module)
     with pytest.raises(ValueError, match="k must be >= 1"):
-        MeaningGrid(agentfarm_schema_module.fit(generate_synthetic(500)), k=0.5)
+        MeaningGrid(fit(agentfarm_schema_module, generate_synthetic(500)), k=0.5)

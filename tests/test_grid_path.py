@@ -19,6 +19,8 @@ from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.histogram import HistogramEntropyModel
 from meaning_transform.models.grid_path import GridPath
 from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.layout import SchemaLayout
+from meaning_transform.schema.table import encode, fit
 
 HP = {
     "features": {"hp": {"kind": "continuous", "tolerance": 2.0}},
@@ -29,28 +31,28 @@ HP = {
 @pytest.fixture(scope="module")
 def fitted(agentfarm_schema_module) -> tuple[FeatureSchema, torch.Tensor]:
     table = generate_synthetic(4000, seed=7)
-    schema = agentfarm_schema_module.fit(table)
-    return schema, schema.encode(table)
+    schema = fit(agentfarm_schema_module, table)
+    return schema, encode(schema, table)
 
 
 def _ctx(schema: FeatureSchema, x: torch.Tensor, heads: torch.Tensor, grid=None) -> LossContext:
     zero = x.new_zeros(())
     out = BottleneckOutput(z=x, rate_bits=x.new_zeros(len(x)), rate_loss=zero, aux_loss=zero)
-    return LossContext(x, heads, Latent(z=x, mu=x), out, schema, 0.0, grid)
+    return LossContext(x, heads, Latent(z=x, mu=x), out, SchemaLayout(schema), 0.0, grid)
 
 
 # ----------------------------------------------------------------- the loss
 def test_tolerance_loss_is_zero_within_tolerance_and_grows_past_it():
     """hp: tolerance 2, std 10. Errors of 0, 1, 2 hp cost nothing; 3 hp (1.5 tolerances) costs
     the full outside count (sharpness 8: reached at 1.125) plus huber(1.5 - EDGE)."""
-    schema = FeatureSchema.from_config(HP).fit({"hp": np.array([40.0, 60.0])})  # mean 50 std 10
+    schema = fit(FeatureSchema.from_config(HP), {"hp": np.array([40.0, 60.0])})  # mean 50 std 10
     loss = ReconstructionLoss(huber_weight=1.0, outside_weight=1.0, sharpness=8.0)
-    x = schema.encode({"hp": np.full(5, 50.0)})
+    x = encode(schema, {"hp": np.full(5, 50.0)})
     for err, expected in ((0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 1.0 + (1.5 - EDGE) ** 2 / 2)):
-        heads = schema.encode({"hp": np.full(5, 50.0 + err)})
+        heads = encode(schema, {"hp": np.full(5, 50.0 + err)})
         assert loss(_ctx(schema, x, heads)).item() == pytest.approx(expected, abs=1e-5), err
     # 2.1 hp = 1.05 tolerances: (1.05 - 1.001) * 8 of the count, huber 0.049^2 / 2
-    heads = schema.encode({"hp": np.full(5, 52.1)})
+    heads = encode(schema, {"hp": np.full(5, 52.1)})
     excess = 1.05 - EDGE
     assert loss(_ctx(schema, x, heads)).item() == pytest.approx(8 * excess + excess**2 / 2, 1e-3)
 
@@ -76,7 +78,7 @@ def test_untrained_grid_path_keeps_all_meaning(fitted):
     correction = torch.randn(len(x), schema.head_dim) * 100  # the worst a decoder could add
     heads = grid.heads(g, correction)
     metric = SemanticDrift(schema)
-    metric.update(x, schema.point_estimate(heads))
+    metric.update(x, SchemaLayout(schema).point_estimate(heads))
     result = metric.compute()
     assert result["drift"].item() == 0.0, {k: float(v) for k, v in result.items() if v > 0}
     assert torch.isfinite(out.rate_bits).all() and (out.rate_bits > 0).all()

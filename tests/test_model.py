@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from meaning_transform.api import load_config
+from meaning_transform.assemble import prepare
 from meaning_transform.data import generate_synthetic
 from meaning_transform.module import MeaningModule
-from meaning_transform.training import prepare, run
+from meaning_transform.training import run
 
 BOTTLENECKS = ("entropy", "vq", "none")
 # Lean runs: no plots, no progress bar, no logger files, no test pass, fixed epoch count.

@@ -20,11 +20,12 @@ import torch
 from conftest import REPO, TINY, TINY_MODEL, train_cli
 
 from meaning_transform.api import load_config
+from meaning_transform.assemble import resolve_output_dir
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
 from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.errors import CheckpointError, ConfigError
 from meaning_transform.evaluate import main as evaluate_main
-from meaning_transform.training import resolve_output_dir, run
+from meaning_transform.training import run
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,8 @@ from omegaconf import OmegaConf
 
 from meaning_transform.config import CONF_DIR
 from meaning_transform.schema import FeatureSchema, SchemaError
+from meaning_transform.schema.layout import SchemaLayout
+from meaning_transform.schema.table import decode, encode, fit
 
 SMALL = {
     "features": {
@@ -36,7 +38,7 @@ def table() -> dict[str, np.ndarray]:
 
 
 def fitted() -> FeatureSchema:
-    return FeatureSchema.from_config(SMALL).fit(table())
+    return fit(FeatureSchema.from_config(SMALL), table())
 
 
 def test_layout_is_derived_from_declaration():
@@ -57,7 +59,7 @@ def test_normalization_is_standardization_fitted_on_given_table():
     s = fitted()
     assert s.normalizers["x"].mean == pytest.approx(3.0)
     assert s.normalizers["x"].std == pytest.approx(np.sqrt(5.0))  # population std of 0,2,4,6
-    x = s.encode(table())
+    x = encode(s, table())
     assert x[:, 0].tolist() == pytest.approx(
         [-3 / np.sqrt(5), -1 / np.sqrt(5), 1 / np.sqrt(5), 3 / np.sqrt(5)]
     )
@@ -67,7 +69,7 @@ def test_normalization_is_standardization_fitted_on_given_table():
 def test_encode_decode_round_trip():
     s = fitted()
     t = table()
-    back = s.decode(s.encode(t))
+    back = decode(s, encode(s, t))
     np.testing.assert_allclose(back["x"], t["x"], atol=1e-5)
     np.testing.assert_allclose(back["hp"], t["hp"], atol=1e-4)
     assert back["defending"].tolist() == [False, True, True, False]
@@ -76,18 +78,18 @@ def test_encode_decode_round_trip():
 
 def test_predicates_hand_computed():
     s = fitted()
-    p = s.evaluate_predicates(s.encode(table()))
+    p = SchemaLayout(s).evaluate_predicates(encode(s, table()))
     assert p[:, 0].tolist() == [True, True, True, False]  # alive: hp > 0
     assert p[:, 1].tolist() == [False, False, True, True]  # low: hp < 30
 
 
 def test_soft_predicates_agree_with_hard_ones_far_from_threshold():
     s = fitted()
-    x = s.encode(table())
+    x = encode(s, table())
     heads = torch.zeros(4, s.head_dim)
     heads[:, 1] = x[:, 1]
-    soft = s.soft_predicates(heads)
-    hard = s.evaluate_predicates(x)
+    soft = SchemaLayout(s).soft_predicates(heads)
+    hard = SchemaLayout(s).evaluate_predicates(x)
     # hp=20 is 5 tolerances below 30: p(low) = sigmoid(5)
     assert soft[2, 1].item() == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item(), rel=1e-4)
     assert ((soft > 0.5) == hard)[[0, 1, 2]].all()
@@ -96,7 +98,7 @@ def test_soft_predicates_agree_with_hard_ones_far_from_threshold():
 def test_point_estimate_maps_heads_to_data_layout():
     s = fitted()
     heads = torch.tensor([[0.3, -0.1, 2.0, 0.1, 0.9, 0.0]])
-    est = s.point_estimate(heads)
+    est = SchemaLayout(s).point_estimate(heads)
     assert est.tolist() == [[pytest.approx(0.3), pytest.approx(-0.1), 1.0, 1.0]]
 
 
@@ -111,14 +113,14 @@ def test_unknown_category_is_a_clear_error():
     t = table()
     t["role"] = np.array(["a", "a", "zzz", "b"], dtype=object)
     with pytest.raises(SchemaError, match=r"not in its vocabulary \('zzz';"):
-        s.encode(t)
+        encode(s, t)
 
 
 def test_missing_required_column_names_it():
     t = table()
     del t["hp"]
     with pytest.raises(SchemaError, match="'hp' missing; columns found"):
-        FeatureSchema.from_config(SMALL).fit(t)
+        fit(FeatureSchema.from_config(SMALL), t)
 
 
 def test_nan_in_required_column_is_counted():
@@ -126,7 +128,7 @@ def test_nan_in_required_column_is_counted():
     t["x"][1] = np.nan
     t["x"][2] = np.inf
     with pytest.raises(SchemaError, match=r"x: 2 rows.*drop_invalid"):
-        FeatureSchema.from_config(SMALL).fit(t)
+        fit(FeatureSchema.from_config(SMALL), t)
 
 
 @pytest.mark.parametrize(

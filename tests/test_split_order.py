@@ -7,6 +7,7 @@ import pytest
 
 from meaning_transform.data import SQLiteDataModule, SyntheticDataModule
 from meaning_transform.data.datamodule import SPLITS
+from meaning_transform.schema.layout import SchemaLayout
 
 
 def check_order(dm) -> None:
@@ -35,7 +36,7 @@ def test_real_db_rows_are_sorted_by_agent_then_step(real_db, agentfarm_cfg):
     dm.setup()
     check_order(dm)
     # age +1 per step within an agent once rows are in (agent, step) order
-    age = dm.schema.native(dm.test_x)[:, dm.schema.columns["age"]].double().numpy()
+    age = SchemaLayout(dm.schema).native(dm.test_x)[:, dm.schema.columns["age"]].double().numpy()
     same = np.diff(dm.test_agents) == 0
     np.testing.assert_allclose(np.diff(age)[same], 1.0, atol=1e-3)
 

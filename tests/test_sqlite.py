@@ -19,7 +19,8 @@ from meaning_transform.api import load_config
 from meaning_transform.data import DataError, load_sqlite
 from meaning_transform.data import sqlite as sqlite_mod
 from meaning_transform.data.testing import write_agentfarm_db
-from meaning_transform.schema import FeatureSchema, _distinct_str, _is_unusable, _present
+from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.table import distinct_str, encode, fit, is_unusable, present
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,11 @@ def test_round_trip_of_written_values(db, agentfarm_schema):
     before = digest(path)
     table = load_sqlite(path, agentfarm_schema)
     assert digest(path) == before  # opened read-only: the file is byte-identical
-    assert set(table) == set(written)
+    assert set(table) == set(written) | {"agent"}
     np.testing.assert_array_equal(table["agent_id"], written["agent_id"])
+    # agent: each row's index into the sorted distinct ids (the datamodule splits on it)
+    ids = np.array(sorted(set(written["agent_id"].tolist())), dtype=object)
+    np.testing.assert_array_equal(ids[table["agent"]], written["agent_id"])
     np.testing.assert_array_equal(table["step"], written["step"])
     assert table["step"].dtype == np.int64
     for name in ("position_x", "resource_level", "current_health", "total_reward", "age"):
@@ -300,9 +304,9 @@ def test_late_text_in_numeric_column(tmp_path, agentfarm_schema, monkeypatch):
 def test_agent_type_is_a_str_array_and_encodes(db, agentfarm_schema):
     table = load_sqlite(db[0], agentfarm_schema)
     assert table["agent_type"].dtype.kind == "U" and table["agent_id"].dtype == object
-    fitted = agentfarm_schema.fit(table)
+    fitted = fit(agentfarm_schema, table)
     assert fitted.feature("agent_type").categories == ("control", "independent", "system")
-    codes = fitted.encode(table)[:, fitted.columns["agent_type"]].numpy()
+    codes = encode(fitted, table)[:, fitted.columns["agent_type"]].numpy()
     expected = np.searchsorted(["control", "independent", "system"], table["agent_type"])
     np.testing.assert_array_equal(codes, expected)
 
@@ -313,16 +317,16 @@ def test_vectorized_schema_helpers_match_python():
     expected = [
         v is not None and not (isinstance(v, float) and not np.isfinite(v)) for v in objects
     ]
-    np.testing.assert_array_equal(_present(objects), expected)
-    assert _present(np.array(["a", ""])).all()
+    np.testing.assert_array_equal(present(objects), expected)
+    assert present(np.array(["a", ""])).all()
     for n in (0, 1, 50, 5000):
         for card in (1, 3, 40):
             col = rng.integers(0, card, n).astype(str)
-            np.testing.assert_array_equal(_distinct_str(col), np.unique(col))
-            np.testing.assert_array_equal(_distinct_str(col.astype(object)), np.unique(col))
-    assert _is_unusable(np.array([None, "a", "a"], object))
-    assert not _is_unusable(np.array([1, 1.0], object))  # '1' != '1.0', as np.unique(astype(str))
-    assert _is_unusable(np.array([np.nan, 2.0, 2.0])) and not _is_unusable(np.array(["a", "b"]))
+            np.testing.assert_array_equal(distinct_str(col), np.unique(col))
+            np.testing.assert_array_equal(distinct_str(col.astype(object)), np.unique(col))
+    assert is_unusable(np.array([None, "a", "a"], object))
+    assert not is_unusable(np.array([1, 1.0], object))  # '1' != '1.0', as np.unique(astype(str))
+    assert is_unusable(np.array([np.nan, 2.0, 2.0])) and not is_unusable(np.array(["a", "b"]))
 
 
 # ---------------------------------------------------------------- issue 10: old schema, WAL, locks

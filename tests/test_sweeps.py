@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from meaning_transform.errors import ConfigError
 from meaning_transform.report import RATE_DRIFT_PNG, SUMMARY_CSV
-from meaning_transform.training import optimized_value
+from meaning_transform.run_summary import optimized_value
 
 #: one epoch, no test split, no Lightning CSV log: each job is a few seconds on 2 cores
 FAST = [*TINY, "trainer.max_epochs=1", "test=false", "logger=none"]

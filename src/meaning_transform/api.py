@@ -48,7 +48,8 @@ class MeaningTrainer:
 
     def train(self, resume_from: str | None = None, init_from: str | None = None) -> dict[str, Any]:
         """Train one stage; ``resume_from`` continues a run, ``init_from`` loads weights only."""
-        from meaning_transform.training import epochs_done, run
+        from meaning_transform.assemble import epochs_done
+        from meaning_transform.training import run
 
         stage = self.stage + 1
         cfg = apply_seed_aliases(self.cfg.copy())

@@ -218,6 +218,29 @@ def classical_baselines(
     return result
 
 
+def classical_metrics(baselines: dict[str, Any], drift: float, bits: float) -> dict[str, float]:
+    """Where a model at (``drift``, ``bits`` per state) stands against the classical codes.
+
+    ``classical/quantizer_bits`` and ``classical/delta_bits``: the two codes at k = 1 (drift 0
+    on the grid); ``classical/bits_at_drift``: the quantizer curve (k = 1..16) at the model's
+    drift -- the fewest bits of a setting that loses no more, linear between settings (mixing
+    two settings gets there), flat past the ends; ``bits_over_classical``: the model's bits minus
+    that -- below 0 the learned code beats the classical one at equal drift.
+    """
+    best: dict[float, float] = {}
+    for q in baselines["quantizer"]:
+        best[q["drift"]] = min(q["bits_per_state"], best.get(q["drift"], np.inf))
+    drifts = sorted(best)
+    fewest = np.minimum.accumulate([best[d] for d in drifts])  # more drift never costs more
+    at_drift = float(np.interp(drift, drifts, fewest))
+    return {
+        "classical/quantizer_bits": baselines["quantizer"][0]["bits_per_state"],
+        "classical/delta_bits": baselines["delta"][0]["bits_per_state"],
+        "classical/bits_at_drift": at_drift,
+        "bits_over_classical": bits - at_drift,
+    }
+
+
 def describe(baselines: dict[str, Any]) -> str:
     """One line: the k = 1 quantizer and delta bits per state at their drift."""
     q, d = baselines["quantizer"][0], baselines["delta"][0]

@@ -72,6 +72,9 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    # the module logs where it stands against the classical codes of the rows it is shown
+    parts = SPLITS[:-1] if split == "all" else (split,)  # the rows split_tensor gave
+    module.classical["val"] = baselines_of_splits(datamodule, parts)
     metrics = trainer.validate(module, dataloaders=loader, verbose=False)[0]
     report: dict[str, Any] = {
         "checkpoint": str(Path(ckpt_path).resolve()),
@@ -81,8 +84,7 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
         "metrics": {k.removeprefix("val/"): float(v) for k, v in metrics.items()},
     }
     report["coding"] = module.code(x)
-    parts = SPLITS[:-1] if split == "all" else (split,)  # the rows split_tensor gave
-    report["baselines"] = baselines_of_splits(datamodule, parts)
+    report["baselines"] = module.classical["val"]
     return report
 
 

@@ -13,10 +13,10 @@ Contract (``MeaningGrid(schema, k)``, ``schema`` fitted, coarseness ``k >= 1``):
   within tolerance) and every predicate has the same truth on decoded and original states.
 - binary feature: symbol 0/1; categorical: the category index. Both decode exactly.
 
-``encode`` takes the project's data tensor (see ``FeatureSchema.encode``) and returns int64
+``encode`` takes the project's data tensor (see ``schema.table.encode``) and returns int64
 symbols [N, F]; ``decode`` inverts it to a float32 data tensor, built with the same float
-arithmetic as ``FeatureSchema.encode`` so an exact native value round-trips to the identical
-float32. Predicate crossings are read with ``FeatureSchema.evaluate_predicates`` (the float32
+arithmetic as ``schema.table.encode`` so an exact native value round-trips to the identical
+float32. Predicate crossings are read with ``SchemaLayout.evaluate_predicates`` (the float32
 arithmetic the drift metric uses), so values within float noise of a threshold land on the side
 the metric sees. Internally native values are float64.
 """
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from meaning_transform.schema import FeatureSchema, SchemaError
+from meaning_transform.schema.layout import SchemaLayout
 
 #: op -> crossings ("passed" when the value is at or above t, or strictly above t)
 _CROSSINGS = {
@@ -56,10 +57,11 @@ class MeaningGrid:
 
     def __init__(self, schema: FeatureSchema, k: float = 1) -> None:
         if not schema.fitted:
-            raise SchemaError("MeaningGrid needs a fitted schema; call schema.fit(train) first")
+            raise SchemaError("MeaningGrid needs a fitted schema (fit it to a training table)")
         if not k >= 1:
             raise ValueError(f"grid coarseness k must be >= 1, got {k}")
         self.schema = schema
+        self.layout = SchemaLayout(schema)  # on the CPU, where the grid computes
         self.k = k
         self.steps = {f.name: 2.0 * k * f.tolerance for f in schema.of_kind("continuous")}
         self._crossings = {name: self._crossings_of(name) for name in self.steps}
@@ -86,7 +88,7 @@ class MeaningGrid:
         schema = self.schema
         x32 = x.detach().cpu().to(torch.float32)
         native = self._native64(x32)
-        truth = schema.evaluate_predicates(x32).numpy() if schema.predicates else None
+        truth = self.layout.evaluate_predicates(x32).numpy() if schema.predicates else None
         x_np = x32.numpy()
         out = np.empty(native.shape, dtype=np.int64)
         for i, f in enumerate(schema.features):
@@ -123,7 +125,7 @@ class MeaningGrid:
                 continue
             value = self._midpoints(f.name, s)
             norm = self.schema.normalizers[f.name]
-            # Same arithmetic as FeatureSchema.encode (float64 subtract, divide, cast).
+            # Same arithmetic as schema.table.encode (float64 subtract, divide, cast).
             out[:, i] = np.subtract(value, norm.mean) / norm.std
         return torch.from_numpy(out)
 

@@ -17,7 +17,7 @@ from torch import nn
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.identity import kl_nats
 from meaning_transform.models.grid_path import GridPath
-from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.layout import SchemaLayout
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LossContext:
     heads: torch.Tensor  # decoder output [B, head_dim]
     latent: Latent
     bottleneck: BottleneckOutput
-    schema: FeatureSchema
+    layout: SchemaLayout  # the schema's tensor layout (``layout.schema`` is the schema)
     progress: float  # epochs trained so far, fractional (epoch + batch / batches)
     grid: GridPath | None = None  # the model's grid path, if it has one
 
@@ -92,16 +92,6 @@ class ReconstructionLoss(LossTerm):
         self.huber_weight = float(huber_weight)
         self.outside_weight = float(outside_weight)
         self.sharpness = float(sharpness)
-        self._units: dict[tuple[int, str], torch.Tensor] = {}
-
-    def _tolerance_units(self, schema: FeatureSchema, device: torch.device) -> torch.Tensor:
-        """Per continuous column: std / tolerance (normalized error -> tolerance units)."""
-        key = (id(schema), str(device))
-        if key not in self._units:
-            _, std = schema.affine()
-            cols = schema.index_of_kind("continuous")
-            self._units[key] = (std[cols] / schema.tolerances()[cols]).to(device)
-        return self._units[key]
 
     def tolerance_loss(self, e: torch.Tensor) -> torch.Tensor:
         """Per-element loss of errors ``e`` in tolerance units."""
@@ -112,13 +102,14 @@ class ReconstructionLoss(LossTerm):
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         """Weighted mean of per-feature losses (vectorized per kind: this runs every step)."""
-        schema, x, heads = ctx.schema, ctx.x, ctx.heads
+        layout, x, heads = ctx.layout, ctx.x, ctx.heads
+        schema = layout.schema
         total = heads.new_zeros(())
-        cols, head_cols, w = schema.kind_layout("continuous", heads.device)
+        cols, head_cols, w = layout.kind("continuous")
         if cols.numel():
-            e = (heads[:, head_cols] - x[:, cols]) * self._tolerance_units(schema, heads.device)
+            e = (heads[:, head_cols] - x[:, cols]) * layout.continuous_units
             total = total + (self.tolerance_loss(e).mean(0) * w).sum()
-        cols, head_cols, w = schema.kind_layout("binary", heads.device)
+        cols, head_cols, w = layout.kind("binary")
         if cols.numel():
             per_feature = _bce(heads[:, head_cols], x[:, cols], reduction="none").mean(0)
             total = total + (per_feature * w).sum()
@@ -151,11 +142,12 @@ class SemanticLoss(LossTerm):
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         """Predicate-weighted mean capped BCE."""
-        schema = ctx.schema
+        layout = ctx.layout
+        schema = layout.schema
         if not schema.predicates:
             return ctx.heads.new_zeros(())
-        truth = schema.evaluate_predicates(ctx.x).to(ctx.heads.dtype)
-        prob = schema.soft_predicates(ctx.heads).clamp(1e-6, 1 - 1e-6)
+        truth = layout.evaluate_predicates(ctx.x).to(ctx.heads.dtype)
+        prob = layout.soft_predicates(ctx.heads).clamp(1e-6, 1 - 1e-6)
         bce = F.binary_cross_entropy(prob, truth, reduction="none")
         bce = (bce - self.floor).clamp_min(0.0).mean(dim=0)
         w = torch.tensor([p.weight for p in schema.predicates], device=bce.device)

@@ -17,6 +17,7 @@ from torchmetrics import Metric
 
 from meaning_transform.models.bottlenecks.vq import entropy_bits
 from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.layout import SchemaLayout
 
 #: relative float32 slack on a continuous feature's tolerance (see SemanticDrift.update)
 TOLERANCE_SLACK = 1e-4
@@ -38,9 +39,7 @@ class SemanticDrift(Metric):
             "pred_errors", torch.zeros(n_pred, dtype=torch.float64), dist_reduce_fx="sum"
         )
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        mean, std = schema.affine()
-        self.register_buffer("_std", std, persistent=False)
-        self.register_buffer("_tol", schema.tolerances(), persistent=False)
+        self.layout = SchemaLayout(schema)
         self.register_buffer(
             "_continuous",
             torch.tensor([f.kind == "continuous" for f in schema.features]),
@@ -55,23 +54,24 @@ class SemanticDrift(Metric):
 
     def update(self, x: torch.Tensor, x_hat: torch.Tensor) -> None:
         """Accumulate one batch: ``x`` data tensor, ``x_hat`` its point reconstruction."""
-        native_err = (x - x_hat).abs() * self._std
+        native_err = (x - x_hat).abs() * self.layout.std
         # Relative slack: data tensors are float32, so an error of exactly one tolerance (a
         # value on a grid cell's edge) comes back up to a few ulps of |x| * std over it, e.g.
         # ~4e-5 at age ~500; an absolute 1e-6 would count such an error as outside.
         outside = torch.where(
-            self._continuous, native_err > self._tol * (1 + TOLERANCE_SLACK), x != x_hat
+            self._continuous, native_err > self.layout.tolerance * (1 + TOLERANCE_SLACK), x != x_hat
         )
         self.abs_error += torch.where(self._continuous, native_err, 0.0).sum(0).double()
         self.errors += outside.sum(0).double()
         if self.schema.predicates:
-            truth = self.schema.evaluate_predicates(x)
-            decoded = self.schema.evaluate_predicates(x_hat)
+            truth = self.layout.evaluate_predicates(x)
+            decoded = self.layout.evaluate_predicates(x_hat)
             self.pred_errors += (truth != decoded).sum(0).double()
         self.count += x.shape[0]
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``drift``, ``preservation``, ``drift/<feature|predicate>``, ``drift_group/<g>``, ``mae/<f>``."""
+        """``drift``, ``preservation``, ``drift/<feature|predicate>``, ``drift_group/<g>``,
+        ``preservation_group/<g>``, ``mae/<f>``."""
         n = self.count.clamp_min(1.0)
         rates = torch.cat([self.errors, self.pred_errors]) / n
         names = self.schema.names + [p.name for p in self.schema.predicates]
@@ -82,6 +82,7 @@ class SemanticDrift(Metric):
         for group in dict.fromkeys(self._groups):
             mask = torch.tensor([g == group for g in self._groups], device=rates.device)
             out[f"drift_group/{group}"] = _weighted_mean(rates[mask], self._weights[mask])
+            out[f"preservation_group/{group}"] = 1.0 - out[f"drift_group/{group}"]
         for name, rate in zip(names, rates, strict=True):
             out[f"drift/{name}"] = rate
         for f, err in zip(self.schema.features, self.abs_error / n, strict=True):
@@ -146,3 +147,30 @@ class RateMeter(Metric):
             out["rate_bits_latent"] = latent
             out["rate_bits_grid"] = self.grid_bits / n
         return {k: v.float() for k, v in out.items()}
+
+
+class MeanVector(Metric):
+    """Weighted means of a fixed set of named values over an epoch (losses, loss weights).
+
+    One update per step adds ``values * weight`` and ``weight`` to float64 sums kept on the
+    values' device (no host sync); ``compute`` returns ``{name: mean}``. Synced under DDP, so
+    the mean is over every state of every rank.
+    """
+
+    full_state_update = False
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.add_state("sums", torch.zeros(len(names), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor, weight: float = 1.0) -> None:
+        """Accumulate one step's values (1-D, in ``names`` order) with ``weight`` (e.g. states)."""
+        self.sums += values.detach().double() * weight
+        self.weight += weight
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Mean of each named value."""
+        means = (self.sums / self.weight.clamp_min(1e-12)).float()
+        return dict(zip(self.names, means, strict=True))

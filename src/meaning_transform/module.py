@@ -11,23 +11,19 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
+from meaning_transform.baselines import baselines_of_splits, classical_metrics
+from meaning_transform.containers import to_plain
 from meaning_transform.losses import CompositeLoss, LossContext
-from meaning_transform.metrics import RateMeter, SemanticDrift
+from meaning_transform.metrics import MeanVector, RateMeter, SemanticDrift
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
 from meaning_transform.models.grid_path import GridPath
 from meaning_transform.schema import FeatureSchema, Table
+from meaning_transform.schema import table as schema_table
+from meaning_transform.schema.layout import SchemaLayout
 
 EVAL_STAGES = ("val", "test")
-FLUSH_ROWS = 256  # steps whose loss rows _accumulate keeps before summing them
-
-
-def _plain(cfg: Any) -> Any:
-    """DictConfig -> plain container (hyperparameters must be plain to be saved)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+STAGES = ("train", *EVAL_STAGES)
 
 
 class MeaningModule(L.LightningModule):
@@ -47,23 +43,26 @@ class MeaningModule(L.LightningModule):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
         seed: int | None = None,
+        objective_beta: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
             {
-                "schema": _plain(schema),
-                "model": _plain(model),
-                "compression": _plain(compression),
-                "loss": _plain(loss),
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler) or None,
+                "schema": to_plain(schema),
+                "model": to_plain(model),
+                "compression": to_plain(compression),
+                "loss": to_plain(loss),
+                "optimizer": to_plain(optimizer),
+                "scheduler": to_plain(scheduler) or None,
                 "seed": seed,
+                "objective_beta": objective_beta,
             }
         )
         hp = self.hparams
         self.schema = FeatureSchema.from_config(hp.schema)
         if not self.schema.fitted:
             raise ValueError("MeaningModule needs a fitted schema (the DataModule fits it)")
+        self.layout = SchemaLayout(self.schema)
         model_cfg = dict(hp.model)
         grid_cfg = dict(model_cfg.pop("grid_path", None) or {})
         self.grid: GridPath | None = None
@@ -83,14 +82,18 @@ class MeaningModule(L.LightningModule):
         self.drift = torch.nn.ModuleDict({s: SemanticDrift(self.schema) for s in EVAL_STAGES})
         has_grid = self.grid is not None
         self.rate = torch.nn.ModuleDict({s: RateMeter(codebook, has_grid) for s in EVAL_STAGES})
-        self._sums: dict[str, torch.Tensor] = {}  # per-stage running sums, see _accumulate
-        self._rows: dict[str, list[tuple[torch.Tensor, int]]] = {}  # not yet summed
+        # per stage, the epoch's mean reported loss, loss terms and rate; the train loss weights
+        names = ["loss", *self.loss_fn.names, "rate_bits"]
+        self.train_losses, self.val_losses, self.test_losses = (MeanVector(names) for _ in STAGES)
+        self.loss_weights = MeanVector([f"weight/{n}" for n in self.loss_fn.names])
+        #: per eval stage, the classical baselines of its split (see ``classical_baselines``)
+        self.classical: dict[str, dict[str, Any] | None] = {}
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
 
     # ------------------------------------------------------------------ core
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Latent, BottleneckOutput]:
         """Data tensor -> (decoder heads, latent, bottleneck output of all coded channels)."""
-        latent = self.codec.encoder(self.schema.model_input(x))
+        latent = self.codec.encoder(self.layout.model_input(x))
         out = self.bottleneck(latent)
         if self.grid is None:
             return self.codec.decoder(out.z), latent, out
@@ -100,7 +103,7 @@ class MeaningModule(L.LightningModule):
 
     def _step(self, x: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
         heads, latent, out = self(x)
-        ctx = LossContext(x, heads, latent, out, self.schema, progress, self.grid)
+        ctx = LossContext(x, heads, latent, out, self.layout, progress, self.grid)
         total, reported, values, weights = self.loss_fn(ctx)
         return total, reported, values, weights, heads, out
 
@@ -113,58 +116,25 @@ class MeaningModule(L.LightningModule):
             batches = 1.0
         return trainer.current_epoch + batch_idx / batches
 
-    def _accumulate(self, stage: str, loss, values, weights, rate_bits, n: int) -> None:
-        # Summed on device and logged once per epoch: per-step self.log calls cost as much
-        # as a small model's whole step. A step only stacks its row [loss, terms..., rate,
-        # weights...] (one kernel); _flush sums FLUSH_ROWS rows at once in float64, as
-        # [loss, terms..., rate] * n, weights..., n, steps.
-        row = torch.cat(
-            [loss.detach()[None], values.detach(), rate_bits.detach().mean()[None], weights]
-        )
-        rows = self._rows.setdefault(stage, [])
-        rows.append((row, n))
-        if len(rows) >= FLUSH_ROWS:
-            self._flush(stage)
+    def _update_losses(self, stage: str, loss, values, rate_bits, n: int) -> None:  # noqa: ANN001
+        row = torch.cat([loss.detach()[None], values.detach(), rate_bits.detach().mean()[None]])
+        self._losses(stage).update(row, n)
 
-    def _flush(self, stage: str) -> None:
-        rows = self._rows.pop(stage, None)
-        if not rows:
-            return
-        k = len(self.loss_fn.names)
-        stats = torch.stack([r for r, _ in rows]).double()  # float32 sums of 1000s of steps drift
-        n = stats.new_tensor([m for _, m in rows])
-        row = torch.cat(
-            [
-                (stats[:, : k + 2] * n[:, None]).sum(0),
-                stats[:, k + 2 :].sum(0),
-                n.sum()[None],
-                stats.new_tensor([len(rows)]),
-            ]
-        )
-        acc = self._sums.get(stage)
-        self._sums[stage] = row if acc is None else acc + row
+    def _losses(self, stage: str) -> MeanVector:
+        return getattr(self, f"{stage}_losses")
 
-    def _log_sums(self, stage: str) -> None:
-        self._flush(stage)
-        acc = self._sums.pop(stage, None)
-        if acc is None:
-            return
-        names = self.loss_fn.names
-        k = len(names)
-        means = acc[: k + 2] / acc[-2]
-        weights = acc[k + 2 : 2 * k + 2] / acc[-1]  # mean over steps (annealed weights move)
-        means, weights = means.float(), weights.float()
-        metrics = {f"{stage}/loss": means[0]}
-        metrics.update({f"{stage}/{name}": means[i + 1] for i, name in enumerate(names)})
-        if stage == "train":  # eval stages log an epoch-level rate from RateMeter instead
-            metrics["train/rate_bits"] = means[k + 1]
-            metrics.update({f"train/weight/{n}": weights[i] for i, n in enumerate(names)})
-        self.log_dict(metrics, sync_dist=True, on_step=stage == "train", on_epoch=stage != "train")
+    def _logged_losses(self, stage: str) -> dict[str, torch.Tensor]:
+        """The stage's epoch means under their metric names (and reset for the next epoch)."""
+        means = self._losses(stage).compute()
+        self._losses(stage).reset()
+        if stage != "train":  # eval stages report an epoch-level rate from RateMeter instead
+            means.pop("rate_bits")
+        return {f"{stage}/{name}": value for name, value in means.items()}
 
     def on_train_epoch_start(self) -> None:
-        """Start the epoch's running sums afresh."""
-        self._sums.pop("train", None)
-        self._rows.pop("train", None)
+        """Start the epoch's means afresh."""
+        self.train_losses.reset()
+        self.loss_weights.reset()
 
     def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
         """At an epoch's first batch, reseed from (seed, epoch, rank).
@@ -183,25 +153,44 @@ class MeaningModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """One optimization step."""
         total, reported, values, weights, _, out = self._step(batch, self._progress(batch_idx))
-        self._accumulate("train", reported, values, weights, out.rate_bits, batch.shape[0])
+        self._update_losses("train", reported, values, out.rate_bits, batch.shape[0])
+        self.loss_weights.update(weights)  # mean over steps: annealed weights move
         if batch_idx == self.trainer.num_training_batches - 1:
             # Logged at the epoch's last batch, i.e. before validation, so callbacks that
             # record an epoch at validation end (and the checkpoints written then) see them.
-            self._log_sums("train")
+            metrics = self._logged_losses("train")
+            weights = self.loss_weights.compute()
+            metrics.update({f"train/{name}": value for name, value in weights.items()})
+            # torchmetrics synced the sums across ranks: no second reduction
+            self.log_dict(metrics, sync_dist=False, on_step=True, on_epoch=False)
         return total
 
     def _eval_step(self, stage: str, x: torch.Tensor) -> None:
-        _, reported, values, weights, heads, out = self._step(x, float(self.current_epoch))
-        self._accumulate(stage, reported, values, weights, out.rate_bits, x.shape[0])
-        self.drift[stage].update(x, self.schema.point_estimate(heads))
+        _, reported, values, _, heads, out = self._step(x, float(self.current_epoch))
+        self._update_losses(stage, reported, values, out.rate_bits, x.shape[0])
+        self.drift[stage].update(x, self.layout.point_estimate(heads))
         grid_bits = out.grid_bits
         latent_bits = out.rate_bits if grid_bits is None else out.rate_bits - grid_bits
         self.rate[stage].update(latent_bits, out.codes, grid_bits)
 
+    def _eval_start(self, stage: str) -> None:
+        """Compute the stage's classical baselines once, from the DataModule the trainer has."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if stage not in self.classical and hasattr(dm, f"{stage}_agents"):
+            self.classical[stage] = baselines_of_splits(dm, (stage,))
+
     def _eval_epoch_end(self, stage: str) -> None:
-        self._log_sums(stage)
-        metrics = {f"{stage}/{k}": v for k, v in self.drift[stage].compute().items()}
+        metrics = self._logged_losses(stage)
+        metrics.update({f"{stage}/{k}": v for k, v in self.drift[stage].compute().items()})
         metrics.update({f"{stage}/{k}": v for k, v in self.rate[stage].compute().items()})
+        drift, bits = metrics[f"{stage}/drift"], metrics[f"{stage}/rate_bits"]
+        beta = self.hparams.get("objective_beta")
+        if beta is not None:  # 32 more bits per state must cut drift by beta to pay off
+            metrics[f"{stage}/rate_drift"] = drift + float(beta) * bits / 32
+        baselines = self.classical.get(stage)
+        if baselines:
+            for name, value in classical_metrics(baselines, float(drift), float(bits)).items():
+                metrics[f"{stage}/{name}"] = torch.tensor(value)
         fixed = getattr(self.bottleneck, "fixed_rate_bits", None)
         if fixed is not None:
             metrics[f"{stage}/fixed_rate_bits"] = torch.tensor(float(fixed))
@@ -211,6 +200,14 @@ class MeaningModule(L.LightningModule):
         self.log_dict(metrics, sync_dist=False)  # torchmetrics already synced across ranks
         self.drift[stage].reset()
         self.rate[stage].reset()
+
+    def on_validation_start(self) -> None:
+        """Classical baselines of the validation split (once)."""
+        self._eval_start("val")
+
+    def on_test_start(self) -> None:
+        """Classical baselines of the test split (once)."""
+        self._eval_start("test")
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         """Accumulate validation losses, drift and rate."""
@@ -262,8 +259,8 @@ class MeaningModule(L.LightningModule):
         """Table of agent states -> what the decoder sees: quantized latents, then (with the
         grid path) the grid-decoded state, [N, latent_dim (+ n_features)]."""
         self.eval()
-        x = self.schema.encode(table).to(self.device)
-        z = self.bottleneck(self.codec.encoder(self.schema.model_input(x))).z
+        x = schema_table.encode(self.schema, table).to(self.device)
+        z = self.bottleneck(self.codec.encoder(self.layout.model_input(x))).z
         return z if self.grid is None else torch.cat([z, self.grid(x)[0]], dim=1)
 
     @torch.no_grad()
@@ -274,7 +271,7 @@ class MeaningModule(L.LightningModule):
         heads = self.codec.decoder(codes)
         if self.grid is not None:
             heads = self.grid.heads(codes[:, self.codec.latent_dim :], heads)
-        return self.schema.decode(self.schema.point_estimate(heads))
+        return schema_table.decode(self.schema, self.layout.point_estimate(heads))
 
     @torch.no_grad()
     def code(self, x: torch.Tensor) -> dict[str, Any] | None:
@@ -286,7 +283,7 @@ class MeaningModule(L.LightningModule):
         self.eval()
         x = x.to(self.device)
         parts: dict[str, list[Any]] = {}
-        latent = self.bottleneck.coding_report(self.codec.encoder(self.schema.model_input(x)).mu)
+        latent = self.bottleneck.coding_report(self.codec.encoder(self.layout.model_input(x)).mu)
         if latent is not None:
             parts["latent"] = [latent]
         if self.grid is not None:

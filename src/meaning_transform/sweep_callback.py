@@ -17,9 +17,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from meaning_transform.failures import FAILED_JSON, write_failed_json
 
-FAILED_JSON = "failed.json"
+log = logging.getLogger(__name__)
 
 
 def _error_text(value: Any) -> tuple[str, str | None]:
@@ -40,23 +40,13 @@ def _task_overrides(config: DictConfig) -> list[str]:
     return [str(o) for o in OmegaConf.to_container(node)] if node is not None else []
 
 
-def write_failed_json(config: DictConfig, job_return: JobReturn) -> Path | None:
-    """Write ``failed.json`` (error, overrides, traceback) into the job's output directory.
-
-    An existing ``failed.json`` (written by the training code, which knows more) is kept.
-    """
+def record_job_failure(config: DictConfig, job_return: JobReturn) -> Path | None:
+    """``failed.json`` for a job that failed outside the training code (which records its own)."""
     out = _job_output_dir(config)
     if out is None:
         return None
-    path = out / FAILED_JSON
-    if path.exists():
-        return path
     error, tb = _error_text(job_return._return_value)
-    record = {"error": error, "overrides": _task_overrides(config), "traceback": tb}
-    from meaning_transform.io import atomic_write  # lazy: see SweepReport
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
-    return path
+    return write_failed_json(out, error, _task_overrides(config), tb)
 
 
 class JobFailed(RuntimeError):
@@ -110,7 +100,7 @@ class SweepReport(Callback):
         """Write ``failed.json`` for a failed job (Optuna: fail a NaN job); refresh the report."""
         try:
             if job_return.status == JobStatus.FAILED:
-                write_failed_json(config, job_return)
+                record_job_failure(config, job_return)
             elif _is_optuna(config):
                 fail_for_optuna(config, job_return)
             if _is_multirun(config):

@@ -81,12 +81,13 @@ def run_checks(folder: Path, say: Callable[[str], None] = print) -> bool:
     def reload() -> str:
         from meaning_transform.data.synthetic import generate_synthetic
         from meaning_transform.module import MeaningModule
+        from meaning_transform.schema.table import encode
 
         module = MeaningModule.load_from_checkpoint(state["fit"]["best_model_path"])
         table = generate_synthetic(num_states=50, seed=1)
         decoded = module.reconstruct(table)
         assert len(next(iter(decoded.values()))) == 50, "decoded table has the wrong length"
-        code = module.code(module.schema.encode(table))
+        code = module.code(encode(module.schema, table))
         assert code is None or code["exact"], "coded states did not decode back exactly"
         coded = f"; coded 50 states in {code['num_bytes']} bytes, decoded exactly" if code else ""
         return f"best.ckpt loads with no other argument, decodes 50 states{coded}"

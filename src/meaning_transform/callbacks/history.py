@@ -16,8 +16,8 @@ from meaning_transform.io import atomic_write
 Row = dict[str, float]
 
 
-class MetricsHistory(Callback):
-    """One row per epoch of every ``train/*`` and ``val/*`` metric (plus ``lr``, epoch time).
+class EpochRecorder(Callback):
+    """One row per epoch of the logged metrics ``select`` keeps (plus ``lr``, epoch time).
 
     ``epoch`` in a row counts epochs completed (1-based, as in ``epoch_010.ckpt``). The rows live
     in checkpoints, so a resumed run's CSV and plots cover every epoch.
@@ -91,17 +91,23 @@ class MetricsHistory(Callback):
             write_csv(self.path, self.rows)
 
 
-class SemanticDriftTracker(MetricsHistory):
+class MetricsHistory(EpochRecorder):
+    """Every ``train/*`` and ``val/*`` metric per epoch: what summaries and plots read."""
+
+
+class SemanticDriftTracker(EpochRecorder):
     """Drift history: overall, per group, per feature/predicate, preservation, rate (validation)."""
 
     prefixes = ("val/drift", "val/preservation", "val/rate_bits")
 
     def select(self, metrics: dict[str, float]) -> Row:
-        """Validation drift metrics without the ``val/`` prefix, plus per-group preservation."""
-        row = {k.removeprefix("val/"): v for k, v in super().select(metrics).items()}
-        for key in [k for k in row if k.startswith("drift_group/")]:
-            row["preservation_group/" + key.removeprefix("drift_group/")] = 1.0 - row[key]
-        return row
+        """Validation drift metrics without the ``val/`` prefix."""
+        return {k.removeprefix("val/"): v for k, v in super().select(metrics).items()}
+
+
+def find_history(callbacks: list[Callback]) -> MetricsHistory | None:
+    """The run's MetricsHistory among ``callbacks`` (None when it has none)."""
+    return next((cb for cb in callbacks if isinstance(cb, MetricsHistory)), None)
 
 
 def _scalar(value: Any) -> float:
@@ -129,9 +135,3 @@ def write_csv(path: str, rows: list[Row]) -> None:
 
 def _fmt(v: float) -> Any:
     return int(v) if isinstance(v, int) else f"{v:.8g}"
-
-
-def read_csv(path: str) -> list[Row]:
-    """Rows of a CSV written by :func:`write_csv` (empty cells dropped)."""
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]

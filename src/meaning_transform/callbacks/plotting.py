@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
-from meaning_transform.callbacks.history import MetricsHistory, Row  # noqa: E402
+from meaning_transform.callbacks.history import MetricsHistory, Row, find_history  # noqa: E402
 from meaning_transform.io import atomic_write  # noqa: E402
 
 CURVE_TERMS = ("loss", "recon", "kl", "semantic", "rate")
@@ -102,10 +102,10 @@ class CurvePlotter(Callback):
         self.every = plot_every_n_epochs
 
     def _history(self, trainer: L.Trainer) -> MetricsHistory:
-        for cb in trainer.callbacks:
-            if type(cb) is MetricsHistory:
-                return cb
-        raise RuntimeError("CurvePlotter needs the metrics_history callback (MetricsHistory)")
+        history = find_history(trainer.callbacks)  # type: ignore[arg-type]
+        if history is None:
+            raise RuntimeError("CurvePlotter needs the metrics_history callback (MetricsHistory)")
+        return history
 
     def plot(self, trainer: L.Trainer) -> None:
         """Redraw both figures from the metrics history (rank 0)."""

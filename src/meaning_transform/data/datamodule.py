@@ -20,9 +20,11 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from meaning_transform.data.errors import DataError
-from meaning_transform.data.sqlite import check_sqlite_args, load_sqlite
+from meaning_transform.data.sqlite import check_sqlite_args, read_sqlite
 from meaning_transform.data.synthetic import generate_synthetic
 from meaning_transform.schema import INVALID_VALUES, Feature, FeatureSchema, Table
+from meaning_transform.schema import table as schema_table
+from meaning_transform.schema.layout import SchemaLayout
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +125,15 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
-        """Load, clean, split by agent, fit the schema on train and encode (once)."""
+        """Load, clean, split by agent, fit the schema on train and encode (once).
+
+        Every row's values are scanned for invalid ones once, here; fitting and encoding are
+        told so and do not scan again.
+        """
         if self._ready:
             return
-        table = self._valid_rows(_drop_empty_optional(self.load_table(), self.declared_schema))
-        codes, agents = _factorize(table["agent_id"])
+        table = self._valid_rows(self.load_table())
+        codes, agents = agent_codes(table)
         split_of_agent = self._assign_splits(len(agents), self._agent_kinds(table, codes))
         split_of_row = split_of_agent[codes]
         # Rows of each split in (agent, step) order; each row's agent code and step are kept.
@@ -139,17 +145,25 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
             setattr(self, f"{s}_steps", np.asarray(parts[s]["step"], dtype=np.int64))
         self.split_agents = {s: agents[split_of_agent == i] for i, s in enumerate(SPLITS)}
         # A schema that arrives fitted (a checkpoint's, for evaluation) is used as it is.
-        fitted = self.declared_schema.fitted
-        self.schema = self.declared_schema if fitted else self.declared_schema.fit(parts["train"])
-        self.train_x, self.val_x, self.test_x = (self.schema.encode(parts[s]) for s in SPLITS)
+        schema = self.declared_schema
+        self.schema = schema if schema.fitted else schema_table.fit(schema, parts["train"], True)
+        self.train_x, self.val_x, self.test_x = (
+            schema_table.encode(self.schema, parts[s], valid=True) for s in SPLITS
+        )
         self._ready = True
 
     def _valid_rows(self, table: Table) -> Table:
-        """Table without invalid rows if drop_invalid, else raise DataError naming them."""
-        n = len(table["step"])
-        bad = self.declared_schema.invalid_rows(table)
+        """Table without optional columns that hold no value at all and, if drop_invalid,
+        without rows holding an invalid value; else DataError naming them. One scan."""
+        bad = schema_table.invalid_rows(self.declared_schema, table)
+        empty = {name for name, mask in bad.items() if mask.all()}
+        empty = {name for name in empty if self.declared_schema.feature(name).optional}
+        if empty:  # schema fitting drops these features
+            table = {name: col for name, col in table.items() if name not in empty}
+            bad = {name: mask for name, mask in bad.items() if name not in empty}
         if not bad:
             return table
+        n = len(table["step"])
         detail = ", ".join(f"{name}: {int(mask.sum())}" for name, mask in bad.items())
         any_bad = np.logical_or.reduce(list(bad.values()))
         if not self.drop_invalid:
@@ -213,7 +227,7 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         first = np.unique(codes, return_index=True)[1]  # codes are 0..n_agents-1
         combined = np.zeros(len(first), dtype=np.int64)
         for name in names:
-            values, _ = _factorize(np.asarray(table[name])[first].astype(str))
+            values = np.unique(np.asarray(table[name])[first].astype(str), return_inverse=True)[1]
             combined = combined * (int(values.max()) + 1) + values
         return np.unique(combined, return_inverse=True)[1]
 
@@ -279,7 +293,7 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
             lines.append(f"features dropped (optional, missing or constant): {dropped}")
         x = torch.cat([self.train_x, self.val_x, self.test_x])
         # Rounded to 1e-5 native units: float32 codes would show 1e-8 for an exact 0.
-        native = np.round(self.schema.native(x).double().numpy(), 5)
+        native = np.round(SchemaLayout(self.schema).native(x).double().numpy(), 5)
         lines.append(f"{'feature':<20} {'kind':<12} statistics (native units)")
         for i, f in enumerate(self.schema.features):
             lines.append(f"{f.name:<20} {f.kind:<12} {_describe_column(native[:, i], f)}")
@@ -328,11 +342,11 @@ class SQLiteDataModule(AgentStateDataModule):
         self.path, self.step_range, self.agent_types = check_sqlite_args(
             path, step_range, agent_types, limit
         )
-        self.limit = limit
+        self.limit = limit  # checked once, here: load_table reads with the checked arguments
 
     def load_table(self) -> Table:
         """The agent states of the database, filtered by step range, agent type and limit."""
-        return load_sqlite(
+        return read_sqlite(
             self.path, self.declared_schema, self.step_range, self.agent_types, self.limit
         )
 
@@ -350,8 +364,16 @@ def _agents_for(fraction: float, n_agents: int) -> int:
     return max(1, int(np.floor(fraction * n_agents + 0.5)))
 
 
-def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row code of each id and the sorted unique ids (dict lookups for object arrays)."""
+def agent_codes(table: Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, its agent's index into the sorted distinct agent ids; and those ids.
+
+    Loaders that already dictionary-encoded the ids (SQLite) pass the codes as column
+    ``agent`` (indices into the sorted ids); otherwise the ids are factorized here, once.
+    """
+    ids = table["agent_id"]
+    if "agent" in table:  # renumbered: agents whose rows were all dropped leave gaps
+        _, first, codes = np.unique(table["agent"], return_index=True, return_inverse=True)
+        return codes, ids[first]
     if ids.dtype != object:
         uniques, codes = np.unique(ids, return_inverse=True)
         return codes, uniques
@@ -365,16 +387,6 @@ def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _take(table: Table, mask: np.ndarray) -> Table:
     return {name: col[mask] for name, col in table.items()}
-
-
-def _drop_empty_optional(table: Table, schema: FeatureSchema) -> Table:
-    """Without columns of optional features that hold no value at all (schema.fit drops them)."""
-    empty = {
-        name
-        for name, mask in schema.invalid_rows(table).items()
-        if schema.feature(name).optional and mask.all()
-    }
-    return {name: col for name, col in table.items() if name not in empty}
 
 
 def _describe_column(values: np.ndarray, feature: Feature) -> str:

@@ -76,11 +76,23 @@ def load_sqlite(
     are returned as they are (the datamodule reports or drops them); NULL keys
     (``agent_id``, ``step_number``) raise DataError. Raises DataError for every unusable input.
 
-    Columns: ``agent_id`` an object array of str, ``step`` int64, numeric features float64 (NULL
-    -> NaN), categorical features a numpy str array -- or, when some value is NULL (or the agent
-    is missing from the ``agents`` table), an object array of str with None there.
+    Columns: ``agent_id`` an object array of str, ``agent`` int64 (each row's index into the
+    sorted distinct agent ids), ``step`` int64, numeric features float64 (NULL -> NaN),
+    categorical features a numpy str array -- or, when some value is NULL (or the agent is
+    missing from the ``agents`` table), an object array of str with None there.
     """
     file, steps, types = check_sqlite_args(path, step_range, agent_types, limit)
+    return read_sqlite(file, schema, steps, types, limit)
+
+
+def read_sqlite(
+    file: Path,
+    schema: FeatureSchema,
+    steps: tuple[int, int] | None,
+    types: list[str] | None,
+    limit: int | None,
+) -> Table:
+    """``load_sqlite`` with arguments ``check_sqlite_args`` has already checked."""
     with closing(_connect(file)) as con:
         state_cols = _columns(con, STATES)
         if state_cols is None:
@@ -392,7 +404,7 @@ def _to_numpy(
     table: Table = {}
     for name, col in zip(columns, arrow.columns, strict=True):
         if name == "agent_id" or kinds.get(name) == "categorical":
-            codes, values = _factorize(col)
+            codes, values = _dictionary_encode(col)
             if name == "agent_id":
                 null = int(np.count_nonzero(codes < 0))
                 if null:
@@ -401,6 +413,9 @@ def _to_numpy(
                     )
                 ids, id_codes = _objects(values), codes
                 table["agent_id"] = ids[codes]
+                rank = np.empty(len(values), dtype=np.int64)
+                rank[np.argsort(ids)] = np.arange(len(values))
+                table["agent"] = rank[codes]  # codes into the sorted ids (see load_sqlite)
             else:
                 table[name] = _text_column(values, codes)
         elif pa.types.is_floating(col.type):
@@ -415,7 +430,7 @@ def _to_numpy(
     return table, id_codes, ids
 
 
-def _factorize(col: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+def _dictionary_encode(col: pa.ChunkedArray) -> tuple[np.ndarray, list]:
     """Per-row index into the distinct values (-1 for NULL), and the distinct values."""
     encoded = col.combine_chunks().dictionary_encode()
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)

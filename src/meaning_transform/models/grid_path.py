@@ -37,6 +37,7 @@ from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
 from meaning_transform.models.bottlenecks.histogram import HistogramEntropyModel
 from meaning_transform.schema import Feature, FeatureSchema
+from meaning_transform.schema.layout import SchemaLayout
 
 #: a table channel's support spans the training mean -+ this many std (continuous features),
 #: at most MAX_TABLE symbols
@@ -64,8 +65,8 @@ class GridPath(nn.Module):
         if not init_k >= 1:
             raise ValueError(f"model.grid_path.init_k must be >= 1, got {init_k}")
         self.meaning_grid = MeaningGrid(schema, k=init_k)
-        mean, std = schema.affine()
-        tol = schema.tolerances().float()
+        layout = SchemaLayout(schema)
+        mean, std, tol = layout.mean, layout.std, layout.tolerance
         read = {p.feature for p in schema.predicates}
         continuous = torch.tensor([f.kind == "continuous" for f in schema.features])
         smooth = torch.tensor(
