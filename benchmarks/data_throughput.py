@@ -25,8 +25,10 @@ import torch
 import yaml
 from _results import write_results
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from agentfarm_db import write_agentfarm_db  # noqa: E402  (the tests' AgentFarm-db writer)
+
 from meaning_transform.data import generate_synthetic, load_sqlite
-from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.schema import FeatureSchema
 from meaning_transform.schema.table import encode, fit
 

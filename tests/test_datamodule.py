@@ -11,6 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from agentfarm_db import write_agentfarm_db
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from meaning_transform.data import (
@@ -21,7 +22,6 @@ from meaning_transform.data import (
     TensorRows,
     generate_synthetic,
 )
-from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.schema import INVALID_VALUES
 
 

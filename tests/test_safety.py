@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from agentfarm_db import write_agentfarm_db
 from conftest import REPO, TINY, TINY_MODEL, train_cli
 
 from meaning_transform.api import load_config
 from meaning_transform.assemble import resolve_output_dir
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
-from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.errors import CheckpointError, ConfigError
 from meaning_transform.evaluate import main as evaluate_main
 from meaning_transform.training import run

@@ -13,12 +13,12 @@ from pathlib import Path
 import adbc_driver_sqlite.dbapi as adbc
 import numpy as np
 import pytest
+from agentfarm_db import write_agentfarm_db
 from omegaconf import OmegaConf
 
 from meaning_transform.api import load_config
 from meaning_transform.data import DataError, load_sqlite
 from meaning_transform.data import sqlite as sqlite_mod
-from meaning_transform.data.testing import write_agentfarm_db
 from meaning_transform.schema import FeatureSchema
 from meaning_transform.schema.table import distinct_str, encode, fit, is_unusable, present
 

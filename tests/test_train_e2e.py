@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from agentfarm_db import write_agentfarm_db
 from conftest import REPO, TINY, TINY_MODEL, only_run_dir, read_summary, train_cli
 from omegaconf import OmegaConf
 
-from meaning_transform.checkpoints import read_checkpoint
-from meaning_transform.data.testing import write_agentfarm_db
+from meaning_transform.checkpoint_reader import read_checkpoint
 from meaning_transform.errors import CheckpointError
 from meaning_transform.training import run
 

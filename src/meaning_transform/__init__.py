@@ -7,8 +7,7 @@ The Python API (imported lazily, so light tools such as the sweep report start f
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from meaning_transform.lazy import lazy_getattr
 
 _EXPORTS = {
     "load_config": "meaning_transform.api",
@@ -23,9 +22,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import public names on first use."""
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'meaning_transform' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

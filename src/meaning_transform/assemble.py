@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
 from meaning_transform.callbacks.history import MetricsHistory, find_history
-from meaning_transform.checkpoints import check_compatible, read_checkpoint
+from meaning_transform.checkpoint_reader import check_compatible, read_checkpoint
 from meaning_transform.config import check_accelerator, instantiate_checked, validate_config
 from meaning_transform.module import MeaningModule
 from meaning_transform.rundir import new_run_dir

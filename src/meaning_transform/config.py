@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.kl_schedule import SCHEDULES
 from meaning_transform.messages import one_line
 from meaning_transform.rundir import NAME_RULE, is_plain_name
 
@@ -24,7 +25,9 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-# key -> (check, what is allowed); keys absent from the composed config are skipped
+# key -> (check, what is allowed); keys absent from the composed config are skipped. These run
+# before torch is imported (a typo answers in a fraction of a second); the constructors check
+# the same values again when they build, for users of the Python classes.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
     "experiment_name": (is_plain_name, NAME_RULE),
@@ -64,10 +67,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "loss.outside_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
     "loss.sharpness": (lambda v: _num(v) and v > 0, "a number > 0"),
     "loss.semantic_margin": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.kl_schedule": (
-        lambda v: v in ("constant", "linear", "sigmoid", "cyclical"),
-        "one of constant, linear, sigmoid, cyclical",
-    ),
+    "loss.kl_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "callbacks.periodic_checkpoint.every_n_epochs": (
         lambda v: _int(v) and v >= 1,

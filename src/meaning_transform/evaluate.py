@@ -46,7 +46,7 @@ def split_tensor(datamodule: Any, split: str) -> torch.Tensor:
 
 def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val") -> dict[str, Any]:
     """Drift (per feature, group, predicate), losses, rate and real coded size on one split."""
-    from meaning_transform.checkpoints import read_checkpoint
+    from meaning_transform.checkpoint_reader import read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)  # a missing or bad file is reported before Lightning loads
     import lightning as L

@@ -7,13 +7,13 @@ else changes. Every term is logged unweighted as ``<stage>/<name>`` and its weig
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meaning_transform.kl_schedule import SCHEDULES, kl_factor
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.identity import kl_nats
 from meaning_transform.models.grid_path import GridPath
@@ -172,14 +172,8 @@ class GridStepLoss(LossTerm):
 
 
 class KLLoss(LossTerm):
-    """KL(q(z|x) || N(0, I)) in nats per state, with an optional beta-annealing schedule.
-
-    ``schedule``: ``constant``; ``linear`` (0 -> weight over ``warmup_epochs``); ``sigmoid``
-    (logistic ramp centred at ``warmup_epochs / 2``); ``cyclical`` (linear ramp over the first
-    half of every ``cycle_epochs``, then flat; Fu et al. 2019).
-    """
-
-    SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+    """KL(q(z|x) || N(0, I)) in nats per state, with an optional beta-annealing ``schedule``
+    (one of ``kl_schedule.SCHEDULES``)."""
 
     def __init__(
         self,
@@ -189,8 +183,8 @@ class KLLoss(LossTerm):
         cycle_epochs: float = 10.0,
     ) -> None:
         super().__init__(weight)
-        if schedule not in self.SCHEDULES:
-            raise ValueError(f"loss.kl_schedule={schedule!r} is not one of {self.SCHEDULES}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"loss.kl_schedule={schedule!r} is not one of {SCHEDULES}")
         if warmup_epochs <= 0 or cycle_epochs <= 0:
             raise ValueError("loss.kl_warmup_epochs and loss.kl_cycle_epochs must be > 0")
         self.schedule = schedule
@@ -199,15 +193,7 @@ class KLLoss(LossTerm):
 
     def weight_at(self, progress: float) -> float:
         """Annealed weight after ``progress`` epochs."""
-        if self.schedule == "constant":
-            factor = 1.0
-        elif self.schedule == "linear":
-            factor = min(1.0, progress / self.warmup_epochs)
-        elif self.schedule == "sigmoid":
-            factor = 1.0 / (1.0 + math.exp(-10.0 * (progress / self.warmup_epochs - 0.5)))
-        else:
-            phase = (progress % self.cycle_epochs) / self.cycle_epochs
-            factor = min(1.0, 2.0 * phase)
+        factor = kl_factor(self.schedule, progress, self.warmup_epochs, self.cycle_epochs)
         return self.weight * factor
 
     def forward(self, ctx: LossContext) -> torch.Tensor:

@@ -23,8 +23,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from meaning_transform.io import atomic_write  # noqa: E402
 
-#: bottleneck class name -> the kind a person reads in the report
-KINDS = {"EntropyBottleneck": "entropy", "VQBottleneck": "vq", "IdentityBottleneck": "none"}
 #: one marker and colour per kind on the rate-drift plot
 STYLES = {"entropy": ("o", "C0"), "vq": ("s", "C1"), "none": ("^", "C2")}
 OTHER_STYLE = ("D", "C3")
@@ -120,10 +118,33 @@ def _compression_from_config(job_dir: Path) -> tuple[str | None, Any]:
     return (kind_of(target) if target else None), level
 
 
-def kind_of(compression: str) -> str:
-    """Bottleneck class name (or dotted ``_target_``) -> ``entropy`` | ``vq`` | ``none``."""
-    name = compression.rsplit(".", 1)[-1]
-    return KINDS.get(name, name)
+def kind_of(target: str) -> str:
+    """A bottleneck's ``_target_`` (or, in older summaries, its class name) -> the class's own
+    ``kind`` (``entropy`` | ``vq`` | ``none``); the class name when the class cannot be found
+    or declares no kind of its own."""
+    from hydra.utils import get_class
+
+    from meaning_transform.models.bottlenecks.base import Bottleneck
+
+    name = target.rsplit(".", 1)[-1]
+    try:
+        cls = get_class(target) if "." in target else _bottleneck_classes(Bottleneck)[name]
+    except Exception:  # noqa: BLE001 - a report lists what it can: the name is still readable
+        return name
+    kind = getattr(cls, "kind", "base")
+    return name if kind == "base" else str(kind)
+
+
+def _bottleneck_classes(base: type) -> dict[str, type]:
+    """The project's bottleneck classes (and any imported subclass) by class name."""
+    from meaning_transform.models.bottlenecks import entropy, identity, vq  # noqa: F401 - built-ins
+
+    found, todo = {}, [base]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found[sub.__name__] = sub
+            todo.append(sub)
+    return found
 
 
 def _wall_time(job_dir: Path, summary: dict[str, Any] | None) -> float | None:
@@ -149,7 +170,9 @@ def _metrics(summary: dict[str, Any]) -> Row:
         k: summary.get(k)
         for k in ("rate_bits", "drift", "preservation", "best_val_loss", "best_epoch", "epochs_run")
     }
-    if summary.get("compression"):
+    if summary.get("compression_kind"):
+        row["kind"] = summary["compression_kind"]
+    elif summary.get("compression"):
         row["kind"] = kind_of(str(summary["compression"]))
     if summary.get("compression_level") is not None:
         row["level"] = summary["compression_level"]

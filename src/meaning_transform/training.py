@@ -46,6 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     history = find_history(callbacks)
     best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     summary = summarize(cfg, history.rows if history else [], best_path, lineage)
+    summary["compression_kind"] = module.bottleneck.kind
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
         # trainer.test loaded the best weights into module: code the test split with them

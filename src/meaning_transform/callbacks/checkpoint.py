@@ -12,7 +12,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from meaning_transform.checkpoints import read_checkpoint
+from meaning_transform.checkpoint_reader import read_checkpoint
 from meaning_transform.io import atomic_write
 
 

@@ -6,8 +6,7 @@ does not pull in torch, Lightning or pyarrow.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from meaning_transform.lazy import lazy_getattr
 
 _EXPORTS = {
     "AgentStateDataModule": "meaning_transform.data.datamodule",
@@ -24,9 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import public names on first use."""
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'meaning_transform.data' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
