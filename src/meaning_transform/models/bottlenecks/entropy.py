@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Bottleneck, BottleneckOutput, Latent
+from .coding import (
+    AnsCoder,
+    CodingReport,
+    CodingTables,
+    check_codable,
+    decode_channels,
+    encode_channels,
+)
 
 
 class _LowerBound(torch.autograd.Function):
@@ -202,8 +210,116 @@ class EntropyBottleneck(Bottleneck):
             stats=stats,
         )
 
-    def coding_report(self, z: torch.Tensor) -> Any:
-        """Code ``z`` to real bytes with constriction (ANS); estimated vs coded bits per state."""
-        from .coding import code_latents  # coding.py imports this module
+    # ------------------------------------------------------------------ real coding
+    def _table_state(self) -> list[torch.Tensor]:
+        """Everything the coding tables are computed from (parameters and buffers)."""
+        return [t.detach() for t in (*self.parameters(), *self.buffers())]
 
-        return code_latents(self, z)
+    def tables_are_current(self) -> bool:
+        """Whether ``update()``'s tables were computed from the current weights."""
+        key = getattr(self, "_tables_key", None)
+        state = self._table_state()
+        return (
+            key is not None
+            and len(key) == len(state)
+            and all(
+                a.shape == b.shape and torch.equal(a, b.to(a.device))
+                for a, b in zip(key, state, strict=True)
+            )
+        )
+
+    @torch.no_grad()
+    def update(self, force: bool = False) -> bool:
+        """Compute and cache the coding tables (per-channel pmf over the support, overflow bin
+        last, and their fixed-point ``constriction`` models) unless they are current; returns
+        whether they were rebuilt.
+
+        ``compress``/``decompress`` call this, so a table left stale by a training step or
+        ``load_state_dict`` is rebuilt before it codes anything (the check compares a snapshot
+        of the weights, so it also sees in-place edits); calling it after training, as with
+        CompressAI, only moves the cost out of the first ``compress``.
+        """
+        if not force and self.tables_are_current():
+            return False
+        self._tables = CodingTables.from_pmfs(*self._pmf_tables())
+        self._tables_key = [t.clone().cpu() for t in self._table_state()]
+        return True
+
+    def coding_tables(self) -> CodingTables:
+        """The current coding tables (``update()`` first if the weights changed)."""
+        self.update()
+        return self._tables
+
+    def _support(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel lowest and highest integer offset from the center covered by the pmf."""
+        q = self.quantiles.detach()[:, 0, :].cpu()
+        centers = self.centers.cpu()
+        lowest = torch.floor(q[:, 0] - centers).clamp_max(0)
+        highest = torch.ceil(q[:, 2] - centers).clamp_min(0)
+        return lowest.long().numpy(), highest.long().numpy()
+
+    def _pmf_tables(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Lowest offset per channel and its pmf over the support with the overflow bin last."""
+        lowest, highest = self._support()
+        lengths = highest - lowest + 1
+        centers = self.centers
+        grid = torch.arange(int(lengths.max()))[:, None] + torch.from_numpy(lowest)[None, :]
+        # Same float arithmetic as ``quantize`` so the pmf is evaluated at the very values coded.
+        probs = self.likelihood(grid.to(centers) + centers).double().cpu().numpy()  # [L, D]
+        edges = torch.from_numpy(np.stack([lowest - 0.5, highest + 0.5], axis=1)).to(centers)
+        logits = self._logits_cumulative((edges + centers[:, None])[:, None, :])[:, 0, :]
+        tails = (torch.sigmoid(logits[:, 0]) + torch.sigmoid(-logits[:, 1])).double().cpu()
+        pmfs = [np.append(probs[: lengths[c], c], float(tails[c])) for c in range(len(lowest))]
+        return lowest, pmfs
+
+    def _offsets(self, z: torch.Tensor) -> np.ndarray:
+        """Integer offsets from the grid centers, [N, D], exactly as ``quantize`` rounds."""
+        offsets = torch.round(z.detach() - self.centers).double().cpu().numpy()
+        check_codable(offsets)
+        return offsets.astype(np.int64)
+
+    @torch.no_grad()
+    def compress(self, z: torch.Tensor) -> bytes:
+        """Quantize ``z`` [N, D] like the eval forward and ANS-code it: one stream of bytes."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"compress expects [N, {self.latent_dim}] latents, got {list(z.shape)}"
+            )
+        coder = AnsCoder()
+        encode_channels(coder, self._offsets(z), self.coding_tables())
+        return coder.get_compressed().tobytes()
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
+        """Decode ``compress``'s bytes back to the quantized latents of ``shape`` [N, D]."""
+        num_states, latent_dim = shape
+        if latent_dim != self.latent_dim:
+            raise ValueError(
+                f"data has latent_dim {latent_dim} but the model has {self.latent_dim}"
+            )
+        if len(data) % 4:
+            raise ValueError(f"compressed data is whole 32-bit words, got {len(data)} bytes")
+        coder = AnsCoder(np.frombuffer(data, dtype=np.uint32).copy())
+        offsets = decode_channels(coder, num_states, self.coding_tables())
+        centers = self.centers
+        return torch.from_numpy(offsets).to(centers) + centers
+
+    @torch.no_grad()
+    def coding_report(self, z: torch.Tensor) -> CodingReport:
+        """Code ``z`` [N, D] for real: estimated (eval forward) vs coded bits, exact round trip."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(Latent(z=z, mu=z))
+            data = self.compress(z)
+            decoded = self.decompress(data, tuple(z.shape))
+        finally:
+            self.train(was_training)
+        num_states = z.shape[0]
+        return CodingReport(
+            num_states=num_states,
+            estimated_bits_per_state=out.rate_bits.sum().item() / num_states,
+            coded_bits_per_state=8 * len(data) / num_states,
+            num_bytes=len(data),
+            exact=torch.equal(decoded, out.z),
+        )
