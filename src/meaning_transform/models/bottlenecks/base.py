@@ -8,7 +8,6 @@ compression) is interpreted by each bottleneck and documented on its class.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +54,3 @@ class Bottleneck(nn.Module):
     def forward(self, latent: Latent) -> BottleneckOutput:  # pragma: no cover - interface
         """Quantize/pass the latent and measure its rate."""
         raise NotImplementedError
-
-    def coding_report(self, z: torch.Tensor) -> Any | None:
-        """Code latents ``z`` [N, D] to real bytes and report the sizes; None if not coded."""
-        return None

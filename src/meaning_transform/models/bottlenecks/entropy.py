@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,8 +16,12 @@ from .coding import (
     CodingReport,
     CodingTables,
     check_codable,
+    close_coder,
     decode_channels,
     encode_channels,
+    new_coder,
+    open_coder,
+    to_bytes,
 )
 
 
@@ -217,7 +222,7 @@ class EntropyBottleneck(Bottleneck):
 
     def tables_are_current(self) -> bool:
         """Whether ``update()``'s tables were computed from the current weights."""
-        key = getattr(self, "_tables_key", None)
+        key = getattr(self, "_coding_key", None)
         state = self._table_state()
         return (
             key is not None
@@ -241,14 +246,14 @@ class EntropyBottleneck(Bottleneck):
         """
         if not force and self.tables_are_current():
             return False
-        self._tables = CodingTables.from_pmfs(*self._pmf_tables())
-        self._tables_key = [t.clone().cpu() for t in self._table_state()]
+        self._coding_tables = CodingTables.from_pmfs(*self._pmf_tables())
+        self._coding_key = [t.clone().cpu() for t in self._table_state()]
         return True
 
     def coding_tables(self) -> CodingTables:
         """The current coding tables (``update()`` first if the weights changed)."""
         self.update()
-        return self._tables
+        return self._coding_tables
 
     def _support(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel lowest and highest integer offset from the center covered by the pmf."""
@@ -278,16 +283,25 @@ class EntropyBottleneck(Bottleneck):
         check_codable(offsets)
         return offsets.astype(np.int64)
 
+    def encode(self, coder: AnsCoder, z: torch.Tensor) -> None:
+        """Push ``z`` [N, D], quantized like the eval forward, onto ``coder`` (``compress``'s
+        building block: several models can share one stream, see ``code_jointly``)."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"expected [N, {self.latent_dim}] values to code, got {list(z.shape)}")
+        encode_channels(coder, self._offsets(z), self.coding_tables())
+
+    def decode(self, coder: AnsCoder, num_states: int) -> torch.Tensor:
+        """Pop the [num_states, D] quantized values ``encode`` pushed."""
+        offsets = decode_channels(coder, num_states, self.coding_tables())
+        centers = self.centers
+        return torch.from_numpy(offsets).to(centers) + centers
+
     @torch.no_grad()
     def compress(self, z: torch.Tensor) -> bytes:
         """Quantize ``z`` [N, D] like the eval forward and ANS-code it: one stream of bytes."""
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(
-                f"compress expects [N, {self.latent_dim}] latents, got {list(z.shape)}"
-            )
-        coder = AnsCoder()
-        encode_channels(coder, self._offsets(z), self.coding_tables())
-        return coder.get_compressed().tobytes()
+        coder = new_coder()
+        self.encode(coder, z)
+        return to_bytes(coder)
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
@@ -297,29 +311,47 @@ class EntropyBottleneck(Bottleneck):
             raise ValueError(
                 f"data has latent_dim {latent_dim} but the model has {self.latent_dim}"
             )
-        if len(data) % 4:
-            raise ValueError(f"compressed data is whole 32-bit words, got {len(data)} bytes")
-        coder = AnsCoder(np.frombuffer(data, dtype=np.uint32).copy())
-        offsets = decode_channels(coder, num_states, self.coding_tables())
-        centers = self.centers
-        return torch.from_numpy(offsets).to(centers) + centers
+        coder = open_coder(data)
+        z = self.decode(coder, num_states)
+        close_coder(coder)
+        return z
 
-    @torch.no_grad()
     def coding_report(self, z: torch.Tensor) -> CodingReport:
         """Code ``z`` [N, D] for real: estimated (eval forward) vs coded bits, exact round trip."""
-        was_training = self.training
-        self.eval()
-        try:
-            out = self(Latent(z=z, mu=z))
-            data = self.compress(z)
-            decoded = self.decompress(data, tuple(z.shape))
-        finally:
-            self.train(was_training)
-        num_states = z.shape[0]
-        return CodingReport(
-            num_states=num_states,
-            estimated_bits_per_state=out.rate_bits.sum().item() / num_states,
-            coded_bits_per_state=8 * len(data) / num_states,
-            num_bytes=len(data),
-            exact=torch.equal(decoded, out.z),
-        )
+        return code_jointly([(self, z)])
+
+
+@torch.no_grad()
+def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> CodingReport:
+    """Code every (model, values [N, D_i]) part into one ANS stream and decode it back.
+
+    One stream, so the stream's fixed cost (its final state, ~1-2 words) is paid once per batch
+    rather than once per part. The estimate is each model's eval-forward ``rate_bits`` (its
+    likelihood of the rounded values); the coder uses the tables ``update()`` computed from the
+    same likelihood, so the two differ only by the overflow bin, the 24-bit fixed-point tables
+    and the stream's final state (``benchmarks/coding_overhead.py`` breaks this down).
+    """
+    modes = [model.training for model, _ in parts]
+    for model, _ in parts:
+        model.eval()
+    try:
+        estimated = sum(model(Latent(z=z, mu=z)).rate_bits.sum().item() for model, z in parts)
+        expected = [model.quantize(z) for model, z in parts]
+        coder = new_coder()
+        for model, z in reversed(parts):  # a stack: the last pushed is decoded first
+            model.encode(coder, z)
+        data = to_bytes(coder)
+        coder = open_coder(data)
+        decoded = [model.decode(coder, z.shape[0]) for model, z in parts]
+        close_coder(coder)
+    finally:
+        for (model, _), mode in zip(parts, modes, strict=True):
+            model.train(mode)
+    num_states = parts[0][1].shape[0] if parts else 0
+    return CodingReport(
+        num_states=num_states,
+        estimated_bits_per_state=estimated / max(num_states, 1),
+        coded_bits_per_state=8 * len(data) / max(num_states, 1),
+        num_bytes=len(data),
+        exact=all(torch.equal(a, b) for a, b in zip(decoded, expected, strict=True)),
+    )
