@@ -216,6 +216,12 @@ class EntropyBottleneck(Bottleneck):
         )
 
     # ------------------------------------------------------------------ real coding
+    def __getstate__(self) -> dict:
+        """Pickle/deepcopy without the coding tables (constriction models cannot be pickled;
+        ``update()`` rebuilds them from the weights)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k not in ("_coding_tables", "_coding_key")}
+
     def _table_state(self) -> list[torch.Tensor]:
         """Everything the coding tables are computed from (parameters and buffers)."""
         return [t.detach() for t in (*self.parameters(), *self.buffers())]
