@@ -331,12 +331,15 @@ class EntropyBottleneck(Bottleneck):
 def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> CodingReport:
     """Code every (model, values [N, D_i]) part into one ANS stream and decode it back.
 
-    One stream, so the stream's fixed cost (its final state, ~1-2 words) is paid once per batch
-    rather than once per part. The estimate is each model's eval-forward ``rate_bits`` (its
-    likelihood of the rounded values); the coder uses the tables ``update()`` computed from the
-    same likelihood, so the two differ only by the overflow bin, the 24-bit fixed-point tables
-    and the stream's final state (``benchmarks/coding_overhead.py`` breaks this down).
+    One stream, so the stream's fixed cost (~30 bits: the lift of its start state and its final
+    state, see coding.py) is paid once per batch rather than once per part. The estimate is each
+    model's eval-forward ``rate_bits`` (its likelihood of the rounded values); the coder's tables
+    come from the same likelihood, so the two differ only by the overflow bin, the 24-bit
+    fixed-point tables and that fixed cost (``benchmarks/coding_overhead.py`` breaks it down).
     """
+    sizes = {z.shape[0] for _, z in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"every part must hold the same states, got batch sizes {sorted(sizes)}")
     modes = [model.training for model, _ in parts]
     for model, _ in parts:
         model.eval()
