@@ -230,14 +230,14 @@ def test_histogram_tables_coded_within_one_percent(spread: float) -> None:
 
 
 def test_a_run_of_the_likeliest_symbol_is_not_coded_for_free() -> None:
-    """An empty ANS coder codes symbol 0 in no bits at all; every stream is lifted first."""
+    """An empty ANS stack codes such a run in no bits at all; the range coder pays for each."""
     model = HistogramEntropyModel(torch.tensor([0]), torch.tensor([1])).eval()
     with torch.no_grad():
         model.table_logits.copy_(torch.tensor([[math.log(9.0), 0.0]]) / model.density_lr_scale)
     report = model.coding_report(torch.zeros(3000, 1))  # p = 0.9 each: 456 bits
     assert report.exact
     coded, estimated = report.coded_bits_per_state * 3000, report.estimated_bits_per_state * 3000
-    assert estimated <= coded <= estimated + 64  # the stream's fixed cost: lift + final state
+    assert estimated - 0.1 <= coded <= estimated + 40  # the stream's end: ~16 bits, at most ~33
 
 
 def test_tables_follow_the_weights(trained: EntropyBottleneck) -> None:
@@ -259,19 +259,12 @@ def test_tables_follow_the_weights(trained: EntropyBottleneck) -> None:
     assert copied.compress(z) == model.compress(z)
 
 
-def test_decompress_refuses_data_from_other_weights(trained: EntropyBottleneck) -> None:
-    z = _sample(50, torch.Generator().manual_seed(10))
-    data = trained.compress(z)
-    with pytest.raises(ValueError, match="does not match"):
-        EntropyBottleneck(D).decompress(data, tuple(z.shape))
-
-
 def test_one_stream_for_several_parts(trained: EntropyBottleneck) -> None:
-    """Coding two parts jointly round-trips and saves the second stream's fixed cost."""
+    """Coding two parts jointly round-trips and costs no more than two streams."""
     z = _sample(500, torch.Generator().manual_seed(11))
     joint = code_jointly([(trained, z), (trained, z + 1.0)])
     apart = [trained.coding_report(z), trained.coding_report(z + 1.0)]
     assert joint.exact
-    assert joint.num_bytes < sum(r.num_bytes for r in apart)
+    assert joint.num_bytes <= sum(r.num_bytes for r in apart)
     estimated = sum(r.estimated_bits_per_state for r in apart)
     assert joint.estimated_bits_per_state == pytest.approx(estimated)

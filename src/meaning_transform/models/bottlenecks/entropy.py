@@ -12,15 +12,17 @@ from torch import nn
 
 from .base import Bottleneck, BottleneckOutput, Latent
 from .coding import (
-    AnsCoder,
+    MISMATCH,
     CodingReport,
     CodingTables,
+    RangeDecoder,
+    RangeEncoder,
     check_codable,
-    close_coder,
+    close_decoder,
     decode_channels,
     encode_channels,
-    new_coder,
-    open_coder,
+    new_encoder,
+    open_decoder,
     to_bytes,
 )
 
@@ -289,25 +291,25 @@ class EntropyBottleneck(Bottleneck):
         check_codable(offsets)
         return offsets.astype(np.int64)
 
-    def encode(self, coder: AnsCoder, z: torch.Tensor) -> None:
-        """Push ``z`` [N, D], quantized like the eval forward, onto ``coder`` (``compress``'s
+    def encode(self, encoder: RangeEncoder, z: torch.Tensor) -> None:
+        """Write ``z`` [N, D], quantized like the eval forward, to ``encoder`` (``compress``'s
         building block: several models can share one stream, see ``code_jointly``)."""
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected [N, {self.latent_dim}] values to code, got {list(z.shape)}")
-        encode_channels(coder, self._offsets(z), self.coding_tables())
+        encode_channels(encoder, self._offsets(z), self.coding_tables())
 
-    def decode(self, coder: AnsCoder, num_states: int) -> torch.Tensor:
-        """Pop the [num_states, D] quantized values ``encode`` pushed."""
-        offsets = decode_channels(coder, num_states, self.coding_tables())
+    def decode(self, decoder: RangeDecoder, num_states: int) -> torch.Tensor:
+        """Read the [num_states, D] quantized values ``encode`` wrote."""
+        offsets = decode_channels(decoder, num_states, self.coding_tables())
         centers = self.centers
         return torch.from_numpy(offsets).to(centers) + centers
 
     @torch.no_grad()
     def compress(self, z: torch.Tensor) -> bytes:
-        """Quantize ``z`` [N, D] like the eval forward and ANS-code it: one stream of bytes."""
-        coder = new_coder()
-        self.encode(coder, z)
-        return to_bytes(coder)
+        """Quantize ``z`` [N, D] like the eval forward and range-code it: one stream of bytes."""
+        encoder = new_encoder()
+        self.encode(encoder, z)
+        return to_bytes(encoder)
 
     @torch.no_grad()
     def decompress(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
@@ -317,9 +319,12 @@ class EntropyBottleneck(Bottleneck):
             raise ValueError(
                 f"data has latent_dim {latent_dim} but the model has {self.latent_dim}"
             )
-        coder = open_coder(data)
-        z = self.decode(coder, num_states)
-        close_coder(coder)
+        decoder = open_decoder(data)
+        try:
+            z = self.decode(decoder, num_states)
+        except AssertionError as e:  # constriction: data its model could not have written
+            raise ValueError(MISMATCH) from e
+        close_decoder(decoder)
         return z
 
     def coding_report(self, z: torch.Tensor) -> CodingReport:
@@ -329,10 +334,10 @@ class EntropyBottleneck(Bottleneck):
 
 @torch.no_grad()
 def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> CodingReport:
-    """Code every (model, values [N, D_i]) part into one ANS stream and decode it back.
+    """Code every (model, values [N, D_i]) part into one range-coded stream and decode it back.
 
-    One stream, so the stream's fixed cost (~30 bits: the lift of its start state and its final
-    state, see coding.py) is paid once per batch rather than once per part. The estimate is each
+    One stream, so the stream's fixed cost (its end, ~16 bits, see coding.py) is paid once per
+    batch rather than once per part. The estimate is each
     model's eval-forward ``rate_bits`` (its likelihood of the rounded values); the coder's tables
     come from the same likelihood, so the two differ only by the overflow bin, the 24-bit
     fixed-point tables and that fixed cost (``benchmarks/coding_overhead.py`` breaks it down).
@@ -346,13 +351,13 @@ def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> Cod
     try:
         estimated = sum(model(Latent(z=z, mu=z)).rate_bits.sum().item() for model, z in parts)
         expected = [model.quantize(z) for model, z in parts]
-        coder = new_coder()
-        for model, z in reversed(parts):  # a stack: the last pushed is decoded first
-            model.encode(coder, z)
-        data = to_bytes(coder)
-        coder = open_coder(data)
-        decoded = [model.decode(coder, z.shape[0]) for model, z in parts]
-        close_coder(coder)
+        encoder = new_encoder()
+        for model, z in parts:
+            model.encode(encoder, z)
+        data = to_bytes(encoder)
+        decoder = open_decoder(data)
+        decoded = [model.decode(decoder, z.shape[0]) for model, z in parts]
+        close_decoder(decoder)
     finally:
         for (model, _), mode in zip(parts, modes, strict=True):
             model.train(mode)
