@@ -11,7 +11,7 @@ down per coded part (latent, grid smooth channels, grid table channels) into:
   bits, instead of their (floored) likelihood;
 - ``fixed_point``: ``constriction``'s 24-bit quantization of the table's probabilities (computed
   here the way its leaky ``Categorical(perfect=False)`` quantizes: every symbol keeps one unit);
-- ``stream``: what is left, the ANS stream's own overhead (its final state, whole bytes).
+- ``stream``: what is left, the stream's own cost (its end, whole bytes).
 
 Per-part rows code each part as its own stream; the ``total`` row is ``MeaningModule.code``.
 

@@ -1,4 +1,4 @@
-"""Unit tests of the entropy bottleneck (learned factorized prior) and its real ANS coding."""
+"""Unit tests of the entropy bottleneck (learned factorized prior) and its real (range) coding."""
 
 from __future__ import annotations
 

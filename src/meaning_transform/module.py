@@ -282,9 +282,9 @@ class MeaningModule(L.LightningModule):
     def code(self, x: torch.Tensor) -> dict[str, Any] | None:
         """Really code a batch (data tensor) with ``constriction``: estimated vs coded bits.
 
-        Codes the latent when its bottleneck can (entropy) and the grid channels, all in one ANS
-        stream; ``coded`` names the parts. None when nothing can be coded (vq or none without a
-        grid path).
+        Codes the latent when its bottleneck can (entropy) and the grid channels, all in one
+        range-coded stream; ``coded`` names the parts. None when nothing can be coded (vq or none
+        without a grid path).
         """
         self.eval()
         x = x.to(self.device)
