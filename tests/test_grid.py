@@ -61,7 +61,7 @@ def test_equality_predicate_gets_a_point_cell():
     decoded = grid.decode(symbols)
     native = SchemaLayout(schema).native(decoded).double().numpy()[:, 1]
     np.testing.assert_allclose(native, [98.5, 99, 100.5, 96], atol=1e-5)
-    # the point cell decodes to the very float32 that schema.encode gives the native 99
+    # the point cell decodes to the very float32 that schema.table.encode gives the native 99
     expected = encode(schema, {**TABLE, "hp": np.full(6, 99.0)})[0, 1]
     assert decoded[1, 1] == expected
     # and the predicate's truth (float32, as the drift metric reads it) is kept

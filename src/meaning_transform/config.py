@@ -14,7 +14,15 @@ from meaning_transform.kl_schedule import SCHEDULES
 from meaning_transform.messages import one_line
 from meaning_transform.rundir import NAME_RULE, is_plain_name
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+def _conf_dir() -> Path:
+    """The configs: the repository's ``conf/`` in a source checkout (or editable install), else
+    the copy a wheel carries as ``meaning_transform/conf`` (setup.py: one source, ``conf/``)."""
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    return checkout if (checkout / "train.yaml").is_file() else Path(__file__).parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 
 def _num(v: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -17,6 +18,7 @@ from meaning_transform.containers import to_plain
 from meaning_transform.losses import CompositeLoss, LossContext
 from meaning_transform.metrics import MeanVector, RateMeter, SemanticDrift
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
+from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck, code_jointly
 from meaning_transform.models.grid_path import GridPath
 from meaning_transform.schema import FeatureSchema, Table
 from meaning_transform.schema import table as schema_table
@@ -277,28 +279,22 @@ class MeaningModule(L.LightningModule):
     def code(self, x: torch.Tensor) -> dict[str, Any] | None:
         """Really code a batch (data tensor) with ``constriction``: estimated vs coded bits.
 
-        Codes the grid channels and, when its bottleneck can (entropy), the latent; ``coded``
-        names the parts. None when nothing can be coded (vq or none without a grid path).
+        Codes the latent when its bottleneck can (entropy) and the grid channels, all in one
+        range-coded stream; ``coded`` names the parts. None when nothing can be coded (vq or none
+        without a grid path).
         """
         self.eval()
         x = x.to(self.device)
-        parts: dict[str, list[Any]] = {}
-        latent = self.bottleneck.coding_report(self.codec.encoder(self.layout.model_input(x)).mu)
-        if latent is not None:
-            parts["latent"] = [latent]
+        parts: dict[str, list[tuple[EntropyBottleneck, torch.Tensor]]] = {}
+        if isinstance(self.bottleneck, EntropyBottleneck):
+            z = self.codec.encoder(self.layout.model_input(x)).mu
+            parts["latent"] = [(self.bottleneck, z)]
         if self.grid is not None:
-            parts["grid"] = self.grid.coding_report(x)
+            parts["grid"] = self.grid.coding_parts(x)
         if not parts:
             return None
-        reports = [r for part in parts.values() for r in part]
-        return {
-            "num_states": int(x.shape[0]),
-            "estimated_bits_per_state": sum(r.estimated_bits_per_state for r in reports),
-            "coded_bits_per_state": sum(r.coded_bits_per_state for r in reports),
-            "num_bytes": sum(r.num_bytes for r in reports),
-            "exact": all(r.exact for r in reports),
-            "coded": list(parts),
-        }
+        report = code_jointly([p for part in parts.values() for p in part])
+        return {**asdict(report), "num_states": int(x.shape[0]), "coded": list(parts)}
 
     def reconstruct(self, table: Table) -> Table:
         """Encode then decode a table."""
@@ -315,5 +311,4 @@ def _with_grid(out: BottleneckOutput, grid: BottleneckOutput) -> BottleneckOutpu
         codes=out.codes,
         kl_scale=out.kl_scale,
         grid_bits=grid.rate_bits,
-        stats=out.stats,
     )

@@ -68,7 +68,7 @@ def load_sqlite(
 
     ``step_range=(first, last)`` keeps steps ``first..last`` inclusive; ``agent_types`` keeps
     agents of the listed types; ``limit`` keeps the first matching rows in table order.
-    Optional features whose column is missing are omitted (``schema.fit`` drops them). Features
+    Optional features whose column is missing are omitted (fitting the schema drops them). Features
     read from the ``agents`` table (``agent_type``) are omitted with one logged line when the
     database has no ``agents`` table (older AgentFarm schema) and the feature is optional; when
     such a feature is required, a DataError says to set

@@ -27,13 +27,12 @@ near-lossless coding).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
+from meaning_transform.models.bottlenecks.coding import CodingReport
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
 from meaning_transform.models.bottlenecks.histogram import HistogramEntropyModel
 from meaning_transform.schema import Feature, FeatureSchema
@@ -195,9 +194,13 @@ class GridPath(nn.Module):
         full[:, self.table_cols.cpu()] = symbols.detach().round().long().cpu()
         return self.meaning_grid.decode(full.numpy())[:, self.table_cols.cpu()].to(symbols)
 
-    def coding_report(self, x: torch.Tensor) -> list[Any]:
+    def coding_parts(self, x: torch.Tensor) -> list[tuple[EntropyBottleneck, torch.Tensor]]:
+        """(entropy model, channel values) of each coded part of data tensor ``x``."""
+        return [(model, d) for _, model, d in self._parts(x)]
+
+    def coding_report(self, x: torch.Tensor) -> list[CodingReport]:
         """Really code the grid channels of data tensor ``x``: one CodingReport per part."""
-        return [model.coding_report(d) for _, model, d in self._parts(x)]
+        return [model.coding_report(d) for model, d in self.coding_parts(x)]
 
     def heads(self, g: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
         """Decoder heads: those the grid values ``g`` (data tensor) imply, plus the learned

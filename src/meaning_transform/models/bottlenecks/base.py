@@ -7,8 +7,7 @@ compression) is interpreted by each bottleneck and documented on its class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,7 +33,6 @@ class BottleneckOutput:
     codes: torch.Tensor | None = None  # [B] discrete code index per state (vq), for usage stats
     kl_scale: float = 1.0  # multiplies the KL loss term (``none``: its rate *is* the KL)
     grid_bits: torch.Tensor | None = None  # [B] the grid path's share of rate_bits, if any
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars to log
 
 
 class Bottleneck(nn.Module):
@@ -55,7 +53,3 @@ class Bottleneck(nn.Module):
     def forward(self, latent: Latent) -> BottleneckOutput:  # pragma: no cover - interface
         """Quantize/pass the latent and measure its rate."""
         raise NotImplementedError
-
-    def coding_report(self, z: torch.Tensor) -> Any | None:
-        """Code latents ``z`` [N, D] to real bytes and report the sizes; None if not coded."""
-        return None

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import Bottleneck, BottleneckOutput, Latent
+from .coding import (
+    MISMATCH,
+    CodingReport,
+    CodingTables,
+    RangeDecoder,
+    RangeEncoder,
+    check_codable,
+    close_decoder,
+    decode_channels,
+    encode_channels,
+    new_encoder,
+    open_decoder,
+    to_bytes,
+)
 
 
 class _LowerBound(torch.autograd.Function):
@@ -189,21 +204,162 @@ class EntropyBottleneck(Bottleneck):
             y = z_hat = self.quantize(z)
         likelihood, aux_loss = self._likelihood_and_quantile_loss(y)
         rate_bits = -torch.log2(likelihood).sum(dim=1)
-        q = self.quantiles.detach()
-        stats = {
-            "medians_abs_mean": q[:, 0, 1].abs().mean(),
-            "support_width": (q[:, 0, 2] - q[:, 0, 0]).mean(),
-        }
         return BottleneckOutput(
             z=z_hat,
             rate_bits=rate_bits,
             rate_loss=self.level * rate_bits.mean(),
             aux_loss=aux_loss,
-            stats=stats,
         )
 
-    def coding_report(self, z: torch.Tensor) -> Any:
-        """Code ``z`` to real bytes with constriction (ANS); estimated vs coded bits per state."""
-        from .coding import code_latents  # coding.py imports this module
+    # ------------------------------------------------------------------ real coding
+    def __getstate__(self) -> dict:
+        """Pickle/deepcopy without the coding tables (constriction models cannot be pickled;
+        ``update()`` rebuilds them from the weights)."""
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {k: v for k, v in state.items() if k not in ("_coding_tables", "_coding_key")}
 
-        return code_latents(self, z)
+    def _table_state(self) -> list[torch.Tensor]:
+        """Everything the coding tables are computed from (parameters and buffers)."""
+        return [t.detach() for t in (*self.parameters(), *self.buffers())]
+
+    def tables_are_current(self) -> bool:
+        """Whether ``update()``'s tables were computed from the current weights."""
+        key = getattr(self, "_coding_key", None)
+        state = self._table_state()
+        return (
+            key is not None
+            and len(key) == len(state)
+            and all(
+                a.shape == b.shape and torch.equal(a, b.to(a.device))
+                for a, b in zip(key, state, strict=True)
+            )
+        )
+
+    @torch.no_grad()
+    def update(self, force: bool = False) -> bool:
+        """Compute and cache the coding tables (per-channel pmf over the support, overflow bin
+        last, and their fixed-point ``constriction`` models) unless they are current; returns
+        whether they were rebuilt.
+
+        ``compress``/``decompress`` call this, so a table left stale by a training step or
+        ``load_state_dict`` is rebuilt before it codes anything (the check compares a snapshot
+        of the weights, so it also sees in-place edits); calling it after training, as with
+        CompressAI, only moves the cost out of the first ``compress``.
+        """
+        if not force and self.tables_are_current():
+            return False
+        self._coding_tables = CodingTables.from_pmfs(*self._pmf_tables())
+        self._coding_key = [t.clone().cpu() for t in self._table_state()]
+        return True
+
+    def coding_tables(self) -> CodingTables:
+        """The current coding tables (``update()`` first if the weights changed)."""
+        self.update()
+        return self._coding_tables
+
+    def _support(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel lowest and highest integer offset from the center covered by the pmf."""
+        q = self.quantiles.detach()[:, 0, :].cpu()
+        centers = self.centers.cpu()
+        lowest = torch.floor(q[:, 0] - centers).clamp_max(0)
+        highest = torch.ceil(q[:, 2] - centers).clamp_min(0)
+        return lowest.long().numpy(), highest.long().numpy()
+
+    def _pmf_tables(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Lowest offset per channel and its pmf over the support with the overflow bin last."""
+        lowest, highest = self._support()
+        lengths = highest - lowest + 1
+        centers = self.centers
+        grid = torch.arange(int(lengths.max()))[:, None] + torch.from_numpy(lowest)[None, :]
+        # Same float arithmetic as ``quantize`` so the pmf is evaluated at the very values coded.
+        probs = self.likelihood(grid.to(centers) + centers).double().cpu().numpy()  # [L, D]
+        edges = torch.from_numpy(np.stack([lowest - 0.5, highest + 0.5], axis=1)).to(centers)
+        logits = self._logits_cumulative((edges + centers[:, None])[:, None, :])[:, 0, :]
+        tails = (torch.sigmoid(logits[:, 0]) + torch.sigmoid(-logits[:, 1])).double().cpu()
+        pmfs = [np.append(probs[: lengths[c], c], float(tails[c])) for c in range(len(lowest))]
+        return lowest, pmfs
+
+    def _offsets(self, z: torch.Tensor) -> np.ndarray:
+        """Integer offsets from the grid centers, [N, D], exactly as ``quantize`` rounds."""
+        offsets = torch.round(z.detach() - self.centers).double().cpu().numpy()
+        check_codable(offsets)
+        return offsets.astype(np.int64)
+
+    def encode(self, encoder: RangeEncoder, z: torch.Tensor) -> None:
+        """Write ``z`` [N, D], quantized like the eval forward, to ``encoder`` (``compress``'s
+        building block: several models can share one stream, see ``code_jointly``)."""
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"expected [N, {self.latent_dim}] values to code, got {list(z.shape)}")
+        encode_channels(encoder, self._offsets(z), self.coding_tables())
+
+    def decode(self, decoder: RangeDecoder, num_states: int) -> torch.Tensor:
+        """Read the [num_states, D] quantized values ``encode`` wrote."""
+        offsets = decode_channels(decoder, num_states, self.coding_tables())
+        centers = self.centers
+        return torch.from_numpy(offsets).to(centers) + centers
+
+    @torch.no_grad()
+    def compress(self, z: torch.Tensor) -> bytes:
+        """Quantize ``z`` [N, D] like the eval forward and range-code it: one stream of bytes."""
+        encoder = new_encoder()
+        self.encode(encoder, z)
+        return to_bytes(encoder)
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, shape: tuple[int, int]) -> torch.Tensor:
+        """Decode ``compress``'s bytes back to the quantized latents of ``shape`` [N, D]."""
+        num_states, latent_dim = shape
+        if latent_dim != self.latent_dim:
+            raise ValueError(
+                f"data has latent_dim {latent_dim} but the model has {self.latent_dim}"
+            )
+        decoder = open_decoder(data)
+        try:
+            z = self.decode(decoder, num_states)
+        except AssertionError as e:  # constriction: data its model could not have written
+            raise ValueError(MISMATCH) from e
+        close_decoder(decoder)
+        return z
+
+    def coding_report(self, z: torch.Tensor) -> CodingReport:
+        """Code ``z`` [N, D] for real: estimated (eval forward) vs coded bits, exact round trip."""
+        return code_jointly([(self, z)])
+
+
+@torch.no_grad()
+def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> CodingReport:
+    """Code every (model, values [N, D_i]) part into one range-coded stream and decode it back.
+
+    One stream, so the stream's fixed cost (its end, ~16 bits, see coding.py) is paid once per
+    batch rather than once per part. The estimate is each
+    model's eval-forward ``rate_bits`` (its likelihood of the rounded values); the coder's tables
+    come from the same likelihood, so the two differ only by the overflow bin, the 24-bit
+    fixed-point tables and that fixed cost (``benchmarks/coding_overhead.py`` breaks it down).
+    """
+    sizes = {z.shape[0] for _, z in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"every part must hold the same states, got batch sizes {sorted(sizes)}")
+    modes = [model.training for model, _ in parts]
+    for model, _ in parts:
+        model.eval()
+    try:
+        estimated = sum(model(Latent(z=z, mu=z)).rate_bits.sum().item() for model, z in parts)
+        expected = [model.quantize(z) for model, z in parts]
+        encoder = new_encoder()
+        for model, z in parts:
+            model.encode(encoder, z)
+        data = to_bytes(encoder)
+        decoder = open_decoder(data)
+        decoded = [model.decode(decoder, z.shape[0]) for model, z in parts]
+        close_decoder(decoder)
+    finally:
+        for (model, _), mode in zip(parts, modes, strict=True):
+            model.train(mode)
+    num_states = parts[0][1].shape[0] if parts else 0
+    return CodingReport(
+        num_states=num_states,
+        estimated_bits_per_state=estimated / max(num_states, 1),
+        coded_bits_per_state=8 * len(data) / max(num_states, 1),
+        num_bytes=len(data),
+        exact=all(torch.equal(a, b) for a, b in zip(decoded, expected, strict=True)),
+    )

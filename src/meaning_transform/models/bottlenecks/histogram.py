@@ -9,8 +9,9 @@ logits), i.e. a learned order-0 table. Its density is piecewise constant over un
 piecewise-linear CDF, which the coder reads), and at an integer the likelihood is exactly that
 integer's probability; training prices the rounded values (``training_rate_point``).
 
-Everything else (rounding, rate in bits, real coding with ``constriction`` through
-``coding.py``) is :class:`EntropyBottleneck`'s: this class only replaces the density.
+Everything else (rounding, rate in bits, real coding with ``constriction``: ``update()``,
+``compress()``, ``decompress()``) is :class:`EntropyBottleneck`'s: this class only replaces the
+density.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class HistogramEntropyModel(EntropyBottleneck):
             round_at_medians=False,
         )
         width = int((hi - lo).max()) + 1
-        # The quantiles only bound the coding support (coding.py): fixed at the table's ends.
+        # The quantiles only bound the coding support (update()): fixed at the table's ends.
         self.quantiles.requires_grad_(False)
         self.init_quantiles(lo.float(), ((lo + hi) / 2).floor().float(), hi.float())
         self.register_buffer("lo", lo.float(), persistent=False)

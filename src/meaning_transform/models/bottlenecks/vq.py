@@ -114,12 +114,10 @@ class VQBottleneck(Bottleneck):
             self._set_dead_code_threshold(latent.z.shape[0])
         z_q, codes, commit = self.vq(latent.z)
         bits, counts = usage_bits(codes.detach(), self.codebook_size)
-        used = (counts > 0).sum().to(torch.float32)
         return BottleneckOutput(
             z=z_q,
             rate_bits=bits,
             rate_loss=bits.new_zeros(()),
             aux_loss=commit.sum(),
             codes=codes,
-            stats={"codes_used": used, "perplexity": torch.exp2(entropy_bits(counts))},
         )
