@@ -33,6 +33,13 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+#: reusable rules: (check, what is allowed)
+POSITIVE = (lambda v: _num(v) and v > 0, "a number > 0")
+NON_NEGATIVE = (lambda v: _num(v) and v >= 0, "a number >= 0")
+COUNT = (lambda v: _int(v) and v >= 1, "an integer >= 1")
+FRACTION = (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
+FLAG = (lambda v: isinstance(v, bool), "true or false")
+
 # key -> (check, what is allowed); keys absent from the composed config are skipped. These run
 # before torch is imported (a typo answers in a fraction of a second); the constructors check
 # the same values again when they build, for users of the Python classes.
@@ -40,51 +47,45 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
     "experiment_name": (is_plain_name, NAME_RULE),
     "torch_threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
-    "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "compile": FLAG,
     "monitor.mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
-    "model.latent_dim": (lambda v: _int(v) and v > 0, "an integer > 0"),
+    "model.latent_dim": COUNT,
     "model.hidden_dims": (
         lambda v: isinstance(v, Sequence) and all(_int(h) and h > 0 for h in v),
         "a list of integers > 0",
     ),
-    "model.dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "model.grid_path.enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "model.dropout": FRACTION,
+    "model.grid_path.enabled": FLAG,
     "model.grid_path.init_k": (lambda v: _num(v) and v >= 1, "a number >= 1"),
-    "model.grid_path.learn_step": (lambda v: isinstance(v, bool), "true or false"),
-    "model.grid_path.init_scale": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "model.grid_path.density_lr_scale": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "compression.level": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "model.grid_path.learn_step": FLAG,
+    "model.grid_path.init_scale": POSITIVE,
+    "model.grid_path.density_lr_scale": POSITIVE,
+    "compression.level": POSITIVE,
     "compression.num_embeddings": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
-    "compression.commitment_cost": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "optimizer.lr": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "optimizer.weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "trainer.max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "scheduler.T_max": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "scheduler.eta_min": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "scheduler.step_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "scheduler.gamma": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "data.batch_size": (lambda v: _int(v) and v > 0, "an integer > 0"),
-    "data.num_states": (lambda v: _int(v) and v > 0, "an integer > 0"),
-    "data.val_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "data.test_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "loss.recon_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.kl_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.semantic_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.rate_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.huber_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.outside_weight": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "loss.sharpness": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "loss.semantic_margin": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "compression.commitment_cost": NON_NEGATIVE,
+    "optimizer.lr": POSITIVE,
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "trainer.max_epochs": COUNT,
+    "scheduler.T_max": COUNT,
+    "scheduler.eta_min": NON_NEGATIVE,
+    "scheduler.step_size": COUNT,
+    "scheduler.gamma": POSITIVE,
+    "data.batch_size": COUNT,
+    "data.num_states": COUNT,
+    "data.val_fraction": FRACTION,
+    "data.test_fraction": FRACTION,
+    "loss.recon_weight": NON_NEGATIVE,
+    "loss.kl_weight": NON_NEGATIVE,
+    "loss.semantic_weight": NON_NEGATIVE,
+    "loss.rate_weight": NON_NEGATIVE,
+    "loss.huber_weight": NON_NEGATIVE,
+    "loss.outside_weight": NON_NEGATIVE,
+    "loss.sharpness": POSITIVE,
+    "loss.semantic_margin": NON_NEGATIVE,
     "loss.kl_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "callbacks.periodic_checkpoint.every_n_epochs": (
-        lambda v: _int(v) and v >= 1,
-        "an integer >= 1",
-    ),
-    "callbacks.curve_plotter.plot_every_n_epochs": (
-        lambda v: _int(v) and v >= 1,
-        "an integer >= 1",
-    ),
+    "callbacks.periodic_checkpoint.every_n_epochs": COUNT,
+    "callbacks.curve_plotter.plot_every_n_epochs": COUNT,
 }
 
 
