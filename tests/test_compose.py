@@ -77,7 +77,7 @@ def test_bottleneck_and_optimizer_instantiate(compression):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.latent_dim=0", "model.latent_dim=0 is invalid: expected an integer > 0"),
+        ("model.latent_dim=0", "model.latent_dim=0 is invalid: expected an integer >= 1"),
         ("optimizer.lr=-1", "optimizer.lr=-1 is invalid: expected a number > 0"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0 is invalid: expected an integer >= 1"),
         ("compression.level=0", "compression.level=0 is invalid: expected a number > 0"),

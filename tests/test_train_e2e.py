@@ -130,7 +130,7 @@ def test_seed_options_take_effect(tmp_path):
     "overrides, message",
     [
         (["compression=foo"], "error: compression=foo: no such option; choices: entropy"),
-        (["model.latent_dim=0"], "error: model.latent_dim=0 is invalid: expected an integer > 0"),
+        (["model.latent_dim=0"], "error: model.latent_dim=0 is invalid: expected an integer >= 1"),
         (
             ["data=sqlite", "data.path=/nonexistent/simulation.db"],
             "error: data.path='/nonexistent/simulation.db': file not found",
