@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from meaning_transform.grid import MeaningGrid
+from meaning_transform.grid import GridSymbols, MeaningGrid
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.coding import CodingReport
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
@@ -111,6 +111,8 @@ class GridPath(nn.Module):
             lo, hi = self._table_support(continuous)
             self.table = HistogramEntropyModel(lo, hi, level, density_lr_scale=density_lr_scale)
         self._skip = _SkipLayout(schema)
+        # the table channels' symbols and values, in torch (MeaningGrid is the numpy reference)
+        self.table_symbols = GridSymbols(self.meaning_grid, self.table_cols)
 
     def _table_support(self, continuous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lowest and highest symbol of each table channel: the grid symbols of the training
@@ -157,7 +159,7 @@ class GridPath(nn.Module):
             native = x[:, cols] * self.std[cols] + self.mean[cols]
             parts.append((cols, self.smooth, (native - self.center[cols]) / self.step[cols]))
         if self.table is not None:
-            symbols = torch.from_numpy(self.meaning_grid.encode(x))[:, self.table_cols]
+            symbols = self.table_symbols.encode(x)
             parts.append((self.table_cols, self.table, symbols.to(x)))
         return parts
 
@@ -190,9 +192,7 @@ class GridPath(nn.Module):
 
     def _table_values(self, symbols: torch.Tensor) -> torch.Tensor:
         """Meaning-grid symbols of the table channels -> their data-tensor values."""
-        full = torch.zeros(symbols.shape[0], len(self.step0), dtype=torch.long)
-        full[:, self.table_cols.cpu()] = symbols.detach().round().long().cpu()
-        return self.meaning_grid.decode(full.numpy())[:, self.table_cols.cpu()].to(symbols)
+        return self.table_symbols.decode(symbols.detach().round().long()).to(symbols)
 
     def coding_parts(self, x: torch.Tensor) -> list[tuple[EntropyBottleneck, torch.Tensor]]:
         """(entropy model, channel values) of each coded part of data tensor ``x``."""
