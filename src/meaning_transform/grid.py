@@ -19,6 +19,9 @@ arithmetic as ``schema.table.encode`` so an exact native value round-trips to th
 float32. Predicate crossings are read with ``SchemaLayout.evaluate_predicates`` (the float32
 arithmetic the drift metric uses), so values within float noise of a threshold land on the side
 the metric sees. Internally native values are float64.
+
+``MeaningGrid`` (numpy, per feature) is the reference; ``GridSymbols`` computes the same symbols
+and values in torch, vectorized over columns, for the grid path's every training step.
 """
 
 from __future__ import annotations
@@ -205,8 +208,8 @@ class GridSymbols(nn.Module):
             rows["strict"].append([c.strict for c in cs] + [False] * pad)
             # "<" and "<=": passed is the negation of the predicate's truth (differs from >=, >
             # only on NaN); == and != (predicate -1) and >, >= read the comparison itself
-            rows["negated"].append([c.predicate >= 0 and not c.passed_when_true for c in cs])
-            rows["negated"][-1] += [False] * pad
+            negated = [c.predicate >= 0 and not c.passed_when_true for c in cs]
+            rows["negated"].append(negated + [False] * pad)
             rows["valid"].append([True] * len(cs) + [False] * pad)
         continuous = [f.kind == "continuous" for f in feats]
         norms = [schema.normalizers[f.name] if f.kind == "continuous" else None for f in feats]
