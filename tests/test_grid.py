@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from meaning_transform.data.synthetic import generate_synthetic
-from meaning_transform.grid import MeaningGrid
+from meaning_transform.grid import GridSymbols, MeaningGrid
 from meaning_transform.metrics import SemanticDrift
 from meaning_transform.schema import FeatureSchema
 from meaning_transform.schema.layout import SchemaLayout
@@ -120,3 +120,64 @@ def test_needs_a_fitted_schema_and_k_at_least_1(agentfarm_schema_module):
         MeaningGrid(agentfarm_schema_module)
     with pytest.raises(ValueError, match="k must be >= 1"):
         MeaningGrid(fit(agentfarm_schema_module, generate_synthetic(500)), k=0.5)
+
+
+#: every op on both continuous features; thresholds inside cells and on a cell edge (hp 30)
+EDGE_DECL = {
+    **DECL,
+    "predicates": {
+        "x_ge": {"feature": "x", "op": ">=", "value": 1.0},
+        "x_le": {"feature": "x", "op": "<=", "value": 3.2},
+        "x_eq": {"feature": "x", "op": "==", "value": 5.0},
+        "alive": {"feature": "hp", "op": ">", "value": 0},
+        "low": {"feature": "hp", "op": "<", "value": 29},
+        "full": {"feature": "hp", "op": "!=", "value": 30},
+    },
+}
+
+
+def _edge_values(schema: FeatureSchema, k: float) -> torch.Tensor:
+    """Data tensor of thresholds, cell edges and huge values, and their float32 neighbours."""
+    grid = MeaningGrid(schema, k)
+    rng = np.random.default_rng(0)
+    columns = {}
+    for name, step in grid.steps.items():
+        ts = [float(p.value) for p in schema.predicates if p.feature == name]
+        edges = [(m + 0.5) * step for m in range(-4, 30)]
+        columns[name] = np.array(
+            [*ts, *edges, 0.0, -0.0, 1e12, -1e12, 3e15, *rng.uniform(-50, 120, 64)]
+        )
+    n = max(len(v) for v in columns.values())
+    table = {name: np.resize(v, n) for name, v in columns.items()}
+    table["flag"] = np.resize(TABLE["flag"], n)
+    table["role"] = np.resize(TABLE["role"], n)
+    x = encode(schema, table)
+    # the float32 neighbours of every value: where float noise meets a threshold
+    up, down = torch.nextafter(x, x + 1), torch.nextafter(x, x - 1)
+    cont = torch.tensor([f.kind == "continuous" for f in schema.features])
+    return torch.cat([x, torch.where(cont, up, x), torch.where(cont, down, x)])
+
+
+@pytest.mark.parametrize("k", [1, 2.5])
+@pytest.mark.parametrize("decl", [DECL, EDGE_DECL], ids=["lt-gt", "every-op"])
+def test_torch_symbols_identical_to_the_reference(decl, k, synthetic):
+    schema = fit(FeatureSchema.from_config(decl), TABLE)
+    cases = [(schema, _edge_values(schema, k))]
+    if decl is DECL:  # and the default schema on synthetic data
+        cases.append(synthetic)
+    for schema, x in cases:
+        grid = MeaningGrid(schema, k)
+        columns = list(range(len(schema.features)))
+        torch_grid = GridSymbols(grid, columns)
+        symbols = grid.encode(x)
+        np.testing.assert_array_equal(torch_grid.encode(x).numpy(), symbols)
+        assert torch.equal(torch_grid.decode(torch.from_numpy(symbols)), grid.decode(symbols))
+        # every symbol around the used ones decodes the same (sub-cells, point cells)
+        around = (
+            torch.from_numpy(symbols[:64]) + torch.arange(-3, 4).repeat_interleave(10)[:64, None]
+        )
+        around[:, 2:] = torch.from_numpy(symbols[:64, 2:])  # binary / categorical stay valid
+        assert torch.equal(torch_grid.decode(around), grid.decode(around.numpy()))
+        # a subset of columns, in another order, as the grid path asks for its table channels
+        sub = GridSymbols(grid, columns[::-1][:3])
+        np.testing.assert_array_equal(sub.encode(x).numpy(), symbols[:, columns[::-1][:3]])

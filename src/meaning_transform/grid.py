@@ -19,6 +19,9 @@ arithmetic as ``schema.table.encode`` so an exact native value round-trips to th
 float32. Predicate crossings are read with ``SchemaLayout.evaluate_predicates`` (the float32
 arithmetic the drift metric uses), so values within float noise of a threshold land on the side
 the metric sees. Internally native values are float64.
+
+``MeaningGrid`` (numpy, per feature) is the reference; ``GridSymbols`` computes the same symbols
+and values in torch, vectorized over columns, for the grid path's every training step.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from meaning_transform.schema import FeatureSchema, SchemaError
 from meaning_transform.schema.layout import SchemaLayout
@@ -173,3 +177,105 @@ class MeaningGrid:
                 else 0
             )
         return sizes
+
+
+class GridSymbols(nn.Module):
+    """``MeaningGrid.encode`` / ``decode`` of some columns in torch, vectorized over columns.
+
+    The training path's twin of the numpy reference: the same float64 arithmetic (multiply,
+    add, divide, round half to even) and the same float32 comparisons with each crossing's
+    threshold, so the symbols and decoded values are identical (``tests/test_grid.py`` checks
+    it on edge values), with no per-feature Python loop and no trip to numpy: it runs on the
+    data's device. Per-column constants are buffers; crossings are padded to the most any
+    column has (a padded crossing is never passed and never moves the cell).
+    """
+
+    def __init__(self, grid: MeaningGrid, columns: list[int] | torch.Tensor) -> None:
+        super().__init__()
+        schema = grid.schema
+        cols = [int(c) for c in torch.as_tensor(columns).flatten().tolist()]
+        feats = [schema.features[c] for c in cols]
+        crossings = [grid._crossings.get(f.name, []) for f in feats]
+        width = max((len(c) for c in crossings), default=0)
+        inf = float("inf")
+        rows = {k: [] for k in ("t", "m_t", "t32", "strict", "negated", "valid")}
+        for f, cs in zip(feats, crossings, strict=True):
+            step = grid.steps.get(f.name, 1.0)
+            pad = width - len(cs)
+            rows["t"].append([c.t for c in cs] + [inf] * pad)
+            rows["m_t"].append([float(np.rint(c.t / step)) for c in cs] + [inf] * pad)
+            rows["t32"].append([schema.data_value(f.name, c.t) for c in cs] + [inf] * pad)
+            rows["strict"].append([c.strict for c in cs] + [False] * pad)
+            # "<" and "<=": passed is the negation of the predicate's truth (differs from >=, >
+            # only on NaN); == and != (predicate -1) and >, >= read the comparison itself
+            negated = [c.predicate >= 0 and not c.passed_when_true for c in cs]
+            rows["negated"].append(negated + [False] * pad)
+            rows["valid"].append([True] * len(cs) + [False] * pad)
+        continuous = [f.kind == "continuous" for f in feats]
+        norms = [schema.normalizers[f.name] if f.kind == "continuous" else None for f in feats]
+        f64 = torch.float64
+        buffers = {
+            "columns": torch.tensor(cols, dtype=torch.long),
+            "continuous": torch.tensor(continuous),
+            "mean": torch.tensor([n.mean if n else 0.0 for n in norms], dtype=f64),
+            "std": torch.tensor([n.std if n else 1.0 for n in norms], dtype=f64),
+            "step": torch.tensor([grid.steps.get(f.name, 1.0) for f in feats], dtype=f64),
+            "has_crossings": torch.tensor([bool(c) for c in crossings]),
+            "count": torch.tensor([len(c) for c in crossings], dtype=torch.long),
+            "t": torch.tensor(rows["t"], dtype=f64).reshape(len(cols), width),
+            "m_t": torch.tensor(rows["m_t"], dtype=f64).reshape(len(cols), width),
+            "t32": torch.tensor(rows["t32"], dtype=torch.float32).reshape(len(cols), width),
+            "strict": torch.tensor(rows["strict"], dtype=torch.bool).reshape(len(cols), width),
+            "negated": torch.tensor(rows["negated"], dtype=torch.bool).reshape(len(cols), width),
+            "valid": torch.tensor(rows["valid"], dtype=torch.bool).reshape(len(cols), width),
+        }
+        # keys of the decode: crossing j is passed iff s >= m_t[j] + j + 1 (+inf when padded)
+        buffers["keys"] = buffers["m_t"] + torch.arange(width, dtype=f64) + 1
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+        self.width = width
+        self.any_negated = bool(buffers["negated"].any())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Data tensor [N, F] -> int64 symbols [N, len(columns)], as ``MeaningGrid.encode``."""
+        x32 = x.detach()[:, self.columns].to(torch.float32)
+        # binary/categorical: mean 0, std 1, step 1, no crossings: rint of the code itself
+        m = torch.round((x32.to(torch.float64) * self.std + self.mean) / self.step)
+        if not self.width:
+            return m.long()
+        v = x32.unsqueeze(2)  # [N, C, 1] against [C, width]
+        passed = torch.where(self.strict, v > self.t32, v >= self.t32)
+        if self.any_negated:  # not (v < t) is v >= t, and not (v <= t) is v > t, but on NaN
+            passed = passed | (self.negated & v.isnan())
+        passed = passed & self.valid
+        # a value within float noise of t stays on the side of t that the comparison says
+        for j in range(self.width):  # in the reference's order (it is order-dependent)
+            m_t = self.m_t[:, j]
+            m = torch.where(passed[:, :, j], torch.maximum(m, m_t), torch.minimum(m, m_t))
+        return m.long() + passed.sum(2)
+
+    def decode(self, symbols: torch.Tensor) -> torch.Tensor:
+        """int64 symbols [N, len(columns)] -> float32 data-tensor values of those columns."""
+        s = symbols.to(torch.float64)
+        if self.width:
+            passed = (s.unsqueeze(2) >= self.keys).sum(2)  # crossings passed
+            m = s - passed
+            lo, hi = (m - 0.5) * self.step, (m + 0.5) * self.step
+            below = (passed - 1).clamp_min(0).unsqueeze(2)
+            has_below = (passed >= 1) & (self._at(self.m_t, below) == m)
+            lo = torch.where(has_below, self._at(self.t, below), lo)
+            above = torch.minimum(passed, (self.count - 1).clamp_min(0)).unsqueeze(2)
+            has_above = (passed < self.count) & (self._at(self.m_t, above) == m)
+            hi = torch.where(has_above, self._at(self.t, above), hi)
+            mid = torch.where(lo == hi, lo, 0.5 * (lo + hi))
+            value = torch.where(self.has_crossings, mid, s * self.step)
+        else:
+            value = s * self.step
+        # the same arithmetic as schema.table.encode (float64 subtract, divide, cast)
+        out = ((value - self.mean) / self.std).to(torch.float32)
+        return torch.where(self.continuous, out, s.to(torch.float32))
+
+    @staticmethod
+    def _at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``table[c, index[n, c, 0]]`` for every state n and column c -> [N, C]."""
+        return table.expand(index.shape[0], -1, -1).gather(2, index).squeeze(2)

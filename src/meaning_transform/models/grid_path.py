@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from meaning_transform.grid import MeaningGrid
+from meaning_transform.grid import GridSymbols, MeaningGrid
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.coding import CodingReport
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
@@ -90,6 +90,8 @@ class GridPath(nn.Module):
             "smooth_cols": smooth.nonzero().flatten(),
             "table_cols": (~smooth).nonzero().flatten(),
         }
+        for name in ("mean", "std", "center"):  # what the forward reads, on the smooth columns
+            buffers[f"smooth_{name}"] = buffers[name][buffers["smooth_cols"]]
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)
         self.log_step = nn.Parameter(torch.zeros(len(schema.features)), requires_grad=learn_step)
@@ -111,6 +113,8 @@ class GridPath(nn.Module):
             lo, hi = self._table_support(continuous)
             self.table = HistogramEntropyModel(lo, hi, level, density_lr_scale=density_lr_scale)
         self._skip = _SkipLayout(schema)
+        # the table channels' symbols and values, in torch (MeaningGrid is the numpy reference)
+        self.table_symbols = GridSymbols(self.meaning_grid, self.table_cols)
 
     def _table_support(self, continuous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lowest and highest symbol of each table channel: the grid symbols of the training
@@ -143,56 +147,61 @@ class GridPath(nn.Module):
         tolerance, and measured on 8 held-out agents that was 37% of the positions, where
         ``1 - 1/k`` (GridStepLoss) promised 3%. Whole steps lose what that promises.
         """
-        learned = self.relaxed_step
-        safe = self.lattice.clamp_min(1e-12)
-        whole = self.lattice * (learned / safe).round().clamp_min(1.0)
-        learned = torch.where(self.lattice > 0, learned + (whole - learned).detach(), learned)
+        learned = _on_lattice(self.relaxed_step, self.lattice)
         return torch.where(self.smooth_mask, learned, self.step0)
 
-    def _parts(self, x: torch.Tensor) -> list[tuple[torch.Tensor, EntropyBottleneck, torch.Tensor]]:
+    def _smooth_step(self) -> torch.Tensor:
+        """``step`` of the smooth channels alone (the same values), computed once per forward."""
+        i = self.smooth_cols
+        return _on_lattice(self.step0[i] * self.log_step[i].exp(), self.lattice[i])
+
+    def _parts(
+        self, x: torch.Tensor, smooth_step: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, EntropyBottleneck, torch.Tensor]]:
         """(data columns, entropy model, channel values) of the smooth and table parts of ``x``."""
         parts = []
         if self.smooth is not None:
-            cols = self.smooth_cols
-            native = x[:, cols] * self.std[cols] + self.mean[cols]
-            parts.append((cols, self.smooth, (native - self.center[cols]) / self.step[cols]))
+            step = self._smooth_step() if smooth_step is None else smooth_step
+            native = x[:, self.smooth_cols] * self.smooth_std + self.smooth_mean
+            parts.append((self.smooth_cols, self.smooth, (native - self.smooth_center) / step))
         if self.table is not None:
-            symbols = torch.from_numpy(self.meaning_grid.encode(x))[:, self.table_cols]
+            symbols = self.table_symbols.encode(x)
             parts.append((self.table_cols, self.table, symbols.to(x)))
         return parts
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, BottleneckOutput]:
         """Data tensor -> (grid-decoded data tensor, the channels' bottleneck output)."""
-        rate_bits = rate_loss = aux_loss = x.new_zeros(())
+        smooth_step = self._smooth_step() if self.smooth is not None else None
+        outs = []
         g = torch.empty_like(x)
-        for cols, model, d in self._parts(x):
+        for cols, model, d in self._parts(x, smooth_step):
             out = model(Latent(z=d, mu=d))
-            decoded = (
-                self._smooth_values(out.z) if model is self.smooth else self._table_values(out.z)
-            )
+            if model is self.smooth:
+                decoded = self._smooth_values(out.z, smooth_step)
+            else:
+                decoded = self._table_values(out.z)
             g = g.index_copy(1, cols, decoded)
-            rate_bits = rate_bits + out.rate_bits
-            rate_loss = rate_loss + out.rate_loss
-            aux_loss = aux_loss + out.aux_loss
+            outs.append(out)
+        first, *rest = outs  # every feature is in one of the parts
         # No gradient from the decoded values to the step: judged on the batch, a step of 1.03
         # cells kept every training agent's position within tolerance (a run has ~60, all
         # stationary) and 37% of held-out ones outside. The step learns from the rate and
         # from GridStepLoss (the share a step loses on any data) alone.
         return g.detach(), BottleneckOutput(
-            z=g, rate_bits=rate_bits, rate_loss=rate_loss, aux_loss=aux_loss
+            z=g,
+            rate_bits=sum((o.rate_bits for o in rest), first.rate_bits),
+            rate_loss=sum((o.rate_loss for o in rest), first.rate_loss),
+            aux_loss=sum((o.aux_loss for o in rest), first.aux_loss),
         )
 
-    def _smooth_values(self, d_hat: torch.Tensor) -> torch.Tensor:
+    def _smooth_values(self, d_hat: torch.Tensor, smooth_step: torch.Tensor) -> torch.Tensor:
         """Rounded smooth channels -> their data-tensor values (cell centers)."""
-        cols = self.smooth_cols
-        native = d_hat * self.step[cols] + self.center[cols]
-        return (native - self.mean[cols]) / self.std[cols]
+        native = d_hat * smooth_step + self.smooth_center
+        return (native - self.smooth_mean) / self.smooth_std
 
     def _table_values(self, symbols: torch.Tensor) -> torch.Tensor:
         """Meaning-grid symbols of the table channels -> their data-tensor values."""
-        full = torch.zeros(symbols.shape[0], len(self.step0), dtype=torch.long)
-        full[:, self.table_cols.cpu()] = symbols.detach().round().long().cpu()
-        return self.meaning_grid.decode(full.numpy())[:, self.table_cols.cpu()].to(symbols)
+        return self.table_symbols.decode(symbols.detach().round().long()).to(symbols)
 
     def coding_parts(self, x: torch.Tensor) -> list[tuple[EntropyBottleneck, torch.Tensor]]:
         """(entropy model, channel values) of each coded part of data tensor ``x``."""
@@ -235,6 +244,13 @@ class GridPath(nn.Module):
         return {
             f.name: float(k[i]) for i, f in enumerate(schema.features) if f.kind == "continuous"
         }
+
+
+def _on_lattice(learned: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """``learned`` steps, whole numbers (straight-through) where ``lattice`` > 0."""
+    safe = lattice.clamp_min(1e-12)
+    whole = lattice * (learned / safe).round().clamp_min(1.0)
+    return torch.where(lattice > 0, learned + (whole - learned).detach(), learned)
 
 
 def _lattice(schema: FeatureSchema, f: Feature) -> float:

@@ -167,6 +167,8 @@ class EntropyBottleneck(Bottleneck):
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Round ``z`` [B, D] to the integer grid offset by ``centers`` (no gradient)."""
+        if not self.round_at_medians:  # centers are 0: the same values, two kernels fewer
+            return torch.round(z.detach())
         centers = self.centers
         return torch.round(z.detach() - centers) + centers
 

@@ -88,9 +88,9 @@ class HistogramEntropyModel(EntropyBottleneck):
     def likelihood(self, y: torch.Tensor) -> torch.Tensor:
         """Probability of the unit bin centred on each ``y`` [B, D] -> [B, D], floored."""
         v = y.t().unsqueeze(1)
-        tables = self._tables()  # once for both ends of the bin
-        cdf_lo, tail_lo = self._cdf_and_tail(v - 0.5, tables)
-        cdf_hi, tail_hi = self._cdf_and_tail(v + 0.5, tables)
+        # both ends of every bin in one pass over the tables
+        cdf, tail = self._cdf_and_tail(torch.cat([v - 0.5, v + 0.5], dim=-1), self._tables())
+        (cdf_lo, cdf_hi), (tail_lo, tail_hi) = cdf.chunk(2, -1), tail.chunk(2, -1)
         # Difference on the side where both terms are small, where float32 is precise.
         lik = torch.where(cdf_lo < 0.5, cdf_hi - cdf_lo, tail_lo - tail_hi).clamp_min(0.0)
         return torch.maximum(lik, lik.new_tensor(self.likelihood_bound)).squeeze(1).t()
