@@ -194,7 +194,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
         # trainer.test loaded the best weights into module: code the test split with them
-        summary["test_coding"] = module.code(datamodule.test_x)
+        summary["test_coding"] = module.code(datamodule.rows("test"))
     summary["baselines"] = baselines_of_splits(datamodule, ("test",))
     summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
