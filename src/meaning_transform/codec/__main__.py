@@ -26,11 +26,11 @@ def run(argv: list[str]) -> str:
 
     src = cfg.get("in")
     if argv[0] == "compress":
+        if not cfg.data.path:
+            raise ConfigError("data.path= is required: the simulation.db to compress")
         s = commands.compress(
             cfg.ckpt_path, cfg.data.path, cfg.out, cfg.embed_model, cfg.chunk_size, cfg.overwrite
         )
-        if not cfg.data.path:
-            raise ConfigError("data.path= is required: the simulation.db to compress")
         n = max(s["states"], 1)
         return (
             f"compressed {s['states']:,} states into {cfg.out}: {s['bytes']:,} bytes = "

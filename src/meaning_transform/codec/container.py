@@ -2,7 +2,7 @@
 
 ::
 
-    magic  b"MTCODEC\\0"  | version u16 | header length u32 | header CRC-32 u32 | header (JSON)
+    magic  b"MTCODEC\\0"  | version u16 | header length u32 | header CRC-32 u32 | header (zlib JSON)
     model  length u64 | CRC-32 u32 | bytes (length 0 when the model is not embedded)
     chunk* b"CHNK" | payload length u32 | payload CRC-32 u32 | payload
     end    b"MTCEND\\0\\0" | chunks u32 | states u64 | CRC-32 of the chunk CRCs u32
@@ -85,7 +85,7 @@ class Writer:
 
     def __init__(self, fh: BinaryIO, header: dict[str, Any], model: bytes = b"") -> None:
         self.fh = fh
-        head = json.dumps(header).encode()
+        head = zlib.compress(json.dumps(header).encode(), 9)
         fh.write(MAGIC + struct.pack("<HII", VERSION, len(head), zlib.crc32(head)) + head)
         fh.write(struct.pack("<QI", len(model), zlib.crc32(model)) + model)
         self.crcs: list[int] = []
@@ -120,7 +120,10 @@ class Reader:
         head = self._read(n, "header")
         if zlib.crc32(head) != crc:
             raise CodecFileError(f"{name}: header is corrupted (CRC mismatch)")
-        self.header: dict[str, Any] = json.loads(head)
+        try:
+            self.header: dict[str, Any] = json.loads(zlib.decompress(head))
+        except (zlib.error, ValueError) as e:
+            raise CodecFileError(f"{name}: header cannot be read ({e})") from None
         size, crc = self._unpack("<QI", "model")
         self.model = self._read(size, "embedded model")
         if zlib.crc32(self.model) != crc:
