@@ -91,7 +91,7 @@ def _codec(context: str | None, n: int = 600, seed: int = 0):
 def _features():
     import yaml
 
-    from tests.conftest import AGENTFARM_SCHEMA
+    from conftest import AGENTFARM_SCHEMA
 
     return yaml.safe_load(AGENTFARM_SCHEMA.read_text())["features"]
 
@@ -99,7 +99,7 @@ def _features():
 def _predicates():
     import yaml
 
-    from tests.conftest import AGENTFARM_SCHEMA
+    from conftest import AGENTFARM_SCHEMA
 
     return yaml.safe_load(AGENTFARM_SCHEMA.read_text())["predicates"]
 
