@@ -172,3 +172,13 @@ def test_real_db_round_trip(real_db, tmp_path) -> None:
     assert codec_main(["compress", *args]) == 0
     assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
     assert assert_same_meaning(real_db, restored) == 18758
+
+
+def test_evaluate_reports_drift_zero_and_exact_coding(tiny) -> None:
+    from meaning_transform.evaluate import evaluate_checkpoint
+
+    _, _, ckpt = tiny
+    report = evaluate_checkpoint(ckpt, None, "all")  # enough states that 32-bit words are noise
+    assert report["metrics"]["drift"] == 0.0
+    coding = report["coding"]
+    assert coding["exact"] and abs(coding["coded_bits_per_state"] / coding["estimated_bits_per_state"] - 1) < 0.01

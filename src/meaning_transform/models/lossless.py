@@ -48,6 +48,10 @@ from meaning_transform.models.mlp import _mlp
 from meaning_transform.schema import FeatureSchema
 
 LN2 = math.log(2.0)
+#: every bin's probability is at least this (the rest is scaled down to make room): the ANS
+#: coder's tables (24-bit) can represent it, so coded bytes match the model's estimate, and a
+#: value the training agents never held costs at most 22 bits instead of anything
+FLOOR = 2.0**-22
 
 
 @dataclass(frozen=True)
@@ -140,14 +144,19 @@ class _Head(nn.Module):
         self.n_coef = sum(cols)
         self.register_buffer("basis", torch.block_diag(*blocks), persistent=False)
         self.register_buffer("index", index, persistent=False)
+        sizes = torch.tensor(layout.size.tolist(), dtype=torch.float32)
+        self.register_buffer("scale", torch.log1p(-sizes * FLOOR)[:, None], persistent=False)
+        self.register_buffer("valid", torch.arange(width)[None, :] < sizes[:, None], persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities [B, F, width] (-inf past each feature's size)."""
+        """Log-probabilities [B, F, width], each at least log FLOOR (-inf past the sizes)."""
         out = self.coef(h)
         bins = out[:, : self.n_coef] @ self.basis
         pad = out.new_full((out.shape[0], 1), -math.inf)
         flat = torch.cat([bins, out[:, self.n_coef :], pad], dim=1)
-        return torch.log_softmax(flat[:, self.index], dim=-1)
+        logp = torch.log_softmax(flat[:, self.index], dim=-1)
+        floored = torch.logaddexp(logp + self.scale, logp.new_tensor(math.log(FLOOR)))
+        return torch.where(self.valid, floored, -math.inf)
 
 
 class LosslessCodec(nn.Module):
