@@ -96,10 +96,12 @@ def blocks(flag: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def _block_probs(codec: Any, z: torch.Tensor, prev: np.ndarray, flag: np.ndarray, delta: bool):
-    """Float32 probabilities [B, F, width] of a block's symbols (identical on both sides)."""
-    ctx = codec.context_input(prev, flag)
-    return torch.exp(codec.log_probs(z, ctx, delta)).numpy()
+def _block_probs(
+    codec: Any, z: torch.Tensor, prev: np.ndarray, flag: np.ndarray, delta: bool
+) -> list[np.ndarray]:
+    """Per feature, float32 probabilities [B, size] of a block's symbols (identical on both
+    sides: same rows, same calls)."""
+    return codec.probabilities(z, codec.context_input(prev, flag), delta)
 
 
 def _previous(symbols: np.ndarray, rows: np.ndarray, delta: bool) -> np.ndarray:
@@ -126,9 +128,8 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
         probs = _block_probs(codec, z[rows], prev, flag[rows], delta)
         layout = codec.layout(delta)
         index, escaped, rel = codec.targets(symbols[rows], prev, delta)
-        sizes = layout.size
         for f in reversed(range(symbols.shape[1])):
-            p = np.ascontiguousarray(probs[:, f, : sizes[f]])
+            p = probs[f]
             estimated -= float(np.log2(p[np.arange(len(rows)), index[:, f]]).sum())
             esc = escaped[:, f]
             if esc.any():
@@ -155,9 +156,8 @@ def decode_chunk(
         prev = _previous(symbols, rows, delta)
         probs = _block_probs(codec, z[rows], prev, flag[rows], delta)
         layout = codec.layout(delta)
-        sizes = layout.size
         for f in range(f_count):
-            p = np.ascontiguousarray(probs[:, f, : sizes[f]])
+            p = probs[f]
             index = coder.decode(_CATEGORICAL, p).astype(np.int64)
             escaped = index == layout.n[f]
             value = index + layout.lo[f]

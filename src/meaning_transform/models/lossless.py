@@ -144,6 +144,9 @@ class _Head(nn.Module):
         self.n_coef = sum(cols)
         self.register_buffer("basis", torch.block_diag(*blocks), persistent=False)
         self.register_buffer("index", index, persistent=False)
+        # feature-contiguous order of the flat columns (its bins, then its escape): coding slices
+        self.register_buffer("order", index[index != pad], persistent=False)
+        self.bounds = np.cumsum([0, *layout.size.tolist()]).tolist()
         sizes = torch.tensor(layout.size.tolist(), dtype=torch.float32)
         self.register_buffer("scale", torch.log1p(-sizes * FLOOR)[:, None], persistent=False)
         self.register_buffer("valid", torch.arange(width)[None, :] < sizes[:, None], persistent=False)
@@ -157,6 +160,20 @@ class _Head(nn.Module):
         logp = torch.log_softmax(flat[:, self.index], dim=-1)
         floored = torch.logaddexp(logp + self.scale, logp.new_tensor(math.log(FLOOR)))
         return torch.where(self.valid, floored, -math.inf)
+
+    def _flat(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.coef(h)
+        return torch.cat([out[:, : self.n_coef] @ self.basis, out[:, self.n_coef :]], dim=1)
+
+    def probabilities(self, h: torch.Tensor) -> list[np.ndarray]:
+        """Per feature, float32 probabilities [B, size] (the coding path: no padding, the same
+        floor as ``forward``; encoder and decoder both use this one)."""
+        flat = self._flat(h)[:, self.order]
+        out = []
+        for f, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:], strict=True)):
+            p = torch.softmax(flat[:, a:b], dim=1) * torch.exp(self.scale[f]) + FLOOR
+            out.append(p.numpy())
+        return out
 
 
 class LosslessCodec(nn.Module):
@@ -253,6 +270,15 @@ class LosslessCodec(nn.Module):
         head = self.delta_head if delta else self.absolute_head
         assert head is not None
         return head(h)
+
+    def probabilities(
+        self, z: torch.Tensor, ctx: torch.Tensor | None, delta: bool
+    ) -> list[np.ndarray]:
+        """Per feature, the probabilities [B, size] its symbols are coded with."""
+        h = self.decoder_body(z if ctx is None else torch.cat([z, ctx], dim=1))
+        head = self.delta_head if delta else self.absolute_head
+        assert head is not None
+        return head.probabilities(h)
 
     def layout(self, delta: bool) -> HeadLayout:
         """The absolute or the delta head's bins."""
