@@ -34,6 +34,22 @@ def test_with_previous_pairs_rows_of_the_same_agent() -> None:
     assert has_previous(np.array(["a", "b", "b"])).tolist() == [False, False, True]
 
 
+def test_steps_unchanged_counts_by_hand_and_matches_the_decoders_recursion() -> None:
+    from meaning_transform.data.context import next_steps_unchanged, steps_unchanged
+
+    symbols = np.array([[5], [5], [5], [6], [6], [1], [1]])
+    flag = np.array([False, True, True, True, True, False, True])
+    runs = steps_unchanged(symbols, flag)
+    assert runs[:, 0].tolist() == [0, 1, 2, 3, 1, 0, 1]
+    rows = np.arange(2, 7)
+    rows = rows[flag[rows] & flag[rows - 1]]
+    again = next_steps_unchanged(symbols[rows - 1], symbols[rows - 2], runs[rows - 1], flag[rows - 1])
+    assert again.tolist() == runs[rows].tolist()
+    rows = np.arange(1, 7)[flag[1:] & ~flag[:-1]]  # second row of an agent: count 1
+    assert next_steps_unchanged(symbols[rows - 1], symbols[rows - 2], runs[rows - 1],
+                                flag[rows - 1]).tolist() == [[1]] * len(rows)  # fmt: skip
+
+
 def test_split_batch_and_bad_context_are_one_line_errors() -> None:
     with pytest.raises(ValueError, match="needs batches of 3 columns"):
         split_batch(torch.zeros(2, 1), 1)
@@ -132,7 +148,7 @@ def test_blocks_are_waves_of_each_runs_rows() -> None:
         blocks(np.array([True, False]))
 
 
-@pytest.mark.parametrize("context", [None, "previous"])
+@pytest.mark.parametrize("context", [None, "previous", "history"])
 def test_chunk_round_trip_is_exact_and_within_one_percent(context) -> None:
     module, dm = _codec(context, n=3000)
     codec = module.codec

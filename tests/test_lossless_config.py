@@ -15,6 +15,7 @@ from meaning_transform.training import prepare
     [
         ["compression=lossless"],
         ["compression=lossless", "model.context=previous"],
+        ["compression=lossless", "model.context=history"],
         ["compression=entropy", "model.context=previous"],
         ["compression=vq", "model.context=previous"],
         ["compression=none", "model.context=previous"],
@@ -24,9 +25,9 @@ def test_composes_builds_and_steps(tiny_cfg, overrides) -> None:
     cfg, datamodule, module, _ = prepare(tiny_cfg(*overrides))
     batch = next(iter(datamodule.train_dataloader()))
     f = len(datamodule.schema.features)
-    context = "model.context=previous" in overrides
-    assert batch.shape[1] == (2 * f + 1 if context else f)
-    assert datamodule.context == ("previous" if context else None)
+    context = next((o.split("=")[1] for o in overrides if o.startswith("model.context")), None)
+    assert batch.shape[1] == {None: f, "previous": 2 * f + 1, "history": 3 * f + 1}[context]
+    assert datamodule.context == context
     module.train()
     total, *_, out = module._step(batch, 0.0)
     total.backward()
@@ -35,8 +36,9 @@ def test_composes_builds_and_steps(tiny_cfg, overrides) -> None:
         assert type(module.codec).__name__ == "LosslessCodec" and module.grid is None
 
 
-def test_lossless_drift_is_zero_and_coding_exact(tiny_cfg) -> None:
-    _, datamodule, module, _ = prepare(tiny_cfg("compression=lossless", "model.context=previous"))
+@pytest.mark.parametrize("context", ["previous", "history"])
+def test_lossless_drift_is_zero_and_coding_exact(tiny_cfg, context) -> None:
+    _, datamodule, module, _ = prepare(tiny_cfg("compression=lossless", f"model.context={context}"))
     module.eval()
     rows = datamodule.rows("val")
     module._eval_step("val", rows)
@@ -48,6 +50,8 @@ def test_lossless_drift_is_zero_and_coding_exact(tiny_cfg) -> None:
 def test_bad_context_and_lossless_with_grid_path_are_one_line_errors(tiny_cfg) -> None:
     with pytest.raises(ConfigError, match="model.context='next' is invalid"):
         prepare(tiny_cfg("model.context=next"))
+    with pytest.raises(ConfigError, match="history needs compression=lossless"):
+        prepare(tiny_cfg("model.context=history"))
     with pytest.raises((ConfigError, ValueError), match="grid_path.enabled=false"):
         prepare(tiny_cfg("compression=lossless", "model.grid_path.enabled=true"))
 

@@ -13,6 +13,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from meaning_transform.errors import ConfigError
 from meaning_transform.data.context import check_context, context_input, split_batch
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.losses import CompositeLoss, LossContext
@@ -77,6 +78,8 @@ class MeaningModule(L.LightningModule):
         extra: dict[str, Any] = {}
         if getattr(get_class(model_cfg["_target_"]), "needs_schema", False):
             extra["schema"] = self.schema  # codecs that code the meaning grid themselves
+        elif self.context == "history":
+            raise ConfigError("model.context=history needs compression=lossless; use previous")
         elif self.context:
             extra["context_dim"] = self.schema.input_dim + 1
             self.context_grid = MeaningGrid(self.schema, 1)
@@ -124,7 +127,7 @@ class MeaningModule(L.LightningModule):
         """A batch -> (data tensor, context or None); see data/context.py."""
         if self.context is None:
             return batch, None
-        return split_batch(batch, len(self.schema.features))
+        return split_batch(batch, len(self.schema.features), self.context)
 
     def _step(self, batch: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
         x, context = self.unpack(batch)

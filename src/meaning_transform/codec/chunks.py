@@ -27,6 +27,7 @@ import constriction
 import numpy as np
 import torch
 
+from meaning_transform.data.context import next_steps_unchanged, steps_unchanged
 from meaning_transform.models.bottlenecks.coding import (
     compress as compress_latents,
 )
@@ -97,11 +98,11 @@ def blocks(flag: np.ndarray) -> list[tuple[int, np.ndarray]]:
 
 
 def _block_probs(
-    codec: Any, z: torch.Tensor, prev: np.ndarray, flag: np.ndarray, delta: bool
+    codec: Any, z: torch.Tensor, prev: np.ndarray, flag: np.ndarray, runs: np.ndarray, delta: bool
 ) -> list[np.ndarray]:
     """Per feature, float32 probabilities [B, size] of a block's symbols (identical on both
     sides: same rows, same calls)."""
-    return codec.probabilities(z, codec.context_input(prev, flag), delta)
+    return codec.probabilities(z, codec.context_input(prev, flag, runs), delta)
 
 
 def _previous(symbols: np.ndarray, rows: np.ndarray, delta: bool) -> np.ndarray:
@@ -115,7 +116,8 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     n = len(symbols)
     flag = np.asarray(flag, dtype=bool) & bool(codec.context)
     prev_all = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
-    mu = codec.encode(symbols, codec.context_input(prev_all, flag))
+    runs = steps_unchanged(symbols, flag)
+    mu = codec.encode(symbols, codec.context_input(prev_all, flag, runs))
     z_words, meta = compress_latents(bottleneck, mu)
     z = decompress_latents(bottleneck, z_words, meta)
     estimated = float(-torch.log2(bottleneck.likelihood(z)).sum()) if n else 0.0
@@ -125,7 +127,7 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     for wave, rows in reversed(blocks(flag)):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        probs = _block_probs(codec, z[rows], prev, flag[rows], delta)
+        probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
         layout = codec.layout(delta)
         index, escaped, rel = codec.targets(symbols[rows], prev, delta)
         for f in reversed(range(symbols.shape[1])):
@@ -151,10 +153,15 @@ def decode_chunk(
     z = decompress_latents(bottleneck, np.asarray(z_words, dtype=np.uint32), meta)
     coder = constriction.stream.stack.AnsCoder(np.asarray(x_words, dtype=np.uint32))
     symbols = np.zeros((n, f_count), dtype=np.int64)
+    runs = np.zeros((n, f_count), dtype=np.int64)
     for wave, rows in blocks(flag):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        probs = _block_probs(codec, z[rows], prev, flag[rows], delta)
+        if delta:  # the rows before these were decoded in the previous wave
+            runs[rows] = next_steps_unchanged(
+                prev, symbols[rows - 2], runs[rows - 1], flag[rows - 1]
+            )
+        probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
         layout = codec.layout(delta)
         for f in range(f_count):
             p = probs[f]

@@ -23,6 +23,7 @@ from meaning_transform.data.context import check_context, with_previous
 from meaning_transform.data.errors import DataError
 from meaning_transform.data.sqlite import check_sqlite_args, load_sqlite
 from meaning_transform.data.synthetic import generate_synthetic
+from meaning_transform.grid import MeaningGrid
 from meaning_transform.schema import INVALID_VALUES, Feature, FeatureSchema, Table
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,10 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         if not self._ready:
             raise RuntimeError("call setup() before asking for a dataloader")
         x = getattr(self, f"{split}_x")
-        return with_previous(x, getattr(self, f"{split}_agents")) if self.context else x
+        if not self.context:
+            return x
+        grid = MeaningGrid(self.schema, 1) if self.context == "history" else None
+        return with_previous(x, getattr(self, f"{split}_agents"), grid)
 
     def _loader(
         self,

@@ -21,12 +21,14 @@ that. Per feature, with ``s`` the grid symbol:
   of the first ``basis`` cosines over the bins (a DCT-smoothed softmax): a free logit per bin
   learns the training agents' exact positions and prices a held-out agent's unseen position at
   the floor, where a smooth curve prices it like its neighbours.
-- **delta head** (``context=previous``, the agent has a previous state ``p``): a softmax over
-  ``s - p`` in ``-delta_window..delta_window`` plus escape (binary/categorical: ``(s - p) mod V``),
-  as the classical per-agent delta code, but conditioned on z and on the previous state.
+- **delta head** (``context=previous|history``, the agent has a previous state ``p``): a softmax
+  over ``s - p`` in ``-delta_window..delta_window`` plus escape (binary/categorical:
+  ``(s - p) mod V``), as the classical per-agent delta code, but conditioned on z and on the
+  previous state.
 
 The context is the previous state's grid symbols (what the decoder has already decoded) and a
-flag saying whether there is one.
+flag saying whether there is one; ``history`` adds, per feature, for how many states that symbol
+has not changed (capped at RUN_CAP), see data/context.py.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ LN2 = math.log(2.0)
 #: coder's tables (24-bit) can represent it, so coded bytes match the model's estimate, and a
 #: value the training agents never held costs at most 22 bits instead of anything
 FLOOR = 2.0**-22
+#: ``history`` context: counts of unchanged states are capped here (and scaled to 0..1)
+RUN_CAP = 32
 
 
 @dataclass(frozen=True)
@@ -223,9 +227,10 @@ class LosslessCodec(nn.Module):
         self.context = check_context(context)
         self.schema = schema
         self.grid = MeaningGrid(schema, 1)
-        self.latent_dim = latent_dim
         self.num_features = len(schema.features)
-        ctx = input_dim + 1 if self.context else 0
+        self.latent_dim = latent_dim
+        history = self.num_features if self.context == "history" else 0
+        ctx = input_dim + 1 + history if self.context else 0
         self.encoder_body = _mlp([input_dim + ctx, *hidden_dims], activation, batch_norm, dropout)
         self.encoder_out = nn.Linear(hidden_dims[-1], latent_dim)
         hidden = list(reversed(hidden_dims))
@@ -248,12 +253,20 @@ class LosslessCodec(nn.Module):
         """Grid symbols -> the network's view of that state (model-input layout)."""
         return self.schema.model_input(self.grid.decode(symbols))
 
-    def context_input(self, prev: np.ndarray, flag: np.ndarray) -> torch.Tensor | None:
-        """Previous symbols [B, F] and flags [B] -> context input (None without context)."""
+    def context_input(
+        self, prev: np.ndarray, flag: np.ndarray, runs: np.ndarray | None = None
+    ) -> torch.Tensor | None:
+        """Previous symbols [B, F], flags [B] (and, for ``history``, each feature's
+        ``steps_unchanged`` [B, F]) -> context input (None without context)."""
         if not self.context:
             return None
         f = torch.from_numpy(flag.astype(np.float32))[:, None]
-        return torch.cat([self.state_input(prev) * f, f], dim=1)
+        parts = [self.state_input(prev) * f, f]
+        if self.context == "history":
+            assert runs is not None
+            capped = np.minimum(runs, RUN_CAP).astype(np.float32) / RUN_CAP
+            parts.append(torch.from_numpy(capped))
+        return torch.cat(parts, dim=1)
 
     def encode(self, symbols: np.ndarray, ctx: torch.Tensor | None) -> torch.Tensor:
         """Latent (before quantization) of states given as grid symbols."""
@@ -326,7 +339,8 @@ class LosslessCodec(nn.Module):
             f = self.num_features
             flag = context[:, f].detach().cpu().numpy() > 0.5
             prev = np.where(flag[:, None], self.symbols(context[:, :f]), 0)
-            ctx = self.context_input(prev, flag)
+            runs = context[:, f + 1 :].detach().cpu().numpy().astype(np.int64)
+            ctx = self.context_input(prev, flag, runs if self.context == "history" else None)
         mu = self.encode(symbols, ctx)
         latent = Latent(z=mu, mu=mu)
         out = bottleneck(latent)
