@@ -28,7 +28,8 @@ that. Per feature, with ``s`` the grid symbol:
 
 The context is the previous state's grid symbols (what the decoder has already decoded) and a
 flag saying whether there is one; ``history`` adds, per feature, for how many states that symbol
-has not changed (capped at RUN_CAP), see data/context.py.
+has not changed (capped at RUN_CAP, see data/context.py) and the symbol's parity (cells round
+half to even, so on a lattice even and odd cells differ in length).
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ class LosslessCodec(nn.Module):
         self.grid = MeaningGrid(schema, 1)
         self.num_features = len(schema.features)
         self.latent_dim = latent_dim
-        history = self.num_features if self.context == "history" else 0
+        history = 2 * self.num_features if self.context == "history" else 0
         ctx = input_dim + 1 + history if self.context else 0
         self.encoder_body = _mlp([input_dim + ctx, *hidden_dims], activation, batch_norm, dropout)
         self.encoder_out = nn.Linear(hidden_dims[-1], latent_dim)
@@ -265,7 +266,10 @@ class LosslessCodec(nn.Module):
         if self.context == "history":
             assert runs is not None
             capped = np.minimum(runs, RUN_CAP).astype(np.float32) / RUN_CAP
-            parts.append(torch.from_numpy(capped))
+            # The parity of a cell: grid cells round half to even (np.rint), so with values on
+            # a lattice (ages, steps) even and odd cells differ in length by one lattice step.
+            parity = (prev & 1).astype(np.float32) * flag[:, None]
+            parts += [torch.from_numpy(capped), torch.from_numpy(parity)]
         return torch.cat(parts, dim=1)
 
     def encode(self, symbols: np.ndarray, ctx: torch.Tensor | None) -> torch.Tensor:
