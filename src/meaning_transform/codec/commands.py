@@ -99,7 +99,7 @@ def compress(
     data_path: str,
     out: str,
     embed_model: bool = False,
-    chunk_size: int = 65536,
+    chunk_size: int = 131072,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics."""

@@ -171,8 +171,17 @@ class _Head(nn.Module):
         return torch.cat([out[:, : self.n_coef] @ self.basis, out[:, self.n_coef :]], dim=1)
 
     def probabilities(self, h: torch.Tensor) -> list[np.ndarray]:
-        """Per feature, float32 probabilities [B, size] (the coding path: no padding, the same
-        floor as ``forward``; encoder and decoder both use this one)."""
+        """Per feature, float32 probabilities [B, size] (the coding path, with the same floor as
+        ``forward``; encoder and decoder both use this one). Narrow heads (deltas) take one
+        padded softmax; wide ones (absolute bins) one softmax per feature, without padding."""
+        if self.index.numel() <= 2 * self.bounds[-1]:
+            flat = self._flat(h)
+            pad = flat.new_full((flat.shape[0], 1), -math.inf)
+            logits = torch.cat([flat, pad], dim=1)[:, self.index]
+            e = torch.exp(logits - logits.amax(dim=-1, keepdim=True))  # faster than softmax here
+            p = (e * (torch.exp(self.scale) / e.sum(dim=-1, keepdim=True)) + FLOOR).numpy()
+            sizes = np.diff(self.bounds).tolist()
+            return [np.ascontiguousarray(p[:, f, :n]) for f, n in enumerate(sizes)]
         flat = self._flat(h)[:, self.order]
         out = []
         for f, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:], strict=True)):
