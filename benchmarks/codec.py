@@ -114,7 +114,13 @@ def grid_columns(dm: Any) -> bytes:
     parts = []
     for col in symbols.T:
         lo, hi = int(col.min()), int(col.max())
-        dtype = np.int8 if -128 <= lo and hi < 128 else np.int16 if -(2**15) <= lo and hi < 2**15 else np.int32
+        dtype = (
+            np.int8
+            if lo >= -128 and hi < 128
+            else np.int16
+            if lo >= -(2**15) and hi < 2**15
+            else np.int32
+        )
         parts.append(col.astype(dtype).tobytes())
     return b"".join(parts)
 
@@ -160,7 +166,9 @@ def bench(name: str, db: Path, args: argparse.Namespace, work: Path) -> dict[str
         res[f"{key}_test_drift"] = summary.get("drift")
         res[key] = codec_run(summary["best_model_path"], test_db, work, f"{name}_{key}")
         if args.whole_db and big:
-            res[f"{key}_whole_db"] = codec_run(summary["best_model_path"], db, work, f"{name}_{key}_all")
+            res[f"{key}_whole_db"] = codec_run(
+                summary["best_model_path"], db, work, f"{name}_{key}_all"
+            )
         b = summary["baselines"]
     res["quantizer"] = {k: b["quantizer"][0][k] for k in ("bits_per_state", "coded_bits_per_state")}
     res["delta"] = {k: b["delta"][0][k] for k in ("bits_per_state", "coded_bits_per_state")}
@@ -241,7 +249,9 @@ def main() -> None:
                     print(f"skipping {name}: {db} not found")
                     continue
             print(f"{name}: training and coding ...", flush=True)
-            results["data"][name] = bench(name if "synthetic" not in name else "synthetic", db, args, work)
+            results["data"][name] = bench(
+                name if "synthetic" not in name else "synthetic", db, args, work
+            )
     print(table(results))
     write_results(args.out, results)
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from meaning_transform.codec.__main__ import main as codec_main
 from meaning_transform.data.testing import write_agentfarm_db
-
-from conftest import REPO
 
 TOLERANCE = {
     "position_x": 0.5, "position_y": 0.5, "resource_level": 1.0, "starvation_counter": 0.5,
@@ -148,7 +147,10 @@ def test_bad_files_and_inputs_are_one_line_errors(tiny, tmp_path, capsys) -> Non
     other = tmp_path / "other.ckpt"
     torch.save(state, other)
     _one_line_exit_2(
-        capsys, ["decompress", f"in={good}", f"out={out}", f"ckpt_path={other}"], "another model", work
+        capsys,
+        ["decompress", f"in={good}", f"out={out}", f"ckpt_path={other}"],
+        "another model",
+        work,
     )
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={tmp_path}/no.ckpt", f"data.path={db}",
                               f"out={out}"], "does not exist", work)  # fmt: skip
@@ -159,7 +161,9 @@ def test_bad_files_and_inputs_are_one_line_errors(tiny, tmp_path, capsys) -> Non
     _one_line_exit_2(capsys, ["decompress", f"in={good}", f"out={db}"], "exists", work)
     _one_line_exit_2(capsys, ["decompress", f"in={good}", f"outt={out}"], "no such key", work)
     _one_line_exit_2(capsys, ["squash", f"in={good}"], "first argument", work)
-    _one_line_exit_2(capsys, ["decompress", f"in={tmp_path}/none.mtc", f"out={out}"], "not found", work)
+    _one_line_exit_2(
+        capsys, ["decompress", f"in={tmp_path}/none.mtc", f"out={out}"], "not found", work
+    )
 
 
 def test_real_db_round_trip(real_db, tmp_path) -> None:
@@ -181,4 +185,7 @@ def test_evaluate_reports_drift_zero_and_exact_coding(tiny) -> None:
     report = evaluate_checkpoint(ckpt, None, "all")  # enough states that 32-bit words are noise
     assert report["metrics"]["drift"] == 0.0
     coding = report["coding"]
-    assert coding["exact"] and abs(coding["coded_bits_per_state"] / coding["estimated_bits_per_state"] - 1) < 0.01
+    assert (
+        coding["exact"]
+        and abs(coding["coded_bits_per_state"] / coding["estimated_bits_per_state"] - 1) < 0.01
+    )

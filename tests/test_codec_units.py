@@ -43,7 +43,9 @@ def test_steps_unchanged_counts_by_hand_and_matches_the_decoders_recursion() -> 
     assert runs[:, 0].tolist() == [0, 1, 2, 3, 1, 0, 1]
     rows = np.arange(2, 7)
     rows = rows[flag[rows] & flag[rows - 1]]
-    again = next_steps_unchanged(symbols[rows - 1], symbols[rows - 2], runs[rows - 1], flag[rows - 1])
+    again = next_steps_unchanged(
+        symbols[rows - 1], symbols[rows - 2], runs[rows - 1], flag[rows - 1]
+    )
     assert again.tolist() == runs[rows].tolist()
     rows = np.arange(1, 7)[flag[1:] & ~flag[:-1]]  # second row of an agent: count 1
     assert next_steps_unchanged(symbols[rows - 1], symbols[rows - 2], runs[rows - 1],
@@ -106,7 +108,6 @@ def _codec(context: str | None, n: int = 600, seed: int = 0):
 
 def _features():
     import yaml
-
     from conftest import AGENTFARM_SCHEMA
 
     return yaml.safe_load(AGENTFARM_SCHEMA.read_text())["features"]
@@ -114,7 +115,6 @@ def _features():
 
 def _predicates():
     import yaml
-
     from conftest import AGENTFARM_SCHEMA
 
     return yaml.safe_load(AGENTFARM_SCHEMA.read_text())["predicates"]

@@ -44,7 +44,10 @@ def test_lossless_drift_is_zero_and_coding_exact(tiny_cfg, context) -> None:
     module._eval_step("val", rows)
     assert float(module.drift["val"].compute()["drift"]) == 0.0
     report = module.code(datamodule.rows("train"))  # enough states that 32-bit words are noise
-    assert report["exact"] and abs(report["coded_bits_per_state"] / report["estimated_bits_per_state"] - 1) < 0.01
+    assert (
+        report["exact"]
+        and abs(report["coded_bits_per_state"] / report["estimated_bits_per_state"] - 1) < 0.01
+    )
 
 
 def test_bad_context_and_lossless_with_grid_path_are_one_line_errors(tiny_cfg) -> None:

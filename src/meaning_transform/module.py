@@ -13,8 +13,8 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from meaning_transform.errors import ConfigError
 from meaning_transform.data.context import check_context, context_input, split_batch
+from meaning_transform.errors import ConfigError
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.losses import CompositeLoss, LossContext
 from meaning_transform.metrics import RateMeter, SemanticDrift

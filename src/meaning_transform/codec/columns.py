@@ -132,9 +132,7 @@ def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return head["meta"], arrays
 
 
-def encode_columns(
-    keys: dict[str, Sequence[Any]], others: dict[str, Sequence[Any]]
-) -> bytes:
+def encode_columns(keys: dict[str, Sequence[Any]], others: dict[str, Sequence[Any]]) -> bytes:
     """Keys (``KEY_COLUMNS`` present in the table) and other columns -> bytes."""
     p = _Packer()
     agents = keys["agent_id"]

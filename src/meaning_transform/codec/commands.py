@@ -207,7 +207,9 @@ def decoded_chunks(reader: Reader, module: Any) -> Iterator[dict[str, list[Any]]
         where = f"{reader.name}: chunk {i}"
         try:
             keys, others = decode_columns(chunk.columns, n)
-            symbols = decode_chunk(module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"]))
+            symbols = decode_chunk(
+                module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"])
+            )
         except (ValueError, KeyError, IndexError) as e:
             raise CodecFileError(f"{where} does not decode ({e})") from None
         if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
@@ -316,7 +318,9 @@ TOLERANCE_SLACK = 1.0 + 1e-4
 def _compare(schema, layout, original, decoded, worst, offset) -> None:
     for c in [*layout.keys, *layout.others]:
         if original[c] != decoded[c]:
-            row = next(i for i, (a, b) in enumerate(zip(original[c], decoded[c])) if a != b)
+            row = next(
+                i for i, (a, b) in enumerate(zip(original[c], decoded[c], strict=True)) if a != b
+            )
             raise VerifyError(f"column {c!r} differs at state {offset + row + 1}")
     for f in schema.features:
         name = f"{AGENTS}.{f.name}" if f.name in layout.agent_features else f.name

@@ -100,9 +100,7 @@ def read_chunks(
 ) -> Iterator[dict[str, list[Any]]]:
     """Chunks of rows in (agent_id, step_number) order, as {column: values}."""
     cols = [f's."{c}"' for c in layout.columns] + [f'a."{c}"' for c in layout.agent_features]
-    join = (
-        f" LEFT JOIN {AGENTS} a ON a.agent_id = s.agent_id" if layout.agent_features else ""
-    )
+    join = f" LEFT JOIN {AGENTS} a ON a.agent_id = s.agent_id" if layout.agent_features else ""
     sql = f"SELECT {', '.join(cols)} FROM {STATES} s{join} ORDER BY s.agent_id, s.step_number"
     names = layout.columns + layout.agent_features
     with closing(con.execute(sql)) as cur:
@@ -143,7 +141,9 @@ def create_output(path: str, layout: dict[str, Any]) -> sqlite3.Connection:
     con.execute("PRAGMA synchronous = OFF")
     con.execute(layout["states_sql"])
     if layout["has_agents"]:
-        con.execute(f"CREATE TABLE {AGENTS} (agent_id VARCHAR(64) PRIMARY KEY, agent_type VARCHAR(50))")
+        con.execute(
+            f"CREATE TABLE {AGENTS} (agent_id VARCHAR(64) PRIMARY KEY, agent_type VARCHAR(50))"
+        )
     return con
 
 

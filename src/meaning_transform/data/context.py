@@ -29,7 +29,9 @@ CONTEXTS = ("previous", "history")
 def check_context(context: str | None) -> str | None:
     """``context`` if it is None or one of CONTEXTS, else a one-line ConfigError."""
     if context is not None and context not in CONTEXTS:
-        raise ConfigError(f"model.context={context!r} is invalid: expected null or one of {CONTEXTS}")
+        raise ConfigError(
+            f"model.context={context!r} is invalid: expected null or one of {CONTEXTS}"
+        )
     return context
 
 
@@ -86,7 +88,9 @@ def with_previous(x: torch.Tensor, agents: np.ndarray, grid: Any = None) -> torc
 
 def context_width(num_features: int, context: str | None) -> int:
     """Columns of a context: previous state and flag (+ one count per feature for history)."""
-    return 0 if context is None else num_features + 1 + (num_features if context == "history" else 0)
+    return (
+        0 if context is None else num_features + 1 + (num_features if context == "history" else 0)
+    )
 
 
 def split_batch(

@@ -130,7 +130,7 @@ class _Head(nn.Module):
         blocks, cols = [], []
         start = 0  # column of each bin in the flat logits
         flat_index = []
-        for f, (n, esc) in enumerate(zip(layout.n.tolist(), layout.escape.tolist(), strict=True)):
+        for n, esc in zip(layout.n.tolist(), layout.escape.tolist(), strict=True):
             m = n if basis is None or not esc else min(n, basis)  # discrete: free logits
             blocks.append(_cosine_basis(n, m))
             cols.append(m)
@@ -154,7 +154,9 @@ class _Head(nn.Module):
         self.bounds = np.cumsum([0, *layout.size.tolist()]).tolist()
         sizes = torch.tensor(layout.size.tolist(), dtype=torch.float32)
         self.register_buffer("scale", torch.log1p(-sizes * FLOOR)[:, None], persistent=False)
-        self.register_buffer("valid", torch.arange(width)[None, :] < sizes[:, None], persistent=False)
+        self.register_buffer(
+            "valid", torch.arange(width)[None, :] < sizes[:, None], persistent=False
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Log-probabilities [B, F, width], each at least log FLOOR (-inf past the sizes)."""
@@ -288,9 +290,7 @@ class LosslessCodec(nn.Module):
             inp = torch.cat([inp, ctx], dim=1)
         return self.encoder_out(self.encoder_body(inp))
 
-    def log_probs(
-        self, z: torch.Tensor, ctx: torch.Tensor | None, delta: bool
-    ) -> torch.Tensor:
+    def log_probs(self, z: torch.Tensor, ctx: torch.Tensor | None, delta: bool) -> torch.Tensor:
         """Log-probabilities [B, F, width] of the absolute (or delta) head given z and context."""
         h = self.decoder_body(z if ctx is None else torch.cat([z, ctx], dim=1))
         head = self.delta_head if delta else self.absolute_head

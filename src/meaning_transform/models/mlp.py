@@ -121,9 +121,9 @@ class MLPCodec(nn.Module):
             raise ValueError(f"model.hidden_dims must all be > 0, got {list(hidden_dims)}")
         self.latent_dim = latent_dim
         self.variational = variational
+        encoder_dim = input_dim + context_dim
         self.encoder = MLPEncoder(
-            input_dim + context_dim,
-            latent_dim, hidden_dims, activation, batch_norm, dropout, variational
+            encoder_dim, latent_dim, hidden_dims, activation, batch_norm, dropout, variational
         )
         self.decoder = MLPDecoder(
             latent_dim + context_dim + grid_dim,
