@@ -41,6 +41,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
+from rate_drift import QUIET, SHARED  # noqa: E402
 
 from meaning_transform.api import load_config  # noqa: E402
 from meaning_transform.codec import commands  # noqa: E402
@@ -50,16 +51,7 @@ from meaning_transform.data.testing import write_agentfarm_db  # noqa: E402
 from meaning_transform.grid import MeaningGrid  # noqa: E402
 from meaning_transform.training import run  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 REAL = {"run1": SHARED / "agentfarm_run1.db", "run3_moving": SHARED / "agentfarm_run3_moving.db"}
-QUIET = [
-    "logger=none",
-    "callbacks.curve_plotter=null",
-    "callbacks.progress_bar=null",
-    "callbacks.periodic_checkpoint=null",
-    "torch_threads=1",
-]
 
 
 VARIANTS = {"codec": "null", "codec_prev": "previous", "codec_hist": "history"}

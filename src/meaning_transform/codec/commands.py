@@ -93,6 +93,14 @@ class Progress:
             print(file=sys.stderr)
 
 
+def _write(target: Path, write: Any, progress: Progress) -> None:
+    """``write(tmp)`` then rename onto ``target`` (nothing is left on failure); end the bar."""
+    try:
+        atomic_write(target, write)
+    finally:
+        progress.close()
+
+
 # ---------------------------------------------------------------------- compress
 def compress(
     ckpt_path: str,
@@ -144,10 +152,7 @@ def compress(
                     progress.update(chunk.meta["n"])
                 writer.close()
 
-        try:
-            atomic_write(target, write)
-        finally:
-            progress.close()
+        _write(target, write, progress)
     stats["seconds"] = time.perf_counter() - start
     stats["bytes"] = target.stat().st_size
     return stats
@@ -263,10 +268,7 @@ def decompress(
                     con.executemany(f"INSERT INTO {AGENTS} VALUES (?, ?)", agents.items())
                 con.commit()
 
-        try:
-            atomic_write(target, write)
-        finally:
-            progress.close()
+        _write(target, write, progress)
     stats["seconds"] = time.perf_counter() - start
     return stats
 
