@@ -126,6 +126,11 @@ class MeaningModule(L.LightningModule):
     def unpack(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch -> (data tensor, context or None); see data/context.py."""
         if self.context is None:
+            if batch.shape[1] != len(self.schema.features):
+                raise ValueError(
+                    f"batches of {batch.shape[1]} columns for a model without context: set "
+                    "model.context (data.context follows it) instead of data.context alone"
+                )
             return batch, None
         return split_batch(batch, len(self.schema.features), self.context)
 
