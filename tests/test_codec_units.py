@@ -175,7 +175,11 @@ def test_columns_round_trip_with_id_exceptions_nulls_and_types() -> None:
         "simulation_id": ["s", "s", "s", "s"],
         "id": ["s:a-3", "s:a-4", "custom", "s:b-0"],
     }
-    others = {"position_z": [None] * 4, "note": [1, 2.5, "x", b"\x00\x01"]}
+    others = {
+        "position_z": [None] * 4,
+        "h": [1e300, None, -0.0, 2.5],
+        "note": [1, 2.5, "x", b"\x00\x01"],
+    }
     assert runs(keys["agent_id"])[0] == ["a", "b"] and runs(keys["agent_id"])[1].tolist() == [3, 1]
     blob = encode_columns(keys, others)
     got_keys, got_others = decode_columns(blob, 4)

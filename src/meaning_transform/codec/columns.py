@@ -54,6 +54,17 @@ def default_id(simulation_id: Any, agent_id: Any, step: Any) -> str:
 
 def _typed(values: Sequence[Any]) -> dict[str, Any]:
     """Any SQLite values -> type tags, int64 ints, float64 reals, texts and blobs."""
+    kinds = set(map(type, values))
+    if kinds <= {type(None), float}:  # the common columns (all NULL, all REAL): vectorized
+        reals = np.array(values, dtype=np.float64)  # None -> NaN (SQLite stores no NaN)
+        null = np.isnan(reals)
+        return {
+            "tags": np.where(null, _NULL, _REAL).astype(np.uint8),
+            "ints": np.zeros(0, dtype=np.int64),
+            "reals": reals[~null],
+            "texts": [],
+            "blobs": [],
+        }
     tags = np.empty(len(values), dtype=np.uint8)
     ints, reals, texts, blobs = [], [], [], []
     for i, v in enumerate(values):

@@ -119,15 +119,16 @@ def feature_table(
     nulls: dict[str, np.ndarray] = {}
     for f in schema.features:
         values = chunk[f.name]
-        mask = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
         if f.kind == "categorical":
             assert f.categories is not None
+            mask = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
             filled = [f.categories[0] if v is None else str(v) for v in values]
             table[f.name] = np.array(filled, dtype=object)
         else:
-            arr = np.array([0.0 if v is None else v for v in values], dtype=np.float64)
-            if f.kind == "continuous" and mask.any():
-                arr[mask] = schema.normalizers[f.name].mean
+            arr = np.array(values, dtype=np.float64)  # NULL -> NaN (SQLite stores no NaN)
+            mask = np.isnan(arr)
+            if mask.any():
+                arr[mask] = schema.normalizers[f.name].mean if f.kind == "continuous" else 0.0
             table[f.name] = arr
         if mask.any():
             nulls[f.name] = mask
