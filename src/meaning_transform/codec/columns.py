@@ -95,6 +95,10 @@ def _typed(values: Sequence[Any]) -> dict[str, Any]:
 
 def _untyped(d: dict[str, Any]) -> list[Any]:
     tags = d["tags"]
+    if not len(d["ints"]) and not d["texts"] and not d["blobs"]:  # all NULL/REAL: vectorized
+        values = np.full(len(tags), None, dtype=object)
+        values[tags == _REAL] = d["reals"].tolist()
+        return values.tolist()
     out: list[Any] = [None] * len(tags)
     sources = {
         _INT: iter(d["ints"].tolist()),
