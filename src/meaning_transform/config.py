@@ -37,6 +37,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a list of integers > 0",
     ),
     "model.dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.context": (lambda v: v in (None, "previous", "history"), "null, previous or history"),
     "model.grid_path.enabled": (lambda v: isinstance(v, bool), "true or false"),
     "model.grid_path.init_k": (lambda v: _num(v) and v >= 1, "a number >= 1"),
     "model.grid_path.learn_step": (lambda v: isinstance(v, bool), "true or false"),
