@@ -21,6 +21,8 @@ from conftest import REPO
 from meaning_transform.codec.__main__ import main as codec_main
 from meaning_transform.data.testing import write_agentfarm_db
 
+pytestmark = pytest.mark.slow  # trains models and runs the codec as a subprocess
+
 TOLERANCE = {
     "position_x": 0.5, "position_y": 0.5, "resource_level": 1.0, "starvation_counter": 0.5,
     "current_health": 2.0, "starting_health": 2.0, "total_reward": 5.0, "age": 5.0,
