@@ -191,3 +191,16 @@ def test_evaluate_reports_drift_zero_and_exact_coding(tiny) -> None:
         coding["exact"]
         and abs(coding["coded_bits_per_state"] / coding["estimated_bits_per_state"] - 1) < 0.01
     )
+
+
+def test_verify_finds_a_database_that_differs(tiny, tmp_path, capsys) -> None:
+    _, db, ckpt = tiny
+    out, changed = tmp_path / "v.mtc", tmp_path / "changed.db"
+    assert codec_main(["compress", f"ckpt_path={ckpt}", f"data.path={db}", f"out={out}"]) == 0
+    shutil.copy(db, changed)
+    with closing(sqlite3.connect(changed)) as con:
+        con.execute("UPDATE agent_states SET position_x = position_x + 3 WHERE rowid = 7")
+        con.commit()
+    assert codec_main(["verify", f"in={out}", f"data.path={changed}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: verify failed: feature 'position_x'") and err.count("\n") == 1

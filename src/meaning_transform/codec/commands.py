@@ -142,9 +142,10 @@ def compress(
         progress = Progress("compress", total)
 
         def write(tmp: str) -> None:
-            with open(tmp, "wb") as fh, deterministic_threads():
+            source = read_chunks(con, layout, chunk_size)
+            with open(tmp, "wb") as fh, deterministic_threads(), closing(source):
                 writer = Writer(fh, header, blob)
-                for rows in read_chunks(con, layout, chunk_size):
+                for rows in source:
                     chunk, estimated = _encode(module, layout, rows)
                     writer.chunk(chunk)
                     stats["states"] += chunk.meta["n"]
@@ -293,18 +294,18 @@ def verify(src: str, data_path: str, ckpt_path: str | None = None) -> dict[str, 
         layout = layout_of(con, data_path, schema)
         if layout.to_dict() != reader.header["layout"]:
             raise VerifyError(f"{data_path} has other columns than {src} was coded from")
-        source = read_chunks(con, layout, int(reader.header["chunk_size"]))
         worst = {f.name: 0.0 for f in schema.of_kind("continuous")}
         states = 0
-        with deterministic_threads():
+        chunks = read_chunks(con, layout, int(reader.header["chunk_size"]))
+        with closing(chunks) as source, deterministic_threads():  # closed before the db
             for decoded in decoded_chunks(reader, module):
                 original = next(source, None)
                 if original is None or len(original["agent_id"]) != len(decoded["agent_id"]):
                     raise VerifyError(f"{src} and {data_path} hold different numbers of states")
                 _compare(schema, layout, original, decoded, worst, states)
                 states += len(decoded["agent_id"])
-        if next(source, None) is not None:
-            raise VerifyError(f"{data_path} has more states than {src}")
+            if next(source, None) is not None:
+                raise VerifyError(f"{data_path} has more states than {src}")
     return {"states": states, "max_error_in_tolerances": worst}
 
 
