@@ -107,11 +107,17 @@ def test_random_bytes_are_not_a_checkpoint(tmp_path):
         (["experiment_name=.."], "experiment_name='..' is invalid: expected one folder name"),
         (["experiment_name=../../x"], "experiment_name='../../x' is invalid"),
         (["-m", "experiment_name=a,.."], "experiment_name='..' is invalid"),
-        (["compression=foo"], "compression=foo: no such option; choices: entropy, none, vq"),
+        (
+            ["compression=foo"],
+            "compression=foo: no such option; choices: entropy, lossless, none, vq",
+        ),
         (["optimizer=sgd"], "optimizer=sgd: no such option; choices: adam, adamw"),
         (["data.batchsize=64"], "data.batchsize=64: no such key; did you mean data.batch_size?"),
         (["--experiment", "x"], "--experiment is not an option of train.py: settings are "),
-        (["-m", "compression=vq,foo"], "compression=foo: no such option; choices: entropy, none"),
+        (
+            ["-m", "compression=vq,foo"],
+            "compression=foo: no such option; choices: entropy, lossless, none",
+        ),
     ],
 )
 def test_bad_command_line_is_one_line_and_writes_nothing(args, expected, tmp_path):

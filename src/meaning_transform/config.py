@@ -55,6 +55,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a list of integers > 0",
     ),
     "model.dropout": FRACTION,
+    "model.context": (lambda v: v in (None, "previous", "history"), "null, previous or history"),
     "model.grid_path.enabled": FLAG,
     "model.grid_path.init_k": (lambda v: _num(v) and v >= 1, "a number >= 1"),
     "model.grid_path.learn_step": FLAG,

@@ -60,10 +60,16 @@ def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val"
     datamodule = instantiate_checked(
         _data_config(data_cfg, ckpt, ckpt_path), "data", schema=module.schema.to_dict()
     )
+    datamodule.context = module.context  # the model decides whether rows carry context
     datamodule.setup("validate")
     x = split_tensor(datamodule, split)
     if x.shape[0] == 0:
         raise ConfigError(f"split={split!r} has no states in this data")
+    if module.context:
+        import torch
+
+        names = SPLITS[:-1] if split == "all" else (split,)
+        x = torch.cat([datamodule.rows(s) for s in names])
     loader = datamodule._loader(x, datamodule.eval_batch_size)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -133,6 +133,16 @@ class MeaningGrid:
             out[:, i] = np.subtract(value, norm.mean) / norm.std
         return torch.from_numpy(out)
 
+    def native(self, symbols: np.ndarray) -> np.ndarray:
+        """int64 symbols [N, F] -> float64 native values (continuous: the cell midpoints, exact
+        in float64; binary/categorical: the code), as a decompressed database stores them."""
+        symbols = np.asarray(symbols, dtype=np.int64)
+        out = symbols.astype(np.float64)
+        for i, f in enumerate(self.schema.features):
+            if f.kind == "continuous":
+                out[:, i] = self._midpoints(f.name, symbols[:, i])
+        return out
+
     def _midpoints(self, name: str, s: np.ndarray) -> np.ndarray:
         """Native value of each continuous symbol: the midpoint of its (sub-)cell."""
         step = self.steps[name]

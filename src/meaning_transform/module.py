@@ -11,10 +11,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from meaning_transform.baselines import baselines_of_splits, classical_metrics
 from meaning_transform.containers import to_plain
+from meaning_transform.data.context import check_context, context_input, split_batch
+from meaning_transform.errors import ConfigError
+from meaning_transform.grid import MeaningGrid
 from meaning_transform.losses import CompositeLoss, LossContext
 from meaning_transform.metrics import MeanVector, RateMeter, SemanticDrift
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
@@ -71,18 +74,29 @@ class MeaningModule(L.LightningModule):
         if grid_cfg.pop("enabled", False):
             level = hp.compression.get("level", 1.0)
             self.grid = GridPath(self.schema, level=level, **grid_cfg)
-        self.codec = instantiate(
-            model_cfg,
+        # model.context=previous: batches carry the agent's previous state (data/context.py)
+        self.context = check_context(model_cfg.get("context"))
+        extra: dict[str, Any] = {}
+        if getattr(get_class(model_cfg["_target_"]), "needs_schema", False):
+            extra["schema"] = self.schema  # codecs that code the meaning grid themselves
+        elif self.context == "history":
+            raise ConfigError("model.context=history needs compression=lossless; use previous")
+        elif self.context:
+            extra["context_dim"] = self.schema.input_dim + 1
+            self.context_grid = MeaningGrid(self.schema, 1)
+        # partial: a schema object cannot go through OmegaConf
+        self.codec = instantiate(model_cfg, _partial_=True)(
             input_dim=self.schema.input_dim,
             output_dim=self.schema.head_dim,
             grid_dim=len(self.schema.features) if self.grid is not None else 0,
+            **extra,
         )
         self.bottleneck: Bottleneck = instantiate(hp.compression, latent_dim=self.codec.latent_dim)
         terms = {name: instantiate(t) for name, t in (hp.loss.get("terms") or {}).items()}
         self.loss_fn = CompositeLoss(terms)
         codebook = getattr(self.bottleneck, "codebook_size", 0)
         self.drift = torch.nn.ModuleDict({s: SemanticDrift(self.schema) for s in EVAL_STAGES})
-        has_grid = self.grid is not None
+        has_grid = self.grid is not None or hasattr(self.codec, "code_state")
         self.rate = torch.nn.ModuleDict({s: RateMeter(codebook, has_grid) for s in EVAL_STAGES})
         # per stage, the epoch's mean reported loss, loss terms and rate; the train loss weights
         names = ["loss", *self.loss_fn.names, "rate_bits"]
@@ -93,18 +107,41 @@ class MeaningModule(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
 
     # ------------------------------------------------------------------ core
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Latent, BottleneckOutput]:
-        """Data tensor -> (decoder heads, latent, bottleneck output of all coded channels)."""
-        latent = self.codec.encoder(self.layout.model_input(x))
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Latent, BottleneckOutput]:
+        """Data tensor (and, with ``model.context``, the context [B, F + 1]) -> (decoder heads,
+        latent, bottleneck output of all coded channels)."""
+        if hasattr(self.codec, "code_state"):  # codes the meaning grid itself (lossless)
+            return self.codec.code_state(x, self.bottleneck, context)
+        enc_in = self.layout.model_input(x)
+        ctx = None
+        if context is not None:
+            ctx = context_input(self.layout, self.context_grid, context)
+            enc_in = torch.cat([enc_in, ctx], dim=1)
+        latent = self.codec.encoder(enc_in)
         out = self.bottleneck(latent)
+        z = out.z if ctx is None else torch.cat([out.z, ctx], dim=1)
         if self.grid is None:
-            return self.codec.decoder(out.z), latent, out
+            return self.codec.decoder(z), latent, out
         g, grid_out = self.grid(x)
-        heads = self.grid.heads(g, self.codec.decoder(torch.cat([out.z, g], dim=1)))
+        heads = self.grid.heads(g, self.codec.decoder(torch.cat([z, g], dim=1)))
         return heads, latent, _with_grid(out, grid_out)
 
-    def _step(self, x: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
-        heads, latent, out = self(x)
+    def unpack(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch -> (data tensor, context or None); see data/context.py."""
+        if self.context is None:
+            if batch.shape[1] != len(self.schema.features):
+                raise ValueError(
+                    f"batches of {batch.shape[1]} columns for a model without context: set "
+                    "model.context (data.context follows it) instead of data.context alone"
+                )
+            return batch, None
+        return split_batch(batch, len(self.schema.features), self.context)
+
+    def _step(self, batch: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
+        x, context = self.unpack(batch)
+        heads, latent, out = self(x, context)
         ctx = LossContext(x, heads, latent, out, self.layout, progress, self.grid)
         total, reported, values, weights = self.loss_fn(ctx)
         return total, reported, values, weights, heads, out
@@ -167,8 +204,9 @@ class MeaningModule(L.LightningModule):
             self.log_dict(metrics, sync_dist=False, on_step=True, on_epoch=False)
         return total
 
-    def _eval_step(self, stage: str, x: torch.Tensor) -> None:
-        _, reported, values, _, heads, out = self._step(x, float(self.current_epoch))
+    def _eval_step(self, stage: str, batch: torch.Tensor) -> None:
+        _, reported, values, _, heads, out = self._step(batch, float(self.current_epoch))
+        x, _ = self.unpack(batch)
         self._update_losses(stage, reported, values, out.rate_bits, x.shape[0])
         self.drift[stage].update(x, self.layout.point_estimate(heads))
         grid_bits = out.grid_bits
@@ -285,6 +323,10 @@ class MeaningModule(L.LightningModule):
         """
         self.eval()
         x = x.to(self.device)
+        if hasattr(self.codec, "code_state"):  # lossless: code it as the codec command does
+            from meaning_transform.codec.chunks import coding_report
+
+            return coding_report(self, *self.unpack(x))
         parts: dict[str, list[tuple[EntropyBottleneck, torch.Tensor]]] = {}
         if isinstance(self.bottleneck, EntropyBottleneck):
             z = self.codec.encoder(self.layout.model_input(x)).mu

@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test") and datamodule.test_x.shape[0] and not trainer.fast_dev_run:
         summary["test"] = evaluate_split(trainer, module, datamodule, summary["best_model_path"])
         # trainer.test loaded the best weights into module: code the test split with them
-        summary["test_coding"] = module.code(datamodule.test_x)
+        summary["test_coding"] = module.code(datamodule.rows("test"))
     # the classical codes on the split the run last evaluated (test, else validation)
     split = next((s for s in ("test", "val") if module.classical.get(s)), None)
     summary["baselines"] = module.classical[split] if split else None

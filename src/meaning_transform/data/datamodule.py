@@ -19,9 +19,11 @@ import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from meaning_transform.data.context import check_context, with_previous
 from meaning_transform.data.errors import DataError
 from meaning_transform.data.sqlite import check_sqlite_args, read_sqlite
 from meaning_transform.data.synthetic import generate_synthetic
+from meaning_transform.grid import MeaningGrid
 from meaning_transform.schema import INVALID_VALUES, Feature, FeatureSchema, Table
 from meaning_transform.schema import table as schema_table
 from meaning_transform.schema.layout import SchemaLayout
@@ -89,8 +91,11 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         split_seed: int = 0,
         drop_invalid: bool = False,
         shuffle: bool = True,
+        context: str | None = None,
     ) -> None:
         super().__init__()
+        # model.context=previous: loaders serve each state with its agent's previous one
+        self.context = check_context(context)
         _check_positive_int("batch_size", batch_size)
         if eval_batch_size is not None:
             _check_positive_int("eval_batch_size", eval_batch_size)
@@ -254,10 +259,18 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         """Test-split batches in order (what ``trainer.predict`` reconstructs)."""
         return self.test_dataloader()
 
+    def rows(self, split: str) -> torch.Tensor:
+        """The split as the model reads it: data tensor rows, with their context when set."""
+        return self._split_tensor(split)
+
     def _split_tensor(self, split: str) -> torch.Tensor:
         if not self._ready:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return getattr(self, f"{split}_x")
+        x = getattr(self, f"{split}_x")
+        if not self.context:
+            return x
+        grid = MeaningGrid(self.schema, 1) if self.context == "history" else None
+        return with_previous(x, getattr(self, f"{split}_agents"), grid)
 
     def _loader(
         self,

@@ -91,7 +91,9 @@ class MLPCodec(nn.Module):
 
     ``grid_dim`` > 0 (the model has a grid path): the decoder also reads the grid-decoded state
     (``grid_dim`` columns after the latent) and its output is a correction to the grid's own
-    heads, zero at initialization.
+    heads, zero at initialization. ``context`` (``model.context=previous``): encoder and decoder
+    also read the agent's previous state (``context_dim`` columns, data/context.py), the decoder
+    right after the latent.
     """
 
     def __init__(
@@ -105,8 +107,12 @@ class MLPCodec(nn.Module):
         dropout: float = 0.0,
         variational: bool = True,
         grid_dim: int = 0,
+        context: str | None = None,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
+        if (context is None) != (context_dim == 0):
+            raise ValueError(f"model.context={context!r} needs its context_dim (got {context_dim})")
         if latent_dim <= 0:
             raise ValueError(f"model.latent_dim must be > 0, got {latent_dim}")
         if not 0 <= dropout < 1:
@@ -115,11 +121,12 @@ class MLPCodec(nn.Module):
             raise ValueError(f"model.hidden_dims must all be > 0, got {list(hidden_dims)}")
         self.latent_dim = latent_dim
         self.variational = variational
+        encoder_dim = input_dim + context_dim
         self.encoder = MLPEncoder(
-            input_dim, latent_dim, hidden_dims, activation, batch_norm, dropout, variational
+            encoder_dim, latent_dim, hidden_dims, activation, batch_norm, dropout, variational
         )
         self.decoder = MLPDecoder(
-            latent_dim + grid_dim,
+            latent_dim + context_dim + grid_dim,
             output_dim,
             hidden_dims,
             activation,

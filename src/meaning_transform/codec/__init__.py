@@ -1,0 +1,1 @@
+"""Compress an AgentFarm ``simulation.db`` with a lossless model (``python -m meaning_transform.codec``)."""

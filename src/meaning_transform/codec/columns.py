@@ -1,0 +1,224 @@
+"""Lossless coding of the columns the model does not code: keys and other columns, per chunk.
+
+Rows of a chunk are in (agent_id, step_number) order, so
+
+- ``agent_id`` and ``simulation_id`` are runs: the run values and run lengths;
+- ``step_number`` is each agent run's first step and then differences (almost all 1);
+- ``id`` is rebuilt as ``"<simulation_id>:<agent_id>-<step_number>"`` (AgentFarm's rule); the
+  rows where that is not the stored value keep theirs as exceptions;
+- any other column (``position_z``, a constant ``starting_health``, NULL masks of coded
+  features) is stored value by value with its SQLite type (NULL, integer, real, text, blob).
+
+Everything is packed into one zlib stream (level 9): long runs of 1s and of one constant value
+cost a few bytes. The bytes are counted in the file size like the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from meaning_transform.errors import DataError
+
+KEY_COLUMNS = ("agent_id", "step_number", "simulation_id", "id")
+_NULL, _INT, _REAL, _TEXT, _BLOB = range(5)
+
+
+def runs(values: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
+    """Run-length form of ``values``: (run values, run lengths)."""
+    n = len(values)
+    if n == 0:
+        return [], np.zeros(0, dtype=np.int64)
+    starts = [0] + [i for i in range(1, n) if values[i] != values[i - 1]]
+    lengths = np.diff(np.append(starts, n))
+    return [values[i] for i in starts], lengths
+
+
+def unruns(values: Sequence[Any], lengths: np.ndarray) -> list[Any]:
+    """Inverse of ``runs``."""
+    out: list[Any] = []
+    for v, n in zip(values, lengths.tolist(), strict=True):
+        out.extend([v] * n)
+    return out
+
+
+def default_id(simulation_id: Any, agent_id: Any, step: Any) -> str:
+    """AgentFarm's ``agent_states.id``."""
+    return f"{simulation_id}:{agent_id}-{step}"
+
+
+def _typed(values: Sequence[Any]) -> dict[str, Any]:
+    """Any SQLite values -> type tags, int64 ints, float64 reals, texts and blobs."""
+    kinds = set(map(type, values))
+    if kinds <= {type(None), float}:  # the common columns (all NULL, all REAL): vectorized
+        reals = np.array(values, dtype=np.float64)  # None -> NaN (SQLite stores no NaN)
+        null = np.isnan(reals)
+        return {
+            "tags": np.where(null, _NULL, _REAL).astype(np.uint8),
+            "ints": np.zeros(0, dtype=np.int64),
+            "reals": reals[~null],
+            "texts": [],
+            "blobs": [],
+        }
+    tags = np.empty(len(values), dtype=np.uint8)
+    ints, reals, texts, blobs = [], [], [], []
+    for i, v in enumerate(values):
+        if v is None:
+            tags[i] = _NULL
+        elif isinstance(v, bool | int):
+            if not -(2**63) <= v < 2**63:
+                raise DataError(f"integer {v} does not fit in 64 bits")
+            tags[i] = _INT
+            ints.append(int(v))
+        elif isinstance(v, float):
+            tags[i] = _REAL
+            reals.append(v)
+        elif isinstance(v, str):
+            tags[i] = _TEXT
+            texts.append(v)
+        else:
+            tags[i] = _BLOB
+            blobs.append(bytes(v).hex())
+    return {
+        "tags": tags,
+        "ints": np.array(ints, dtype=np.int64),
+        "reals": np.array(reals, dtype=np.float64),
+        "texts": texts,
+        "blobs": blobs,
+    }
+
+
+def _untyped(d: dict[str, Any]) -> list[Any]:
+    tags = d["tags"]
+    if not len(d["ints"]) and not d["texts"] and not d["blobs"]:  # all NULL/REAL: vectorized
+        values = np.full(len(tags), None, dtype=object)
+        values[tags == _REAL] = d["reals"].tolist()
+        return values.tolist()
+    out: list[Any] = [None] * len(tags)
+    sources = {
+        _INT: iter(d["ints"].tolist()),
+        _REAL: iter(d["reals"].tolist()),
+        _TEXT: iter(d["texts"]),
+        _BLOB: (bytes.fromhex(b) for b in d["blobs"]),
+    }
+    for i, t in enumerate(tags.tolist()):
+        if t != _NULL:
+            out[i] = next(sources[t])
+    return out
+
+
+class _Packer:
+    """Named numpy arrays and JSON values -> one zlib-compressed byte string (and back)."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] = {}
+        self.arrays: list[tuple[str, np.ndarray]] = []
+
+    def array(self, name: str, a: np.ndarray) -> None:
+        self.arrays.append((name, np.ascontiguousarray(a)))
+
+    def typed(self, name: str, values: Sequence[Any]) -> None:
+        d = _typed(values)
+        self.meta[name] = {"texts": d["texts"], "blobs": d["blobs"]}
+        for part in ("tags", "ints", "reals"):
+            self.array(f"{name}.{part}", d[part])
+
+    def tobytes(self) -> bytes:
+        layout = [[name, a.dtype.str, len(a)] for name, a in self.arrays]
+        head = json.dumps({"meta": self.meta, "arrays": layout}).encode()
+        body = b"".join(a.tobytes() for _, a in self.arrays)
+        return zlib.compress(struct.pack("<I", len(head)) + head + body, 9)
+
+
+def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    raw = zlib.decompress(blob)
+    (n,) = struct.unpack_from("<I", raw)
+    head = json.loads(raw[4 : 4 + n])
+    arrays, offset = {}, 4 + n
+    for name, dtype, length in head["arrays"]:
+        dt = np.dtype(dtype)
+        arrays[name] = np.frombuffer(raw, dtype=dt, count=length, offset=offset)
+        offset += dt.itemsize * length
+    return head["meta"], arrays
+
+
+def encode_columns(keys: dict[str, Sequence[Any]], others: dict[str, Sequence[Any]]) -> bytes:
+    """Keys (``KEY_COLUMNS`` present in the table) and other columns -> bytes."""
+    p = _Packer()
+    agents = keys["agent_id"]
+    agent_runs, lengths = runs(agents)
+    p.typed("agent_runs", agent_runs)
+    p.array("agent_lengths", lengths)
+    if "step_number" in keys:
+        p.typed("steps", _step_deltas(keys["step_number"], lengths))
+    if "simulation_id" in keys:
+        sim_runs, sim_lengths = runs(keys["simulation_id"])
+        p.typed("sim_runs", sim_runs)
+        p.array("sim_lengths", sim_lengths)
+    if "id" in keys:
+        sims = keys.get("simulation_id", [None] * len(agents))
+        steps = keys.get("step_number", [None] * len(agents))
+        ids = keys["id"]
+        rows = [i for i, v in enumerate(ids) if v != default_id(sims[i], agents[i], steps[i])]
+        p.array("id_rows", np.array(rows, dtype=np.int64))
+        p.typed("id_values", [ids[i] for i in rows])
+    p.meta["others"] = list(others)
+    for name, values in others.items():
+        p.typed(f"col:{name}", values)
+    return p.tobytes()
+
+
+def _step_deltas(steps: Sequence[Any], lengths: np.ndarray) -> list[Any]:
+    """Steps with each run's later rows as differences from the row before (ints only)."""
+    out = list(steps)
+    ints = all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+    if not ints:
+        return out  # stored as they are (typed), rare
+    a = np.asarray(steps, dtype=np.int64)
+    d = np.diff(a, prepend=0)
+    first = np.cumsum(np.append(0, lengths[:-1]))
+    d[first] = a[first]
+    return d.tolist()
+
+
+def decode_columns(blob: bytes, n: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """Inverse of ``encode_columns`` for a chunk of ``n`` rows: (keys, other columns)."""
+    meta, arrays = _unpack(blob)
+
+    def typed(name: str) -> list[Any]:
+        d = {"texts": meta[name]["texts"], "blobs": meta[name]["blobs"]}
+        d.update({part: arrays[f"{name}.{part}"] for part in ("tags", "ints", "reals")})
+        return _untyped(d)
+
+    lengths = arrays["agent_lengths"]
+    keys: dict[str, list[Any]] = {"agent_id": unruns(typed("agent_runs"), lengths)}
+    if "steps.tags" in arrays:
+        steps = typed("steps")
+        if all(isinstance(s, int) for s in steps) and steps:
+            a = np.asarray(steps, dtype=np.int64)
+            first = np.cumsum(np.append(0, lengths[:-1]))
+            # each run: cumulative sum from its first step
+            run_id = np.repeat(np.arange(len(lengths)), lengths)
+            csum = np.cumsum(a)
+            base = csum[first] - a[first]
+            steps = (csum - base[run_id]).tolist()
+        keys["step_number"] = steps
+    if "sim_lengths" in arrays:
+        keys["simulation_id"] = unruns(typed("sim_runs"), arrays["sim_lengths"])
+    if "id_rows" in arrays:
+        sims = keys.get("simulation_id", [None] * n)
+        steps = keys.get("step_number", [None] * n)
+        agents = keys["agent_id"]
+        ids = [default_id(sims[i], agents[i], steps[i]) for i in range(n)]
+        for i, v in zip(arrays["id_rows"].tolist(), typed("id_values"), strict=True):
+            ids[i] = v
+        keys["id"] = ids
+    others = {name: typed(f"col:{name}") for name in meta["others"]}
+    if any(len(v) != n for v in [*keys.values(), *others.values()]):
+        raise ValueError("key columns do not have the chunk's row count")
+    return keys, others

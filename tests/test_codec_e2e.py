@@ -1,0 +1,206 @@
+"""End to end: train a tiny lossless model, compress a simulation.db, decompress, verify.
+
+The restored database is checked by an independent comparison (both files read with sqlite3),
+not by the codec's own verify. Bad files and bad arguments must be one line, exit code 2, and
+leave nothing on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import torch
+from agentfarm_db import write_agentfarm_db
+from conftest import REPO
+
+from meaning_transform.codec.__main__ import main as codec_main
+
+pytestmark = pytest.mark.slow  # trains models and runs the codec as a subprocess
+
+TOLERANCE = {
+    "position_x": 0.5, "position_y": 0.5, "resource_level": 1.0, "starvation_counter": 0.5,
+    "current_health": 2.0, "starting_health": 2.0, "total_reward": 5.0, "age": 5.0,
+}  # fmt: skip
+KEYS = ("id", "agent_id", "step_number", "simulation_id")
+
+
+def train_lossless(tmp: Path, *overrides: str) -> str:
+    """best.ckpt of a 2-epoch lossless model (tiny)."""
+    from meaning_transform import MeaningTrainer, load_config
+
+    cfg = load_config(
+        [
+            "compression=lossless",
+            "model.hidden_dims=[16]",
+            "model.latent_dim=2",
+            "trainer.max_epochs=2",
+            "logger=none",
+            "torch_threads=1",
+            "callbacks.progress_bar.refresh_rate=0",
+            f"paths.output_dir={tmp}",
+            *overrides,
+        ]
+    )
+    return MeaningTrainer(cfg).train()["best_model_path"]
+
+
+def assert_same_meaning(original: Path, restored: Path) -> int:
+    """Every key exact, every feature within tolerance, NULLs kept, agent types kept."""
+    with closing(sqlite3.connect(original)) as a, closing(sqlite3.connect(restored)) as b:
+        cols = [r[1] for r in a.execute("PRAGMA table_info(agent_states)")]
+        assert [r[1] for r in b.execute("PRAGMA table_info(agent_states)")] == cols
+        sql = f"SELECT {', '.join(cols)} FROM agent_states ORDER BY id"
+        rows_a, rows_b = a.execute(sql).fetchall(), b.execute(sql).fetchall()
+        assert len(rows_a) == len(rows_b) > 0
+        for ra, rb in zip(rows_a, rows_b, strict=True):
+            for c, va, vb in zip(cols, ra, rb, strict=True):
+                if c in KEYS or va is None or c not in TOLERANCE:
+                    assert va == vb, (c, va, vb)
+                else:
+                    assert vb is not None and abs(va - vb) <= TOLERANCE[c] * (1 + 1e-4), (c, va, vb)
+        types_a = dict(a.execute("SELECT agent_id, agent_type FROM agents"))
+        types_b = dict(b.execute("SELECT agent_id, agent_type FROM agents"))
+        assert types_b == {k: types_a[k] for k in types_b} and len(types_b) > 0
+    return len(rows_a)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny synthetic db (with NULLs in a coded feature) and a lossless model with context."""
+    tmp = tmp_path_factory.mktemp("codec")
+    db = tmp / "sim.db"
+    write_agentfarm_db(db, 1500, num_agents=25, nulls={"resource_level": 4})
+    ckpt = train_lossless(
+        tmp / "run", "model.context=previous", "data=sqlite", f"data.path={db}",
+        "data.drop_invalid=true",
+    )  # fmt: skip
+    return tmp, db, ckpt
+
+
+def _codec(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meaning_transform.codec", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_compress_decompress_verify_as_a_user(tiny) -> None:
+    tmp, db, ckpt = tiny
+    out, restored = tmp / "sim.mtc", tmp / "restored.db"
+    before = db.read_bytes()
+    r = _codec("compress", f"ckpt_path={ckpt}", f"data.path={db}", f"out={out}")
+    assert r.returncode == 0, r.stderr
+    assert "bits/state" in r.stdout and out.stat().st_size < db.stat().st_size / 10
+    r = _codec("decompress", f"in={out}", f"out={restored}")
+    assert r.returncode == 0, r.stderr
+    assert assert_same_meaning(db, restored) == 1500
+    r = _codec("verify", f"in={out}", f"data.path={db}")
+    assert r.returncode == 0 and "verified 1,500 states" in r.stdout, r.stderr
+    assert db.read_bytes() == before  # the input is never modified
+
+
+def test_embedded_model_and_small_chunks(tiny, tmp_path) -> None:
+    _, db, ckpt = tiny
+    moved = tmp_path / "model.ckpt"
+    shutil.copy(ckpt, moved)
+    out, restored = tmp_path / "e.mtc", tmp_path / "e.db"
+    args = [f"ckpt_path={moved}", f"data.path={db}", f"out={out}"]
+    assert codec_main(["compress", *args, "embed_model=true", "chunk_size=100"]) == 0
+    moved.unlink()  # decompress needs nothing but the file
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    assert assert_same_meaning(db, restored) == 1500
+
+
+def _one_line_exit_2(capsys, args: list[str], match: str, folder: Path) -> None:
+    before = sorted(folder.iterdir())
+    assert codec_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and match in err, err
+    assert sorted(folder.iterdir()) == before  # nothing left on disk
+
+
+def test_bad_files_and_inputs_are_one_line_errors(tiny, tmp_path, capsys) -> None:
+    _, db, ckpt = tiny
+    good = tmp_path / "good.mtc"
+    assert codec_main(["compress", f"ckpt_path={ckpt}", f"data.path={db}", f"out={good}"]) == 0
+    data = good.read_bytes()
+    work = tmp_path / "work"
+    work.mkdir()
+    out = str(work / "out.db")
+    cases = {
+        "truncated": (data[: len(data) // 2], "truncated"),
+        "corrupted": (data[:-40] + bytes([data[-40] ^ 1]) + data[-39:], "corrupted"),
+        "empty": (b"", "bad magic"),
+    }
+    for name, (content, match) in cases.items():
+        bad = tmp_path / f"{name}.mtc"
+        bad.write_bytes(content)
+        _one_line_exit_2(capsys, ["decompress", f"in={bad}", f"out={out}"], match, work)
+    # another model: same architecture, one weight changed
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k in state["state_dict"] if k.endswith("weight"))
+    state["state_dict"][key] = state["state_dict"][key] + 1
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    _one_line_exit_2(
+        capsys,
+        ["decompress", f"in={good}", f"out={out}", f"ckpt_path={other}"],
+        "another model",
+        work,
+    )
+    _one_line_exit_2(capsys, ["compress", f"ckpt_path={tmp_path}/no.ckpt", f"data.path={db}",
+                              f"out={out}"], "does not exist", work)  # fmt: skip
+    _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={tmp_path}/no.db",
+                              f"out={out}"], "file not found", work)  # fmt: skip
+    _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={db}",
+                              f"out={work}"], "is a directory", work)  # fmt: skip
+    _one_line_exit_2(capsys, ["decompress", f"in={good}", f"out={db}"], "exists", work)
+    _one_line_exit_2(capsys, ["decompress", f"in={good}", f"outt={out}"], "no such key", work)
+    _one_line_exit_2(capsys, ["squash", f"in={good}"], "first argument", work)
+    _one_line_exit_2(
+        capsys, ["decompress", f"in={tmp_path}/none.mtc", f"out={out}"], "not found", work
+    )
+
+
+def test_real_db_round_trip(real_db, tmp_path) -> None:
+    ckpt = train_lossless(
+        tmp_path / "run", "model.context=previous", "data=sqlite", f"data.path={real_db}",
+        "data.limit=3000", "trainer.max_epochs=1",
+    )  # fmt: skip
+    out, restored = tmp_path / "r.mtc", tmp_path / "r.db"
+    args = [f"ckpt_path={ckpt}", f"data.path={real_db}", f"out={out}", "chunk_size=8192"]
+    assert codec_main(["compress", *args]) == 0
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    assert assert_same_meaning(real_db, restored) == 18758
+
+
+def test_evaluate_reports_drift_zero_and_exact_coding(tiny) -> None:
+    from meaning_transform.evaluate import evaluate_checkpoint
+
+    _, _, ckpt = tiny
+    report = evaluate_checkpoint(ckpt, None, "all")  # enough states that 32-bit words are noise
+    assert report["metrics"]["drift"] == 0.0
+    coding = report["coding"]
+    assert (
+        coding["exact"]
+        and abs(coding["coded_bits_per_state"] / coding["estimated_bits_per_state"] - 1) < 0.01
+    )
+
+
+def test_verify_finds_a_database_that_differs(tiny, tmp_path, capsys) -> None:
+    _, db, ckpt = tiny
+    out, changed = tmp_path / "v.mtc", tmp_path / "changed.db"
+    assert codec_main(["compress", f"ckpt_path={ckpt}", f"data.path={db}", f"out={out}"]) == 0
+    shutil.copy(db, changed)
+    with closing(sqlite3.connect(changed)) as con:
+        con.execute("UPDATE agent_states SET position_x = position_x + 3 WHERE rowid = 7")
+        con.commit()
+    assert codec_main(["verify", f"in={out}", f"data.path={changed}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: verify failed: feature 'position_x'") and err.count("\n") == 1
