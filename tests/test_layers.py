@@ -56,3 +56,59 @@ def test_no_import_cycles():
         if m not in state:
             visit(m)
     assert len(graph) > 30  # the walk saw the package
+
+
+#: README "Architecture": each module's layer; a module imports only from its layer or above
+LAYERS = [
+    (
+        "foundation",
+        (
+            "errors",
+            "messages",
+            "io",
+            "containers",
+            "lazy",
+            "rundir",
+            "console",
+            "kl_schedule",
+            "config",
+            "",
+        ),
+    ),
+    ("declarations", ("schema", "grid")),
+    ("data", ("data",)),
+    ("model", ("models", "losses", "metrics", "baselines")),
+    (
+        "training",
+        (
+            "module",
+            "callbacks",
+            "assemble",
+            "training",
+            "run_summary",
+            "failures",
+            "checkpoint_reader",
+        ),
+    ),
+    ("commands", ("cli", "api", "evaluate", "codec", "report", "sweep_callback", "test_training")),
+]
+
+
+def _layer(module: str) -> int:
+    first = module.split(".")[1] if "." in module else ""
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if first in prefixes:
+            return i
+    raise AssertionError(f"{module} is in no layer of README 'Architecture'")
+
+
+def test_layers_import_only_from_above():
+    files = {_module_name(p): p for p in PKG.rglob("*.py")}
+    known = set(files)
+    upward = [
+        f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
+        for m, p in sorted(files.items())
+        for d in sorted(_imports(p, known))
+        if _layer(d) > _layer(m)
+    ]
+    assert not upward, "\n".join(upward)
