@@ -115,7 +115,8 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     n = len(symbols)
     flag = np.asarray(flag, dtype=bool) & bool(codec.context)
     prev_all = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
-    runs = steps_unchanged(symbols, flag)
+    history = codec.context == "history"  # only history reads the counts
+    runs = steps_unchanged(symbols, flag) if history else np.zeros(symbols.shape, np.int64)
     mu = codec.encode(symbols, codec.context_input(prev_all, flag, runs))
     z_bytes = bottleneck.compress(mu)
     z_words = _words(z_bytes)
@@ -153,10 +154,11 @@ def decode_chunk(
     coder = constriction.stream.stack.AnsCoder(np.asarray(x_words, dtype=np.uint32))
     symbols = np.zeros((n, f_count), dtype=np.int64)
     runs = np.zeros((n, f_count), dtype=np.int64)
+    history = codec.context == "history"
     for wave, rows in blocks(flag):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        if delta:  # the rows before these were decoded in the previous wave
+        if delta and history:  # the rows before these were decoded in the previous wave
             runs[rows] = next_steps_unchanged(
                 prev, symbols[rows - 2], runs[rows - 1], flag[rows - 1]
             )

@@ -27,12 +27,14 @@ from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Wri
 from meaning_transform.codec.model import load_embedded, load_model, model_bytes, model_hash
 from meaning_transform.codec.source import (
     AGENTS,
+    SlowPath,
     connect,
     count_states,
     create_output,
     feature_table,
     insert_states,
     layout_of,
+    read_arrays,
     read_chunks,
 )
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
@@ -142,8 +144,8 @@ def compress(
         stats["model_bytes"] = len(blob)
         progress = Progress("compress", total)
 
-        def write(tmp: str) -> None:
-            source = read_chunks(con, layout, chunk_size)
+        def write_from(tmp: str, source: Iterator[dict[str, Any]]) -> None:
+            stats["states"], stats["estimated_bits"], progress.done = 0, 0.0, 0
             with open(tmp, "wb") as fh, deterministic_threads(), closing(source):
                 writer = Writer(fh, header, blob)
                 for rows in source:
@@ -153,6 +155,12 @@ def compress(
                     stats["estimated_bits"] += estimated
                     progress.update(chunk.meta["n"])
                 writer.close()
+
+        def write(tmp: str) -> None:
+            try:  # Arrow columns; the sqlite3 rows when a column's values need it
+                write_from(tmp, read_arrays(con, data_path, layout, schema, chunk_size))
+            except SlowPath:
+                write_from(tmp, read_chunks(con, layout, chunk_size))
 
         _write(target, write, progress)
     stats["seconds"] = time.perf_counter() - start
@@ -179,7 +187,10 @@ def _encode(module: Any, layout: Any, rows: dict[str, list[Any]]) -> tuple[Chunk
 def _same_agent(agents: list[Any]) -> np.ndarray:
     """Per row, whether the row before is the same agent (its previous state)."""
     flag = np.zeros(len(agents), dtype=bool)
-    flag[1:] = [a == b for a, b in zip(agents[1:], agents[:-1], strict=True)]
+    if len(agents) > 1:
+        a = np.empty(len(agents), dtype=object)
+        a[:] = agents
+        flag[1:] = a[1:] == a[:-1]
     return flag
 
 

@@ -16,10 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_sqlite
 import numpy as np
+import pyarrow as pa
 
 from meaning_transform.codec.columns import KEY_COLUMNS
-from meaning_transform.data.sqlite import AGENTS, STATES, check_sqlite_args, open_uri
+from meaning_transform.data.sqlite import (
+    AGENTS,
+    BATCH_ROWS,
+    DRIVER_ERRORS,
+    STATES,
+    _connect,
+    check_sqlite_args,
+    open_uri,
+)
 from meaning_transform.errors import DataError
 from meaning_transform.schema import FeatureSchema
 
@@ -109,6 +119,123 @@ def read_chunks(
             if not rows:
                 return
             yield dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
+
+
+class SlowPath(Exception):
+    """``read_arrays`` cannot give the values ``read_chunks`` would (a column holds several
+    storage classes, blobs, or the driver failed): read with ``read_chunks`` from the start."""
+
+
+#: SQLite storage class -> literal of the sentinel row that types the ADBC column
+_SENTINELS = {"text": "''", "integer": "0", "real": "-0.5", None: "NULL"}
+_CLASSES = "tirb"  # text, integer, real, blob: bit 1 + position in a column's class mask
+_BITS = 5  # mask bits per column (bit 0: NULL)
+_PER_MASK = 12  # columns per int64 mask column
+
+
+def _first_class(con: sqlite3.Connection, table: str, column: str) -> str | None:
+    """Storage class of the column's first non-NULL value (None: all NULL)."""
+    row = con.execute(
+        f'SELECT typeof("{column}") FROM {table} WHERE "{column}" IS NOT NULL LIMIT 1'
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def read_arrays(
+    con: sqlite3.Connection, path: str, layout: Layout, schema: FeatureSchema, chunk_size: int
+) -> Iterator[dict[str, Any]]:
+    """``read_chunks``'s chunks, faster: rows come through the ADBC driver as Arrow columns.
+    Numeric features are float64 arrays (NULL -> NaN); keys, others and categorical features
+    lists of the same Python values ``sqlite3`` gives. The driver converts values to its
+    column's type, so every such column's storage classes are checked per row (a bit mask
+    computed by SQLite); a column with more than one class (or blobs), a numeric feature that
+    is not numeric, or a driver error raises ``SlowPath``."""
+    numeric = {f.name for f in schema.features if f.kind != "categorical"}
+    names = layout.columns + layout.agent_features
+    refs = [f's."{c}"' for c in layout.columns] + [f'a."{c}"' for c in layout.agent_features]
+    kinds: dict[str, str | None] = {}
+    for c in names:
+        if c in numeric:
+            kinds[c] = "number"
+        else:
+            table = AGENTS if c in layout.agent_features else STATES
+            kinds[c] = _first_class(con, table, c)
+            if kinds[c] == "blob":
+                raise SlowPath(c)
+    exact = [i for i, c in enumerate(names) if kinds[c] != "number"]
+    masks, expected = [], []
+    for g in range(0, len(exact), _PER_MASK):
+        group = exact[g : g + _PER_MASK]
+        masks.append(
+            " | ".join(
+                f"(1 << (instr('{_CLASSES}', substr(typeof({refs[i]}), 1, 1)) + {_BITS * j}))"
+                for j, i in enumerate(group)
+            )
+        )
+        allowed = 0
+        for j, i in enumerate(group):
+            k = kinds[names[i]]
+            allowed |= (1 | (0 if k is None else 2 << _CLASSES.index(k[0]))) << (_BITS * j)
+        expected.append(allowed)
+    join = f" LEFT JOIN {AGENTS} a ON a.agent_id = s.agent_id" if layout.agent_features else ""
+    sentinel = ", ".join(
+        [_SENTINELS["real" if k == "number" else k] for k in kinds.values()] + ["0"] * len(masks)
+    )
+    sql = (
+        f"SELECT {sentinel} UNION ALL SELECT * FROM (SELECT {', '.join(refs + masks)} "
+        f"FROM {STATES} s{join} ORDER BY s.agent_id, s.step_number)"
+    )
+    types = {
+        "number": pa.float64(),
+        "text": pa.string(),
+        "integer": pa.int64(),
+        "real": pa.float64(),
+    }
+    file, _, _ = check_sqlite_args(path)
+    adbc_con = _connect(file)
+    try:
+        with closing(adbc_con.cursor()) as cur:
+            cur.adbc_statement.set_options(
+                **{adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value: str(BATCH_ROWS)}
+            )
+            cur.execute(sql)
+            pending: list[pa.RecordBatch] = []
+            have, first = 0, True
+            for batch in cur.fetch_record_batch():
+                if first:
+                    for c, t in zip(names, batch.schema.types, strict=False):
+                        if kinds[c] is not None and t != types[kinds[c]]:
+                            raise SlowPath(c)  # the driver promoted the column's type
+                    batch, first = batch.slice(1), False
+                for m, allowed in enumerate(expected):
+                    seen = np.bitwise_or.reduce(batch.column(len(names) + m).to_numpy(), initial=0)
+                    if int(seen) & ~allowed:
+                        raise SlowPath("storage classes")
+                pending.append(batch)
+                have += batch.num_rows
+                while have >= chunk_size:
+                    table = pa.Table.from_batches(pending)
+                    yield _columns(table.slice(0, chunk_size), names, kinds)
+                    rest = table.slice(chunk_size)
+                    pending, have = rest.to_batches(), rest.num_rows
+            if have:
+                yield _columns(pa.Table.from_batches(pending), names, kinds)
+    except DRIVER_ERRORS as e:
+        raise SlowPath(str(e)) from None
+    finally:
+        adbc_con.close()
+
+
+def _columns(table: pa.Table, names: list[str], kinds: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        col = table.column(i)
+        if kinds[name] == "number":
+            arr = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            out[name] = np.array(arr, dtype=np.float64)  # NULL -> NaN, writable copy
+        else:
+            out[name] = col.to_pylist()
+    return out
 
 
 def feature_table(
