@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from meaning_transform.codec.chunks import (
     decode_chunk,
@@ -28,12 +29,13 @@ from meaning_transform.codec.model import load_embedded, load_model, model_bytes
 from meaning_transform.codec.source import (
     AGENTS,
     SlowPath,
+    append_states,
     connect,
     count_states,
     create_output,
     feature_table,
-    insert_states,
     layout_of,
+    open_output_arrow,
     read_arrays,
     read_chunks,
 )
@@ -216,8 +218,11 @@ def _open_model(reader: Reader, ckpt_path: str | None) -> Any:
     return module
 
 
-def decoded_chunks(reader: Reader, module: Any) -> Iterator[dict[str, list[Any]]]:
-    """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``."""
+def decoded_chunks(
+    reader: Reader, module: Any, arrow: bool = False
+) -> Iterator[dict[str, list[Any]]]:
+    """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``;
+    with ``arrow``, features as Arrow arrays (NULLs masked) instead of lists."""
     schema, codec = module.schema, module.codec
     layout = reader.header["layout"]
     for i, chunk in enumerate(reader.chunks(), start=1):
@@ -240,6 +245,11 @@ def decoded_chunks(reader: Reader, module: Any) -> Iterator[dict[str, list[Any]]
         rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
         for j, f in enumerate(schema.features):
             col = native[:, j]
+            name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
+            mask = others.get(NULL_PREFIX + f.name)
+            if arrow:
+                rows[name] = _arrow_feature(f, col, mask)
+                continue
             if f.kind == "categorical":
                 assert f.categories is not None
                 values: list[Any] = [f.categories[int(c)] for c in col]
@@ -247,12 +257,24 @@ def decoded_chunks(reader: Reader, module: Any) -> Iterator[dict[str, list[Any]]
                 values = col.astype(np.int64).tolist()
             else:
                 values = col.tolist()
-            mask = others.get(NULL_PREFIX + f.name)
             if mask is not None:
                 values = [None if m else v for v, m in zip(values, mask, strict=True)]
-            name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
             rows[name] = values
         yield rows
+
+
+def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
+    """One decoded feature column as the Arrow array of the values ``decoded_chunks`` lists."""
+    null = None if mask is None else np.asarray(mask, dtype=bool)
+    if f.kind == "categorical":
+        assert f.categories is not None
+        values = [f.categories[c] for c in col.astype(np.int64).tolist()]
+        if null is not None:
+            values = [None if m else v for v, m in zip(values, null.tolist(), strict=True)]
+        return values  # a list: its classes are checked when it is written
+    if f.kind == "binary":
+        return pa.array(col.astype(np.int64), mask=null)
+    return pa.array(np.asarray(col, dtype=np.float64), mask=null)
 
 
 def decompress(
@@ -271,9 +293,14 @@ def decompress(
 
         def write(tmp: str) -> None:
             agents: dict[Any, Any] = {}
-            with closing(create_output(tmp, layout)) as con, deterministic_threads():
-                for rows in decoded_chunks(reader, module):
-                    insert_states(con, layout["columns"], rows)
+            with (
+                closing(create_output(tmp, layout)) as con,
+                closing(open_output_arrow(tmp)) as arrow_con,
+                deterministic_threads(),
+            ):
+                con.commit()  # the tables exist for the ADBC connection
+                for rows in decoded_chunks(reader, module, arrow=True):
+                    append_states(con, arrow_con, layout["columns"], rows)
                     _collect_agents(agents, rows, layout)
                     stats["states"] += len(rows["agent_id"])
                     progress.update(len(rows["agent_id"]))
@@ -288,6 +315,8 @@ def decompress(
 
 def _collect_agents(agents: dict[Any, Any], rows: dict[str, list[Any]], layout: dict) -> None:
     types = rows.get(f"{AGENTS}.agent_type")
+    if isinstance(types, pa.Array):
+        types = types.to_pylist()
     for i, agent in enumerate(rows["agent_id"]):
         if agent not in agents:
             agents[agent] = types[i] if types is not None else None

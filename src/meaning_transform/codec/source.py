@@ -27,6 +27,7 @@ from meaning_transform.data.sqlite import (
     DRIVER_ERRORS,
     STATES,
     _connect,
+    adbc,
     check_sqlite_args,
     open_uri,
 )
@@ -281,3 +282,42 @@ def insert_states(con: sqlite3.Connection, columns: list[str], data: dict[str, l
     names = ", ".join(f'"{c}"' for c in columns)
     rows = zip(*(data[c] for c in columns), strict=True)
     con.executemany(f"INSERT INTO {STATES} ({names}) VALUES ({marks})", rows)
+
+
+def arrow_column(values: Any) -> pa.Array | None:
+    """A column of decoded values (an Arrow array, or a list of SQLite values) as an Arrow
+    array that the ADBC driver binds as ``sqlite3`` binds the Python values: ints, reals or
+    texts, each with NULLs; None for a list of mixed classes or blobs."""
+    if isinstance(values, pa.Array):
+        return values
+    found = set(map(type, values)) - {type(None)}
+    if not found:
+        return pa.nulls(len(values))
+    kind = {int: pa.int64(), float: pa.float64(), str: pa.string()}.get(found.pop())
+    return None if kind is None or found else pa.array(values, type=kind)
+
+
+def open_output_arrow(path: str) -> adbc.Connection:
+    """An ADBC connection appending to a database ``create_output`` made (no journal)."""
+    con = adbc.connect(path, autocommit=True)
+    with closing(con.cursor()) as cur:
+        for pragma in ("journal_mode = OFF", "synchronous = OFF"):
+            cur.execute(f"PRAGMA {pragma}")
+            cur.fetchall()
+    return con
+
+
+def append_states(
+    con: sqlite3.Connection, arrow_con: adbc.Connection, columns: list[str], data: dict[str, Any]
+) -> None:
+    """Append one chunk of rows: as one Arrow table through ADBC, or, when a column holds
+    values of several classes, row by row through ``sqlite3`` (committed, so the next ADBC
+    append can write)."""
+    arrays = [arrow_column(data[c]) for c in columns]
+    if all(a is not None for a in arrays):
+        with closing(arrow_con.cursor()) as cur:
+            cur.adbc_ingest(STATES, pa.table(dict(zip(columns, arrays, strict=True))), "append")
+        return
+    lists = {c: v.to_pylist() if isinstance(v, pa.Array) else v for c, v in data.items()}
+    insert_states(con, columns, lists)
+    con.commit()
