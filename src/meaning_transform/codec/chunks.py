@@ -117,7 +117,8 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     prev_all = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
     history = codec.context == "history"  # only history reads the counts
     runs = steps_unchanged(symbols, flag) if history else np.zeros(symbols.shape, np.int64)
-    mu = codec.encode(symbols, codec.context_input(prev_all, flag, runs))
+    ctx_all = codec.context_input(prev_all, flag, runs)  # row by row: a block's rows of it
+    mu = codec.encode(symbols, ctx_all)
     z_bytes = bottleneck.compress(mu)
     z_words = _words(z_bytes)
     z = bottleneck.decompress(z_bytes, (n, codec.latent_dim))
@@ -128,7 +129,8 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     for wave, rows in reversed(blocks(flag)):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
+        ctx = None if ctx_all is None else ctx_all[rows]  # = context_input of the block
+        probs = codec.probabilities(z[rows], ctx, delta)
         layout = codec.layout(delta)
         index, escaped, rel = codec.targets(symbols[rows], prev, delta)
         for f in reversed(range(symbols.shape[1])):
@@ -163,23 +165,34 @@ def decode_chunk(
                 prev, symbols[rows - 2], runs[rows - 1], flag[rows - 1]
             )
         probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
-        layout = codec.layout(delta)
+        sizes, escapes, lo, modulo = _tables(codec.layout(delta))
+        value = np.empty((len(rows), f_count), dtype=np.int64)
         for f in range(f_count):
-            p = probs[f]
-            index = coder.decode(_CATEGORICAL, p).astype(np.int64)
-            escaped = index == layout.n[f]
-            value = index + layout.lo[f]
-            if escaped.any() and layout.escape[f]:
-                count = int(escaped.sum())
-                value[escaped] = decode_escapes(coder, count, int(layout.n[f])) + layout.lo[f]
-            if delta:
-                value = prev[:, f] + value
-                if layout.modulo[f]:
-                    value = np.mod(value, layout.modulo[f])
-            symbols[rows, f] = value
+            index = coder.decode(_CATEGORICAL, probs[f])
+            value[:, f] = index
+            if escapes[f]:
+                escaped = index == sizes[f]
+                if escaped.any():
+                    count = int(escaped.sum())
+                    value[escaped, f] = decode_escapes(coder, count, sizes[f])
+        value += lo
+        if delta:
+            value += prev
+            value[:, modulo] = np.mod(value[:, modulo], codec.layout(delta).modulo[modulo])
+        symbols[rows] = value
     if coder.decode(_SENTINEL, 1)[0] != 1 or not coder.is_empty():
         raise ValueError("the coded symbols do not fit this model (different model or bytes)")
     return symbols
+
+
+def _tables(layout: Any) -> tuple[list[int], list[bool], np.ndarray, np.ndarray]:
+    """(bins, escape?, lowest value per feature, features taken modulo) of a head layout."""
+    return (
+        layout.n.tolist(),
+        layout.escape.tolist(),
+        np.asarray(layout.lo, dtype=np.int64),
+        np.flatnonzero(layout.modulo),
+    )
 
 
 def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) -> dict[str, Any]:
