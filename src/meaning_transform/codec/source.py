@@ -9,7 +9,9 @@ memory stays flat in the size of the database. Columns of ``agent_states`` are s
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -186,6 +188,18 @@ def read_arrays(
         f"SELECT {sentinel} UNION ALL SELECT * FROM (SELECT {', '.join(refs + masks)} "
         f"FROM {STATES} s{join} ORDER BY s.agent_id, s.step_number)"
     )
+    return read_ahead(_stream(path, sql, names, kinds, expected, chunk_size))
+
+
+def _stream(
+    path: str,
+    sql: str,
+    names: list[str],
+    kinds: dict[str, Any],
+    expected: list[int],
+    chunk_size: int,
+) -> Iterator[dict[str, Any]]:
+    """``read_arrays``'s chunks of ``sql`` (a sentinel row, the rows, their class masks)."""
     types = {
         "number": pa.float64(),
         "text": pa.string(),
@@ -225,6 +239,51 @@ def read_arrays(
         raise SlowPath(str(e)) from None
     finally:
         adbc_con.close()
+
+
+def read_ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, produced by a background thread one item ahead of the consumer (reading
+    SQLite releases the GIL, so reading the next chunk overlaps coding this one). The
+    producer's exceptions are raised here; closing this stops and joins the thread."""
+    box: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as e:  # handed to the consumer
+            put((False, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="codec-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = box.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _columns(table: pa.Table, names: list[str], kinds: dict[str, Any]) -> dict[str, Any]:
