@@ -29,13 +29,12 @@ from meaning_transform.codec.model import load_embedded, load_model, model_bytes
 from meaning_transform.codec.source import (
     AGENTS,
     SlowPath,
-    append_states,
+    StatesWriter,
     connect,
     count_states,
     create_output,
     feature_table,
     layout_of,
-    open_output_arrow,
     read_arrays,
     read_chunks,
 )
@@ -295,15 +294,15 @@ def decompress(
             agents: dict[Any, Any] = {}
             with (
                 closing(create_output(tmp, layout)) as con,
-                closing(open_output_arrow(tmp)) as arrow_con,
+                closing(StatesWriter(con, tmp, layout["columns"])) as states,
                 deterministic_threads(),
             ):
-                con.commit()  # the tables exist for the ADBC connection
                 for rows in decoded_chunks(reader, module, arrow=True):
-                    append_states(con, arrow_con, layout["columns"], rows)
+                    states.append(rows)
                     _collect_agents(agents, rows, layout)
                     stats["states"] += len(rows["agent_id"])
                     progress.update(len(rows["agent_id"]))
+                states.finish()
                 if layout["has_agents"]:
                     con.executemany(f"INSERT INTO {AGENTS} VALUES (?, ?)", agents.items())
                 con.commit()

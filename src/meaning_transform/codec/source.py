@@ -13,6 +13,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,27 +357,50 @@ def arrow_column(values: Any) -> pa.Array | None:
     return None if kind is None or found else pa.array(values, type=kind)
 
 
-def open_output_arrow(path: str) -> adbc.Connection:
-    """An ADBC connection appending to a database ``create_output`` made (no journal)."""
-    con = adbc.connect(path, autocommit=True)
-    with closing(con.cursor()) as cur:
-        for pragma in ("journal_mode = OFF", "synchronous = OFF"):
-            cur.execute(f"PRAGMA {pragma}")
-            cur.fetchall()
-    return con
+class StatesWriter:
+    """Appends chunks of rows to a database ``create_output`` made: as Arrow tables through
+    ADBC, in a background thread (SQLite releases the GIL, so writing a chunk overlaps
+    decoding the next), or, for a chunk whose column holds values of several storage classes,
+    row by row through ``sqlite3``. ``finish`` waits for the last append (and raises its
+    error); ``close`` always stops the thread and closes the ADBC connection."""
 
+    def __init__(self, con: sqlite3.Connection, path: str, columns: list[str]) -> None:
+        self.con, self.path, self.columns = con, path, columns
+        con.commit()  # the tables exist for the ADBC connection
+        self.arrow_con = adbc.connect(path, autocommit=True)
+        with closing(self.arrow_con.cursor()) as cur:
+            for pragma in ("journal_mode = OFF", "synchronous = OFF"):
+                cur.execute(f"PRAGMA {pragma}")
+                cur.fetchall()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec-write")
+        self.pending: Future | None = None
 
-def append_states(
-    con: sqlite3.Connection, arrow_con: adbc.Connection, columns: list[str], data: dict[str, Any]
-) -> None:
-    """Append one chunk of rows: as one Arrow table through ADBC, or, when a column holds
-    values of several classes, row by row through ``sqlite3`` (committed, so the next ADBC
-    append can write)."""
-    arrays = [arrow_column(data[c]) for c in columns]
-    if all(a is not None for a in arrays):
-        with closing(arrow_con.cursor()) as cur:
-            cur.adbc_ingest(STATES, pa.table(dict(zip(columns, arrays, strict=True))), "append")
-        return
-    lists = {c: v.to_pylist() if isinstance(v, pa.Array) else v for c, v in data.items()}
-    insert_states(con, columns, lists)
-    con.commit()
+    def append(self, data: dict[str, Any]) -> None:
+        """Append one chunk (columns as lists or Arrow arrays) after the ones before."""
+        arrays = [arrow_column(data[c]) for c in self.columns]
+        self.finish()
+        if all(a is not None for a in arrays):
+            table = pa.table(dict(zip(self.columns, arrays, strict=True)))
+            self.pending = self.pool.submit(self._ingest, table)
+            return
+        lists = {c: v.to_pylist() if isinstance(v, pa.Array) else v for c, v in data.items()}
+        insert_states(self.con, self.columns, lists)
+        self.con.commit()
+
+    def _ingest(self, table: pa.Table) -> None:
+        try:
+            with closing(self.arrow_con.cursor()) as cur:
+                cur.adbc_ingest(STATES, table, "append")
+        except DRIVER_ERRORS as e:
+            raise DataError(f"{self.path}: cannot write {STATES} ({e})") from None
+
+    def finish(self) -> None:
+        """Wait for the pending append; its error, if any."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Stop the thread (waiting for a running append) and close the ADBC connection."""
+        self.pool.shutdown(wait=True)
+        self.arrow_con.close()
