@@ -21,7 +21,9 @@ from meaning_transform.codec.chunks import (
     decode_chunk,
     deterministic_threads,
     encode_chunk,
+    in_order,
     symbols_crc,
+    workers_for,
 )
 from meaning_transform.codec.columns import decode_columns, encode_columns
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
@@ -149,8 +151,9 @@ def compress(
             stats["states"], stats["estimated_bits"], progress.done = 0, 0.0, 0
             with open(tmp, "wb") as fh, deterministic_threads(), closing(source):
                 writer = Writer(fh, header, blob)
-                for rows in source:
-                    chunk, estimated = _encode(module, layout, rows)
+                for chunk, estimated in in_order(
+                    lambda rows: _encode(module, layout, rows), source, workers_for(module)
+                ):
                     writer.chunk(chunk)
                     stats["states"] += chunk.meta["n"]
                     stats["estimated_bits"] += estimated
@@ -222,44 +225,52 @@ def decoded_chunks(
 ) -> Iterator[dict[str, list[Any]]]:
     """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``;
     with ``arrow``, features as Arrow arrays (NULLs masked) instead of lists."""
+
+    def decode(numbered: tuple[int, Chunk]) -> dict[str, list[Any]]:
+        return _decoded(reader, module, *numbered, arrow)
+
+    yield from in_order(decode, enumerate(reader.chunks(), start=1), workers_for(module))
+
+
+def _decoded(
+    reader: Reader, module: Any, i: int, chunk: Chunk, arrow: bool
+) -> dict[str, list[Any]]:
+    """Chunk ``i`` as ``decoded_chunks`` gives it."""
     schema, codec = module.schema, module.codec
     layout = reader.header["layout"]
-    for i, chunk in enumerate(reader.chunks(), start=1):
-        n = int(chunk.meta["n"])
-        where = f"{reader.name}: chunk {i}"
-        try:
-            keys, others = decode_columns(chunk.columns, n)
-            symbols = decode_chunk(
-                module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"])
-            )
-        except (ValueError, KeyError, IndexError) as e:
-            raise CodecFileError(f"{where} does not decode ({e})") from None
-        if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
-            raise CodecFileError(
-                f"{where} decodes to other states than were coded (checksum mismatch): the model "
-                "computed different probabilities here, or the file is corrupted"
-            )
-        native = codec.grid.native(symbols)
-        rows: dict[str, list[Any]] = {**keys}
-        rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
-        for j, f in enumerate(schema.features):
-            col = native[:, j]
-            name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
-            mask = others.get(NULL_PREFIX + f.name)
-            if arrow:
-                rows[name] = _arrow_feature(f, col, mask)
-                continue
-            if f.kind == "categorical":
-                assert f.categories is not None
-                values: list[Any] = [f.categories[int(c)] for c in col]
-            elif f.kind == "binary":
-                values = col.astype(np.int64).tolist()
-            else:
-                values = col.tolist()
-            if mask is not None:
-                values = [None if m else v for v, m in zip(values, mask, strict=True)]
-            rows[name] = values
-        yield rows
+    n = int(chunk.meta["n"])
+    where = f"{reader.name}: chunk {i}"
+    try:
+        keys, others = decode_columns(chunk.columns, n)
+        symbols = decode_chunk(module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"]))
+    except (ValueError, KeyError, IndexError) as e:
+        raise CodecFileError(f"{where} does not decode ({e})") from None
+    if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
+        raise CodecFileError(
+            f"{where} decodes to other states than were coded (checksum mismatch): the model "
+            "computed different probabilities here, or the file is corrupted"
+        )
+    native = codec.grid.native(symbols)
+    rows: dict[str, list[Any]] = {**keys}
+    rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
+    for j, f in enumerate(schema.features):
+        col = native[:, j]
+        name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
+        mask = others.get(NULL_PREFIX + f.name)
+        if arrow:
+            rows[name] = _arrow_feature(f, col, mask)
+            continue
+        if f.kind == "categorical":
+            assert f.categories is not None
+            values: list[Any] = [f.categories[int(c)] for c in col]
+        elif f.kind == "binary":
+            values = col.astype(np.int64).tolist()
+        else:
+            values = col.tolist()
+        if mask is not None:
+            values = [None if m else v for v, m in zip(values, mask, strict=True)]
+        rows[name] = values
+    return rows
 
 
 def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
