@@ -1,8 +1,10 @@
 """The database side of the codec: stream agent states out of a simulation.db, write them back.
 
 The input is opened read-only (``data.sqlite.open_uri``: ``mode=ro``, or ``immutable=1`` for a
-cleanly closed WAL database) and read in (agent_id, step_number) order with ``fetchmany``, so
-memory stays flat in the size of the database. Columns of ``agent_states`` are split into keys
+cleanly closed WAL database) and read in (agent_id, step_number) order, a chunk at a time, so
+memory stays flat in the size of the database: as Arrow columns through the ADBC driver
+(``read_arrays``, one chunk ahead in a thread), or with ``sqlite3``'s ``fetchmany``
+(``read_chunks``) for a database whose columns mix storage classes. Columns of ``agent_states`` are split into keys
 (``columns.KEY_COLUMNS``), the model's features, and the others; features read from the
 ``agents`` table (``agent_type``) come from a LEFT JOIN.
 """
