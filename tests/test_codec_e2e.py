@@ -204,3 +204,38 @@ def test_verify_finds_a_database_that_differs(tiny, tmp_path, capsys) -> None:
     assert codec_main(["verify", f"in={out}", f"data.path={changed}"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: verify failed: feature 'position_x'") and err.count("\n") == 1
+
+
+def test_mixed_storage_classes_round_trip_exactly(tiny, tmp_path, monkeypatch) -> None:
+    """Columns whose values have several SQLite storage classes (the Arrow reader and writer
+    cannot keep them) take the sqlite3 path, also when the mix shows up after the first
+    chunks were coded; every value keeps its class."""
+    import meaning_transform.codec.source as source
+
+    _, db, ckpt = tiny
+    mixed = tmp_path / "mixed.db"
+    shutil.copy(db, mixed)
+    with closing(sqlite3.connect(mixed)) as con:
+        con.execute(
+            "UPDATE agent_states SET position_z = CASE rowid % 3 WHEN 0 THEN 'z' WHEN 1 THEN 7 "
+            "ELSE 1.5 END WHERE rowid > 1400"
+        )
+        con.execute("UPDATE agent_states SET simulation_id = 12 WHERE rowid = 1450")
+        con.commit()
+    import meaning_transform.codec.commands as commands
+
+    monkeypatch.setattr(source, "BATCH_ROWS", 64)  # the mix arrives after chunks were coded
+    slow = []
+    monkeypatch.setattr(
+        commands, "read_chunks", lambda *a: slow.append(1) or source.read_chunks(*a)
+    )
+    out, restored = tmp_path / "m.mtc", tmp_path / "m.db"
+    args = [f"ckpt_path={ckpt}", f"data.path={mixed}", f"out={out}", "chunk_size=100"]
+    assert codec_main(["compress", *args]) == 0
+    assert slow == [1]  # compress started over on the sqlite3 path
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    assert assert_same_meaning(mixed, restored) == 1500
+    sql = "SELECT id, typeof(position_z), position_z, typeof(simulation_id) FROM agent_states"
+    with closing(sqlite3.connect(mixed)) as a, closing(sqlite3.connect(restored)) as b:
+        assert sorted(a.execute(sql)) == sorted(b.execute(sql))
+    assert codec_main(["verify", f"in={out}", f"data.path={mixed}"]) == 0

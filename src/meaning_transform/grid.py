@@ -69,6 +69,7 @@ class MeaningGrid:
         self.k = k
         self.steps = {f.name: 2.0 * k * f.tolerance for f in schema.of_kind("continuous")}
         self._crossings = {name: self._crossings_of(name) for name in self.steps}
+        self._midpoint_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _crossings_of(self, name: str) -> list[_Crossing]:
         """The feature's crossings sorted by position (``>= t`` before ``> t``), deduplicated."""
@@ -149,10 +150,7 @@ class MeaningGrid:
         crossings = self._crossings[name]
         if not crossings:
             return s.astype(np.float64) * step
-        t = np.array([c.t for c in crossings])
-        m_t = np.rint(t / step)
-        # Crossing j is passed iff s >= m_t[j] + j + 1 (keys strictly increase).
-        keys = m_t + np.arange(len(crossings)) + 1
+        t, m_t, keys = self._midpoint_tables(name)
         passed = np.searchsorted(keys, s, side="right")
         m = (s - passed).astype(np.float64)
         lo = (m - 0.5) * step
@@ -164,6 +162,17 @@ class MeaningGrid:
         has_above = (passed < len(crossings)) & (m_t[above] == m)
         hi = np.where(has_above, t[above], hi)
         return np.where(lo == hi, lo, 0.5 * (lo + hi))
+
+    def _midpoint_tables(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(crossing values t, their cells m_t, search keys) of a feature, computed once."""
+        cache = self._midpoint_cache
+        if name not in cache:
+            crossings, step = self._crossings[name], self.steps[name]
+            t = np.array([c.t for c in crossings])
+            m_t = np.rint(t / step)
+            # Crossing j is passed iff s >= m_t[j] + j + 1 (keys strictly increase).
+            cache[name] = (t, m_t, m_t + np.arange(len(crossings)) + 1)
+        return cache[name]
 
     # ------------------------------------------------------------------ helpers
     def _native64(self, x: torch.Tensor) -> np.ndarray:

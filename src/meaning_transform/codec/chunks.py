@@ -18,7 +18,9 @@ computes different floats fails loudly instead of writing a wrong database.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +50,38 @@ def deterministic_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+WORKERS = 2  # chunks coded at once without context, each in a thread with one torch thread
+
+
+def workers_for(module: Any) -> int:
+    """Chunks to code at once: ``WORKERS`` without context; 1 with context, whose hundreds of
+    small per-wave steps hold the GIL (two threads measured slower than one there)."""
+    return 1 if module.codec.context else WORKERS
+
+
+def in_order(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None = None
+) -> Iterator[Any]:
+    """``fn(item)`` of each item, in order, ``workers`` (default ``WORKERS``) items at a time
+    in threads (torch releases the GIL, so chunks are coded on several cores). Each call runs with one torch
+    thread, so its floats are those of a sequential run: files do not depend on ``workers``."""
+
+    def run(item: Any) -> Any:
+        torch.set_num_threads(1)  # per thread with OpenMP
+        with torch.no_grad():
+            return fn(item)
+
+    workers = max(WORKERS if workers is None else workers, 1)
+    with ThreadPoolExecutor(workers, thread_name_prefix="codec-chunk") as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(run, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 @dataclass
@@ -115,8 +149,10 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     n = len(symbols)
     flag = np.asarray(flag, dtype=bool) & bool(codec.context)
     prev_all = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
-    runs = steps_unchanged(symbols, flag)
-    mu = codec.encode(symbols, codec.context_input(prev_all, flag, runs))
+    history = codec.context == "history"  # only history reads the counts
+    runs = steps_unchanged(symbols, flag) if history else np.zeros(symbols.shape, np.int64)
+    ctx_all = codec.context_input(prev_all, flag, runs)  # row by row: a block's rows of it
+    mu = codec.encode(symbols, ctx_all)
     z_bytes = bottleneck.compress(mu)
     z_words = _words(z_bytes)
     z = bottleneck.decompress(z_bytes, (n, codec.latent_dim))
@@ -127,7 +163,8 @@ def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedC
     for wave, rows in reversed(blocks(flag)):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
+        ctx = None if ctx_all is None else ctx_all[rows]  # = context_input of the block
+        probs = codec.probabilities(z[rows], ctx, delta)
         layout = codec.layout(delta)
         index, escaped, rel = codec.targets(symbols[rows], prev, delta)
         for f in reversed(range(symbols.shape[1])):
@@ -153,31 +190,43 @@ def decode_chunk(
     coder = constriction.stream.stack.AnsCoder(np.asarray(x_words, dtype=np.uint32))
     symbols = np.zeros((n, f_count), dtype=np.int64)
     runs = np.zeros((n, f_count), dtype=np.int64)
+    history = codec.context == "history"
     for wave, rows in blocks(flag):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        if delta:  # the rows before these were decoded in the previous wave
+        if delta and history:  # the rows before these were decoded in the previous wave
             runs[rows] = next_steps_unchanged(
                 prev, symbols[rows - 2], runs[rows - 1], flag[rows - 1]
             )
         probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
-        layout = codec.layout(delta)
+        sizes, escapes, lo, modulo = _tables(codec.layout(delta))
+        value = np.empty((len(rows), f_count), dtype=np.int64)
         for f in range(f_count):
-            p = probs[f]
-            index = coder.decode(_CATEGORICAL, p).astype(np.int64)
-            escaped = index == layout.n[f]
-            value = index + layout.lo[f]
-            if escaped.any() and layout.escape[f]:
-                count = int(escaped.sum())
-                value[escaped] = decode_escapes(coder, count, int(layout.n[f])) + layout.lo[f]
-            if delta:
-                value = prev[:, f] + value
-                if layout.modulo[f]:
-                    value = np.mod(value, layout.modulo[f])
-            symbols[rows, f] = value
+            index = coder.decode(_CATEGORICAL, probs[f])
+            value[:, f] = index
+            if escapes[f]:
+                escaped = index == sizes[f]
+                if escaped.any():
+                    count = int(escaped.sum())
+                    value[escaped, f] = decode_escapes(coder, count, sizes[f])
+        value += lo
+        if delta:
+            value += prev
+            value[:, modulo] = np.mod(value[:, modulo], codec.layout(delta).modulo[modulo])
+        symbols[rows] = value
     if coder.decode(_SENTINEL, 1)[0] != 1 or not coder.is_empty():
         raise ValueError("the coded symbols do not fit this model (different model or bytes)")
     return symbols
+
+
+def _tables(layout: Any) -> tuple[list[int], list[bool], np.ndarray, np.ndarray]:
+    """(bins, escape?, lowest value per feature, features taken modulo) of a head layout."""
+    return (
+        layout.n.tolist(),
+        layout.escape.tolist(),
+        np.asarray(layout.lo, dtype=np.int64),
+        np.flatnonzero(layout.modulo),
+    )
 
 
 def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) -> dict[str, Any]:

@@ -34,9 +34,17 @@ def runs(values: Sequence[Any]) -> tuple[list[Any], np.ndarray]:
     n = len(values)
     if n == 0:
         return [], np.zeros(0, dtype=np.int64)
-    starts = [0] + [i for i in range(1, n) if values[i] != values[i - 1]]
+    a = _objects(values)
+    starts = np.append(0, np.flatnonzero(a[1:] != a[:-1]) + 1)
     lengths = np.diff(np.append(starts, n))
-    return [values[i] for i in starts], lengths
+    return a[starts].tolist(), lengths
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """``values`` as a 1-d object array (elementwise ``==``/``!=`` as Python's)."""
+    a = np.empty(len(values), dtype=object)
+    a[:] = values
+    return a
 
 
 def unruns(values: Sequence[Any], lengths: np.ndarray) -> list[Any]:
@@ -65,6 +73,19 @@ def _typed(values: Sequence[Any]) -> dict[str, Any]:
             "texts": [],
             "blobs": [],
         }
+    if kinds == {int}:  # steps, integer columns: vectorized (values beyond int64 below)
+        try:
+            ints_only = np.array(values, dtype=np.int64)
+        except OverflowError:
+            pass
+        else:
+            return {
+                "tags": np.full(len(values), _INT, dtype=np.uint8),
+                "ints": ints_only,
+                "reals": np.zeros(0, dtype=np.float64),
+                "texts": [],
+                "blobs": [],
+            }
     tags = np.empty(len(values), dtype=np.uint8)
     ints, reals, texts, blobs = [], [], [], []
     for i, v in enumerate(values):
@@ -164,9 +185,10 @@ def encode_columns(keys: dict[str, Sequence[Any]], others: dict[str, Sequence[An
         sims = keys.get("simulation_id", [None] * len(agents))
         steps = keys.get("step_number", [None] * len(agents))
         ids = keys["id"]
-        rows = [i for i, v in enumerate(ids) if v != default_id(sims[i], agents[i], steps[i])]
-        p.array("id_rows", np.array(rows, dtype=np.int64))
-        p.typed("id_values", [ids[i] for i in rows])
+        expected = _objects(list(map(default_id, sims, agents, steps)))
+        rows = np.flatnonzero(_objects(ids) != expected)
+        p.array("id_rows", rows.astype(np.int64))
+        p.typed("id_values", [ids[i] for i in rows.tolist()])
     p.meta["others"] = list(others)
     for name, values in others.items():
         p.typed(f"col:{name}", values)
@@ -176,7 +198,7 @@ def encode_columns(keys: dict[str, Sequence[Any]], others: dict[str, Sequence[An
 def _step_deltas(steps: Sequence[Any], lengths: np.ndarray) -> list[Any]:
     """Steps with each run's later rows as differences from the row before (ints only)."""
     out = list(steps)
-    ints = all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+    ints = set(map(type, steps)) <= {int}
     if not ints:
         return out  # stored as they are (typed), rare
     a = np.asarray(steps, dtype=np.int64)
@@ -214,7 +236,7 @@ def decode_columns(blob: bytes, n: int) -> tuple[dict[str, list[Any]], dict[str,
         sims = keys.get("simulation_id", [None] * n)
         steps = keys.get("step_number", [None] * n)
         agents = keys["agent_id"]
-        ids = [default_id(sims[i], agents[i], steps[i]) for i in range(n)]
+        ids = list(map(default_id, sims, agents, steps))
         for i, v in zip(arrays["id_rows"].tolist(), typed("id_values"), strict=True):
             ids[i] = v
         keys["id"] = ids

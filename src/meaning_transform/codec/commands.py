@@ -15,24 +15,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from meaning_transform.codec.chunks import (
     decode_chunk,
     deterministic_threads,
     encode_chunk,
+    in_order,
     symbols_crc,
+    workers_for,
 )
 from meaning_transform.codec.columns import decode_columns, encode_columns
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
 from meaning_transform.codec.model import load_embedded, load_model, model_bytes, model_hash
 from meaning_transform.codec.source import (
     AGENTS,
+    SlowPath,
+    StatesWriter,
     connect,
     count_states,
     create_output,
     feature_table,
-    insert_states,
     layout_of,
+    read_arrays,
     read_chunks,
 )
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
@@ -142,17 +147,24 @@ def compress(
         stats["model_bytes"] = len(blob)
         progress = Progress("compress", total)
 
-        def write(tmp: str) -> None:
-            source = read_chunks(con, layout, chunk_size)
+        def write_from(tmp: str, source: Iterator[dict[str, Any]]) -> None:
+            stats["states"], stats["estimated_bits"], progress.done = 0, 0.0, 0
             with open(tmp, "wb") as fh, deterministic_threads(), closing(source):
                 writer = Writer(fh, header, blob)
-                for rows in source:
-                    chunk, estimated = _encode(module, layout, rows)
+                for chunk, estimated in in_order(
+                    lambda rows: _encode(module, layout, rows), source, workers_for(module)
+                ):
                     writer.chunk(chunk)
                     stats["states"] += chunk.meta["n"]
                     stats["estimated_bits"] += estimated
                     progress.update(chunk.meta["n"])
                 writer.close()
+
+        def write(tmp: str) -> None:
+            try:  # Arrow columns; the sqlite3 rows when a column's values need it
+                write_from(tmp, read_arrays(con, data_path, layout, schema, chunk_size))
+            except SlowPath:
+                write_from(tmp, read_chunks(con, layout, chunk_size))
 
         _write(target, write, progress)
     stats["seconds"] = time.perf_counter() - start
@@ -179,7 +191,10 @@ def _encode(module: Any, layout: Any, rows: dict[str, list[Any]]) -> tuple[Chunk
 def _same_agent(agents: list[Any]) -> np.ndarray:
     """Per row, whether the row before is the same agent (its previous state)."""
     flag = np.zeros(len(agents), dtype=bool)
-    flag[1:] = [a == b for a, b in zip(agents[1:], agents[:-1], strict=True)]
+    if len(agents) > 1:
+        a = np.empty(len(agents), dtype=object)
+        a[:] = agents
+        flag[1:] = a[1:] == a[:-1]
     return flag
 
 
@@ -205,43 +220,71 @@ def _open_model(reader: Reader, ckpt_path: str | None) -> Any:
     return module
 
 
-def decoded_chunks(reader: Reader, module: Any) -> Iterator[dict[str, list[Any]]]:
-    """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``."""
+def decoded_chunks(
+    reader: Reader, module: Any, arrow: bool = False
+) -> Iterator[dict[str, list[Any]]]:
+    """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``;
+    with ``arrow``, features as Arrow arrays (NULLs masked) instead of lists."""
+
+    def decode(numbered: tuple[int, Chunk]) -> dict[str, list[Any]]:
+        return _decoded(reader, module, *numbered, arrow)
+
+    yield from in_order(decode, enumerate(reader.chunks(), start=1), workers_for(module))
+
+
+def _decoded(
+    reader: Reader, module: Any, i: int, chunk: Chunk, arrow: bool
+) -> dict[str, list[Any]]:
+    """Chunk ``i`` as ``decoded_chunks`` gives it."""
     schema, codec = module.schema, module.codec
     layout = reader.header["layout"]
-    for i, chunk in enumerate(reader.chunks(), start=1):
-        n = int(chunk.meta["n"])
-        where = f"{reader.name}: chunk {i}"
-        try:
-            keys, others = decode_columns(chunk.columns, n)
-            symbols = decode_chunk(
-                module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"])
-            )
-        except (ValueError, KeyError, IndexError) as e:
-            raise CodecFileError(f"{where} does not decode ({e})") from None
-        if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
-            raise CodecFileError(
-                f"{where} decodes to other states than were coded (checksum mismatch): the model "
-                "computed different probabilities here, or the file is corrupted"
-            )
-        native = codec.grid.native(symbols)
-        rows: dict[str, list[Any]] = {**keys}
-        rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
-        for j, f in enumerate(schema.features):
-            col = native[:, j]
-            if f.kind == "categorical":
-                assert f.categories is not None
-                values: list[Any] = [f.categories[int(c)] for c in col]
-            elif f.kind == "binary":
-                values = col.astype(np.int64).tolist()
-            else:
-                values = col.tolist()
-            mask = others.get(NULL_PREFIX + f.name)
-            if mask is not None:
-                values = [None if m else v for v, m in zip(values, mask, strict=True)]
-            name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
-            rows[name] = values
-        yield rows
+    n = int(chunk.meta["n"])
+    where = f"{reader.name}: chunk {i}"
+    try:
+        keys, others = decode_columns(chunk.columns, n)
+        symbols = decode_chunk(module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"]))
+    except (ValueError, KeyError, IndexError) as e:
+        raise CodecFileError(f"{where} does not decode ({e})") from None
+    if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
+        raise CodecFileError(
+            f"{where} decodes to other states than were coded (checksum mismatch): the model "
+            "computed different probabilities here, or the file is corrupted"
+        )
+    native = codec.grid.native(symbols)
+    rows: dict[str, list[Any]] = {**keys}
+    rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
+    for j, f in enumerate(schema.features):
+        col = native[:, j]
+        name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
+        mask = others.get(NULL_PREFIX + f.name)
+        if arrow:
+            rows[name] = _arrow_feature(f, col, mask)
+            continue
+        if f.kind == "categorical":
+            assert f.categories is not None
+            values: list[Any] = [f.categories[int(c)] for c in col]
+        elif f.kind == "binary":
+            values = col.astype(np.int64).tolist()
+        else:
+            values = col.tolist()
+        if mask is not None:
+            values = [None if m else v for v, m in zip(values, mask, strict=True)]
+        rows[name] = values
+    return rows
+
+
+def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
+    """One decoded feature column as the Arrow array of the values ``decoded_chunks`` lists."""
+    null = None if mask is None else np.asarray(mask, dtype=bool)
+    if f.kind == "categorical":
+        assert f.categories is not None
+        values = [f.categories[c] for c in col.astype(np.int64).tolist()]
+        if null is not None:
+            values = [None if m else v for v, m in zip(values, null.tolist(), strict=True)]
+        return values  # a list: its classes are checked when it is written
+    if f.kind == "binary":
+        return pa.array(col.astype(np.int64), mask=null)
+    return pa.array(np.asarray(col, dtype=np.float64), mask=null)
 
 
 def decompress(
@@ -260,12 +303,17 @@ def decompress(
 
         def write(tmp: str) -> None:
             agents: dict[Any, Any] = {}
-            with closing(create_output(tmp, layout)) as con, deterministic_threads():
-                for rows in decoded_chunks(reader, module):
-                    insert_states(con, layout["columns"], rows)
+            with (
+                closing(create_output(tmp, layout)) as con,
+                closing(StatesWriter(con, tmp, layout["columns"])) as states,
+                deterministic_threads(),
+            ):
+                for rows in decoded_chunks(reader, module, arrow=True):
+                    states.append(rows)
                     _collect_agents(agents, rows, layout)
                     stats["states"] += len(rows["agent_id"])
                     progress.update(len(rows["agent_id"]))
+                states.finish()
                 if layout["has_agents"]:
                     con.executemany(f"INSERT INTO {AGENTS} VALUES (?, ?)", agents.items())
                 con.commit()
@@ -277,6 +325,8 @@ def decompress(
 
 def _collect_agents(agents: dict[Any, Any], rows: dict[str, list[Any]], layout: dict) -> None:
     types = rows.get(f"{AGENTS}.agent_type")
+    if isinstance(types, pa.Array):
+        types = types.to_pylist()
     for i, agent in enumerate(rows["agent_id"]):
         if agent not in agents:
             agents[agent] = types[i] if types is not None else None
