@@ -237,7 +237,7 @@ def test_read_only_leaves_no_side_files(tmp_path, agentfarm_schema, monkeypatch)
 
 
 def test_connection_refuses_writes(db):
-    with closing(sqlite_mod._connect(db[0])) as con, closing(con.cursor()) as cur:
+    with closing(sqlite_mod.connect_read_only(db[0])) as con, closing(con.cursor()) as cur:
         for statement in ("DELETE FROM agent_states", "CREATE TABLE t (x)"):
             with pytest.raises(adbc.Error, match="readonly"):
                 cur.execute(statement)
@@ -248,7 +248,7 @@ def test_parallel_parts_equal_one_query(db, agentfarm_schema, monkeypatch, part_
     whole = load_sqlite(db[0], agentfarm_schema)
     monkeypatch.setattr(sqlite_mod, "PART_ROWS", part_rows)
     monkeypatch.setattr(sqlite_mod.os, "cpu_count", lambda: 4)
-    with closing(sqlite_mod._connect(db[0])) as con:
+    with closing(sqlite_mod.connect_read_only(db[0])) as con:
         assert len(sqlite_mod._parts(con, ["id"])) == 4
     for kwargs in ({}, {"step_range": [2, 9], "agent_types": ["control", "system"]}):
         split = load_sqlite(db[0], agentfarm_schema, **kwargs)

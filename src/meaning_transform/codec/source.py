@@ -31,9 +31,9 @@ from meaning_transform.data.sqlite import (
     BATCH_ROWS,
     DRIVER_ERRORS,
     STATES,
-    _connect,
     adbc,
     check_sqlite_args,
+    connect_read_only,
     open_uri,
 )
 from meaning_transform.errors import DataError
@@ -210,7 +210,7 @@ def _stream(
         "real": pa.float64(),
     }
     file, _, _ = check_sqlite_args(path)
-    adbc_con = _connect(file)
+    adbc_con = connect_read_only(file)
     try:
         with closing(adbc_con.cursor()) as cur:
             cur.adbc_statement.set_options(

@@ -93,7 +93,7 @@ def read_sqlite(
     limit: int | None,
 ) -> Table:
     """``load_sqlite`` with arguments ``check_sqlite_args`` has already checked."""
-    with closing(_connect(file)) as con:
+    with closing(connect_read_only(file)) as con:
         state_cols = _columns(con, STATES)
         if state_cols is None:
             found = sorted(_values(con, "name", " FROM sqlite_master WHERE type = 'table'"))
@@ -186,7 +186,7 @@ def _check_agent_types(agent_types: Sequence[str] | None) -> list[str] | None:
 
 
 # ------------------------------------------------------------------------ database
-def _connect(file: Path) -> adbc.Connection:
+def connect_read_only(file: Path) -> adbc.Connection:
     """Read-only connection that changes nothing beside the database (see ``open_uri``)."""
     try:
         con = adbc.connect(open_uri(file), autocommit=True)
@@ -382,7 +382,7 @@ def _read_states(
         return _select(con, exprs, tail, args)
 
     def read_own(part: Part) -> pa.Table:
-        with closing(_connect(file)) as own:
+        with closing(connect_read_only(file)) as own:
             return read(part, own)
 
     if len(parts) == 1:
