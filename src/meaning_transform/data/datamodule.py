@@ -122,6 +122,8 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         # per split, each row's agent (index into the sorted agent ids) and step
         self.train_agents = self.val_agents = self.test_agents = np.empty(0, dtype=np.int64)
         self.train_steps = self.val_steps = self.test_steps = np.empty(0, dtype=np.int64)
+        # per split, (data tensor, its rows with context): what loaders serve when context is set
+        self._rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ready = False
 
     @abstractmethod
@@ -269,8 +271,12 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         x = getattr(self, f"{split}_x")
         if not self.context:
             return x
-        grid = MeaningGrid(self.schema, 1) if self.context == "history" else None
-        return with_previous(x, getattr(self, f"{split}_agents"), grid)
+        built = self._rows.get(split)
+        if built is None or built[0] is not x:  # built once per split tensor, not per loader
+            grid = MeaningGrid(self.schema, 1) if self.context == "history" else None
+            built = (x, with_previous(x, getattr(self, f"{split}_agents"), grid))
+            self._rows[split] = built
+        return built[1]
 
     def _loader(
         self,
