@@ -113,7 +113,7 @@ class VQBottleneck(Bottleneck):
         if self.training and self.relative_threshold:
             self._set_dead_code_threshold(latent.z.shape[0])
         z_q, codes, commit = self.vq(latent.z)
-        bits, counts = usage_bits(codes.detach(), self.codebook_size)
+        bits, _ = usage_bits(codes.detach(), self.codebook_size)
         return BottleneckOutput(
             z=z_q,
             rate_bits=bits,
