@@ -18,8 +18,9 @@ from meaning_transform.errors import ConfigError
 from meaning_transform.report import RATE_DRIFT_PNG, SUMMARY_CSV
 from meaning_transform.run_summary import optimized_value
 
-#: one epoch, no test split, no Lightning CSV log: each job is a few seconds on 2 cores
-FAST = [*TINY, "trainer.max_epochs=1", "test=false", "logger=none"]
+#: one epoch, no test split, no Lightning CSV log, no per-run plots (the sweep's own report is
+#: still drawn): each job is a few seconds on 2 cores
+FAST = [*TINY, "trainer.max_epochs=1", "test=false", "logger=none", "callbacks.curve_plotter=null"]
 #: FAST without model.latent_dim: Optuna treats a plain key=value as fixed, not searched
 SEARCHABLE = [a for a in FAST if not a.startswith("model.latent_dim=")]
 

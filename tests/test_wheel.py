@@ -11,22 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_self_check import assert_self_check_output
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("src", "conf", "pyproject.toml", "setup.py", "README.md")
 
-API_RUN = """
+WHERE = """
 import sys
 from pathlib import Path
 import meaning_transform
-from meaning_transform import MeaningTrainer, load_config
-from meaning_transform.test_training import TINY
 assert Path(meaning_transform.__file__).is_relative_to(Path(sys.argv[1])), meaning_transform.__file__
-load_config([])
-cfg = load_config([*TINY, "trainer.max_epochs=1", "callbacks.curve_plotter=null", f"paths.output_dir={sys.argv[2]}"])
-MeaningTrainer(cfg).train()
 """
-
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -77,12 +72,13 @@ def test_wheel_carries_its_configs_and_runs_from_anywhere(tmp_path: Path) -> Non
 
     elsewhere = tmp_path / "elsewhere"  # no conf/ here or above
     elsewhere.mkdir()
-    _run([str(python), "-c", API_RUN, str(fresh), str(elsewhere / "run")], elsewhere)
-    ckpt = elsewhere / "run" / "stage_1" / "checkpoints" / "best.ckpt"
+    _run([str(python), "-c", WHERE, str(fresh)], elsewhere)
+    # the seed's self-check trains, resumes and reloads through load_config() and the wheel's conf/
+    out = _run([str(python), "-m", "meaning_transform.test_training", "--keep", "check"], elsewhere)
+    assert_self_check_output(out.stdout, out.stderr)
+    ckpt = elsewhere / "check" / "fit" / "stage_1" / "checkpoints" / "best.ckpt"
     out = _run(
         [str(python), "-m", "meaning_transform.evaluate", f"ckpt_path={ckpt}", "split=test"],
         elsewhere,
     )
     assert "wrote" in out.stdout
-    out = _run([str(python), "-m", "meaning_transform.test_training"], elsewhere)
-    assert "all checks passed" in out.stdout

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from meaning_transform.callbacks.history import MetricsHistory, Row, find_history  # noqa: E402
 from meaning_transform.io import atomic_write  # noqa: E402
@@ -23,8 +24,15 @@ def _series(rows: list[Row], key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _epoch_axis(ax: plt.Axes) -> None:
+    """Label the x axis ``epoch``, ticks at whole epochs only."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig: plt.Figure, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    """Write the PNG atomically (``tight_layout`` has already fitted the figure) and close it."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 
@@ -46,7 +54,7 @@ def plot_training_curves(rows: list[Row], path: str | Path) -> None:
             if x:
                 ax.plot(x, y, style, marker="o", markersize=3, label=stage)
         ax.set_title("total loss" if term == "loss" else term)
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(terms) :]:
@@ -72,7 +80,7 @@ def plot_semantic_drift(rows: list[Row], path: str | Path) -> None:
     for g in groups:
         gx, gy = _series(rows, f"val/drift_group/{g}")
         ax.plot(gx, gy, marker=".", linewidth=1.2, label=g)
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("semantic drift (fraction outside tolerance / mismatched)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
