@@ -23,6 +23,7 @@ import meaning_transform
 assert Path(meaning_transform.__file__).is_relative_to(Path(sys.argv[1])), meaning_transform.__file__
 """
 
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
