@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from meaning_transform.api import load_config
 from meaning_transform.assemble import prepare
+from meaning_transform.compile_step import compile_step
 from meaning_transform.console import quiet_libraries
 
 
@@ -74,8 +75,7 @@ def main() -> None:
             step(i)
     compiled = None
     if args.compile:
-        eager_step = module._step
-        module._step = torch.compile(eager_step)  # what compile=true does in assemble.prepare
+        compile_step(module)  # what compile=true does in assemble.prepare
         start = time.perf_counter()
         for i in range(3):
             step(i)
@@ -84,7 +84,7 @@ def main() -> None:
         for i in range(args.steps):
             step(i)
         compiled_ms = (time.perf_counter() - start) / args.steps * 1000
-        module._step = eager_step
+        del module._loss_step  # the class's eager step again
         start = time.perf_counter()
         for i in range(args.steps):
             step(i)

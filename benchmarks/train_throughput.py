@@ -18,17 +18,25 @@ benchmarks/results/train_throughput.json.
 * seed VAE (the reference): a hand-written loop of a plain VAE of the seed's size
   (15 -> 256 -> 128 -> 64 -> 32, MSE + KL, Adam) on as many random states, same batch size.
 
-The machine is shared: each configuration is run ``--repeats`` times, plain and lightning
-interleaved (A B A B ...) in this one process, and the best of each is kept.
+* ``--compile``: plain and lightning again with the step compiled (``compile=true``,
+  meaning_transform/compile_step.py), compiled in the warm-up so that their rates exclude
+  compiling; the compile seconds are the first compiled step's in a fresh process
+  (``_first_compile.py``), with an empty inductor cache (cold) and then the cache it left (warm).
+
+The machine is shared: each configuration is run ``--repeats`` times, all loops interleaved
+(A B C A B C ...) in this one process, and the best of each is kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +50,7 @@ from omegaconf import OmegaConf, open_dict
 
 from meaning_transform.api import load_config
 from meaning_transform.assemble import build_trainer, prepare
+from meaning_transform.compile_step import compile_step
 from meaning_transform.console import quiet_libraries
 from meaning_transform.module import MeaningModule
 
@@ -150,8 +159,28 @@ def vae_epoch(n: int, batch_size: int, limit: int | None = None) -> float:
     return time.perf_counter() - start
 
 
+def inductor_cache(tmp: Path, batch_size: int) -> Path:
+    """The inductor cache folder of one batch size's compiled runs."""
+    return tmp / f"inductor_cache_b{batch_size}"
+
+
+def compile_seconds(args: argparse.Namespace, batch_size: int, tmp: Path) -> dict[str, float]:
+    """The first compiled step's seconds in a fresh process, with an empty inductor cache
+    (cold), then again with the cache that run left (warm)."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache(tmp, batch_size))}
+    seconds = {}
+    for kind in ("cold", "warm"):
+        out = tmp / f"compile_{kind}_b{batch_size}.json"
+        script = Path(__file__).with_name("_first_compile.py")
+        argv = [str(args.states), str(batch_size), str(out), *args.overrides]
+        subprocess.run([sys.executable, str(script), *argv], env=env, check=True)
+        seconds[kind] = json.loads(out.read_text())["first_step_s"]
+        print(f"  batch {batch_size}: first compiled step {seconds[kind]:.1f} s ({kind} cache)")
+    return seconds
+
+
 def bench_batch(args: argparse.Namespace, batch_size: int, tmp: Path) -> list[dict[str, Any]]:
-    """Best-of-N throughput of both paths for each thread count, interleaved."""
+    """Best-of-N throughput of every loop for each thread count, interleaved."""
     overrides = [
         f"data.num_states={args.states}",
         f"data.batch_size={batch_size}",
@@ -162,56 +191,94 @@ def bench_batch(args: argparse.Namespace, batch_size: int, tmp: Path) -> list[di
     cfg, datamodule, module0, _ = prepare(load_config(overrides))
     x = datamodule.train_x
     n = x.shape[0]
+
+    def copy_of(compiled: bool) -> MeaningModule:
+        module = copy.deepcopy(module0)
+        if compiled:
+            compile_step(module)
+        return module
+
+    def loops(limit: int | None = None) -> dict[str, Any]:
+        """Each loop: a function of the run's folder that returns (epoch s, fit s or None)."""
+        found = {
+            "vae": lambda _: (vae_epoch(n, batch_size, limit), None),
+            "plain": lambda _: (plain_epoch(copy_of(False), x, batch_size, limit), None),
+            "lightning": lambda out: lightning_epoch(cfg, datamodule, copy_of(False), out, limit),
+        }
+        if args.compile:  # compiled in the warm-up (limit): its runs exclude compiling
+            found["plain_compiled"] = lambda _: (
+                plain_epoch(copy_of(True), x, batch_size, limit),
+                None,
+            )
+            found["lightning_compiled"] = lambda out: lightning_epoch(
+                cfg, datamodule, copy_of(True), out, limit
+            )
+        return found
+
+    compiling = {}
+    if args.compile:
+        compiling = compile_seconds(args, batch_size, tmp)
+        # this process compiles in the warm-up (not timed): from the cache those runs left
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache(tmp, batch_size))
     runs: dict[tuple[int, str], list[float]] = {}
-    fits: dict[int, list[float]] = {}
-    for threads in args.threads:  # warm-up: allocator, lazy imports, first-fit setup
+    fits: dict[tuple[int, str], list[float]] = {}
+    for threads in args.threads:  # warm-up: allocator, lazy imports, first-fit setup, compiling
         torch.set_num_threads(threads)
-        vae_epoch(n, batch_size, limit=20)
-        plain_epoch(copy.deepcopy(module0), x, batch_size, limit=20)
-        warm = tmp / f"warmup_b{batch_size}_t{threads}"
-        lightning_epoch(cfg, datamodule, copy.deepcopy(module0), warm, limit=20)
+        for name, loop in loops(limit=20).items():
+            loop(tmp / f"warmup_{name}_b{batch_size}_t{threads}")
     for rep in range(args.repeats):
         for threads in args.threads:
             torch.set_num_threads(threads)
-            v = vae_epoch(n, batch_size)
-            p = plain_epoch(copy.deepcopy(module0), x, batch_size)
-            e, f = lightning_epoch(
-                cfg, datamodule, copy.deepcopy(module0), tmp / f"b{batch_size}_t{threads}_{rep}"
-            )
-            runs.setdefault((threads, "vae"), []).append(v)
-            runs.setdefault((threads, "plain"), []).append(p)
-            runs.setdefault((threads, "lightning"), []).append(e)
-            fits.setdefault(threads, []).append(f)
+            line = []
+            for name, loop in loops().items():
+                epoch_s, fit_s = loop(tmp / f"{name}_b{batch_size}_t{threads}_{rep}")
+                runs.setdefault((threads, name), []).append(epoch_s)
+                if fit_s is not None:
+                    fits.setdefault((threads, name), []).append(fit_s)
+                line.append(f"{name} {n / epoch_s:,.0f}/s")
             print(
-                f"  batch {batch_size} threads {threads} rep {rep}: seed VAE {n / v:,.0f}/s, "
-                f"plain {n / p:,.0f}/s, lightning {n / e:,.0f}/s (fit {f:.1f}s)",
-                flush=True,
+                f"  batch {batch_size} threads {threads} rep {rep}: " + ", ".join(line), flush=True
             )
     MODELS.setdefault("model", OmegaConf.to_container(cfg.model, resolve=True))
     MODELS.setdefault("compression", OmegaConf.to_container(cfg.compression, resolve=True))
     rows = []
     for threads in args.threads:
-        v, p, e = (min(runs[threads, k]) for k in ("vae", "plain", "lightning"))
-        f = min(fits[threads])
-        rows.append(
-            {
-                "batch_size": batch_size,
-                "threads": threads,
-                "train_states": n,
-                "seed_vae_states_per_s": n / v,
-                "plain_states_per_s": n / p,
-                "lightning_states_per_s": n / e,
-                "ratio": p / e,
-                "plain_vs_vae": v / p,
-                "lightning_vs_vae": v / e,
-                "seed_vae_s_all": runs[threads, "vae"],
-                "lightning_fit_s": f,
-                "lightning_fit_states_per_s": n / f,
-                "plain_s_all": runs[threads, "plain"],
-                "lightning_s_all": runs[threads, "lightning"],
-                "lightning_fit_s_all": fits[threads],
-            }
-        )
+        best = {name: min(s) for (t, name), s in runs.items() if t == threads}
+        v, p, e = best["vae"], best["plain"], best["lightning"]
+        f = min(fits[threads, "lightning"])
+        row = {
+            "batch_size": batch_size,
+            "threads": threads,
+            "train_states": n,
+            "seed_vae_states_per_s": n / v,
+            "plain_states_per_s": n / p,
+            "lightning_states_per_s": n / e,
+            "ratio": p / e,
+            "plain_vs_vae": v / p,
+            "lightning_vs_vae": v / e,
+            "seed_vae_s_all": runs[threads, "vae"],
+            "lightning_fit_s": f,
+            "lightning_fit_states_per_s": n / f,
+            "plain_s_all": runs[threads, "plain"],
+            "lightning_s_all": runs[threads, "lightning"],
+            "lightning_fit_s_all": fits[threads, "lightning"],
+        }
+        if args.compile:
+            pc, ec = best["plain_compiled"], best["lightning_compiled"]
+            row.update(
+                {
+                    "plain_compiled_states_per_s": n / pc,
+                    "lightning_compiled_states_per_s": n / ec,
+                    "plain_compiled_vs_vae": v / pc,
+                    "lightning_compiled_vs_vae": v / ec,
+                    "lightning_compiled_fit_s": min(fits[threads, "lightning_compiled"]),
+                    "compile_cold_s": compiling["cold"],
+                    "compile_warm_s": compiling["warm"],
+                    "plain_compiled_s_all": runs[threads, "plain_compiled"],
+                    "lightning_compiled_s_all": runs[threads, "lightning_compiled"],
+                }
+            )
+        rows.append(row)
     return rows
 
 
@@ -229,6 +296,11 @@ def main() -> None:
         help="torch intra-op threads to compare, e.g. 1 2 (2 can be 5x slower on a busy 2-core box)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also both loops with the step compiled (compile=true), and compile seconds",
+    )
     args = parser.parse_args()
     quiet_libraries()
     threads_before = torch.get_num_threads()
@@ -255,6 +327,8 @@ def main() -> None:
     }
     print_table(results)
     name = "train_throughput" + "".join(f"_{o}" for o in args.overrides)
+    if args.compile:
+        name += "_compile"
     if args.threads != [1]:
         name += "_threads" + "-".join(map(str, args.threads))
     write_results(name, results)
@@ -282,6 +356,8 @@ def print_table(r: dict[str, Any]) -> None:
             f"{row['plain_vs_vae']:>8.2f}{marks[0]:1} {row['lightning_vs_vae']:>8.2f}{marks[1]:1} "
             f"{row['ratio']:>11.2f} {row['lightning_fit_s']:>6.1f}"
         )
+    if "compile_cold_s" in r["rows"][0]:
+        print_compiled(r)
     print(f"peak RSS {r['peak_rss_mib']:,.0f} MiB")
     print(
         f"* below target (plain >= {r['target_plain_vs_vae']}x, lightning >= "
@@ -289,6 +365,26 @@ def print_table(r: dict[str, Any]) -> None:
         "a plain VAE 15-256-128-64-32 (MSE + KL, Adam); plain = the project's module in a "
         "hand-written loop; lightning = training-epoch window of trainer.fit; fit s = whole fit"
     )
+
+
+def print_compiled(r: dict[str, Any]) -> None:
+    """The compiled loops (``--compile``) beside the seed VAE, and the compile seconds."""
+    print(
+        f"\nwith compile=true (steady state; compiling excluded, reported as the first step's "
+        f"seconds in a fresh process)\n{'batch':>5} {'threads':>7} {'seed VAE/s':>11} "
+        f"{'plain c/s':>10} {'light c/s':>10} {'plain c/VAE':>11} {'light c/VAE':>11} "
+        f"{'vs eager':>8} {'cold s':>7} {'warm s':>7}"
+    )
+    for row in r["rows"]:
+        mark = "" if row["lightning_compiled_vs_vae"] >= r["target_lightning_vs_vae"] else "*"
+        print(
+            f"{row['batch_size']:>5} {row['threads']:>7} {row['seed_vae_states_per_s']:>11,.0f} "
+            f"{row['plain_compiled_states_per_s']:>10,.0f} "
+            f"{row['lightning_compiled_states_per_s']:>10,.0f} "
+            f"{row['plain_compiled_vs_vae']:>11.2f} {row['lightning_compiled_vs_vae']:>10.2f}{mark:1} "
+            f"{row['lightning_compiled_states_per_s'] / row['lightning_states_per_s']:>7.2f}x "
+            f"{row['compile_cold_s']:>7.1f} {row['compile_warm_s']:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

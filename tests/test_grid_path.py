@@ -38,7 +38,7 @@ def fitted(agentfarm_schema_module) -> tuple[FeatureSchema, torch.Tensor]:
 def _ctx(schema: FeatureSchema, x: torch.Tensor, heads: torch.Tensor, grid=None) -> LossContext:
     zero = x.new_zeros(())
     out = BottleneckOutput(z=x, rate_bits=x.new_zeros(len(x)), rate_loss=zero, aux_loss=zero)
-    return LossContext(x, heads, Latent(z=x, mu=x), out, SchemaLayout(schema), 0.0, grid)
+    return LossContext(x, heads, Latent(z=x, mu=x), out, SchemaLayout(schema), grid)
 
 
 # ----------------------------------------------------------------- the loss

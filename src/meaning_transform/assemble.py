@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
 from meaning_transform.callbacks.history import MetricsHistory, find_history
 from meaning_transform.checkpoint_reader import check_compatible, read_checkpoint
+from meaning_transform.compile_step import compile_step
 from meaning_transform.config import check_accelerator, instantiate_checked, validate_config
 from meaning_transform.module import MeaningModule
 from meaning_transform.rundir import new_run_dir
@@ -107,7 +108,7 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Any, MeaningModule, dict[str, 
         else:
             lineage["resumed_from"] = str(Path(source).resolve())
     if cfg.get("compile"):  # the step only: Lightning's loop and the optimizer stay eager
-        module._step = torch.compile(module._step)  # type: ignore[method-assign]
+        compile_step(module)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return cfg, datamodule, module, lineage
 

@@ -29,7 +29,6 @@ class LossContext:
     latent: Latent
     bottleneck: BottleneckOutput
     layout: SchemaLayout  # the schema's tensor layout (``layout.schema`` is the schema)
-    progress: float  # epochs trained so far, fractional (epoch + batch / batches)
     grid: GridPath | None = None  # the model's grid path, if it has one
 
 
@@ -251,10 +250,12 @@ class CompositeLoss(nn.Module):
         return torch.tensor([t.weight_at(progress) for t in self.terms.values()])
 
     def forward(
-        self, ctx: LossContext
+        self, ctx: LossContext, weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(optimized total, reported loss, unweighted values [T], weights [T])."""
+        """(optimized total, reported loss, unweighted values [T], weights [T]) under the term
+        ``weights`` in effect (``self.weights(progress)``: a tensor, computed by the caller, so
+        that a compiled step sees no Python float that changes every step)."""
         values = torch.stack([term(ctx) for term in self.terms.values()])
-        weights = self.weights(ctx.progress).to(values.device, values.dtype)
+        weights = weights.to(values.device, values.dtype)
         weighted = values * weights
         return weighted.sum(), (weighted * self._reported).sum(), values, weights

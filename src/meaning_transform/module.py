@@ -140,10 +140,15 @@ class MeaningModule(L.LightningModule):
         return split_batch(batch, len(self.schema.features), self.context)
 
     def _step(self, batch: torch.Tensor, progress: float) -> tuple[torch.Tensor, ...]:
+        return self._loss_step(batch, self.loss_fn.weights(progress))
+
+    def _loss_step(self, batch: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Forward and losses under the loss ``weights`` in effect: what ``compile=true``
+        compiles (see compile_step.py), so its inputs are tensors only."""
         x, context = self.unpack(batch)
         heads, latent, out = self(x, context)
-        ctx = LossContext(x, heads, latent, out, self.layout, progress, self.grid)
-        total, reported, values, weights = self.loss_fn(ctx)
+        ctx = LossContext(x, heads, latent, out, self.layout, self.grid)
+        total, reported, values, weights = self.loss_fn(ctx, weights)
         return total, reported, values, weights, heads, out
 
     def _progress(self, batch_idx: int) -> float:
