@@ -16,7 +16,7 @@ from torch import nn
 from meaning_transform.kl_schedule import SCHEDULES, kl_factor
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.identity import kl_nats
-from meaning_transform.models.grid_path import GridPath
+from meaning_transform.models.grid_path import GridPath, GridSteps
 from meaning_transform.schema.layout import SchemaLayout
 
 
@@ -31,6 +31,7 @@ class LossContext:
     layout: SchemaLayout  # the schema's tensor layout (``layout.schema`` is the schema)
     progress: float  # epochs trained so far, fractional (epoch + batch / batches)
     grid: GridPath | None = None  # the model's grid path, if it has one
+    grid_steps: GridSteps | None = None  # its steps in this forward (else computed again)
 
 
 class LossTerm(nn.Module):
@@ -168,7 +169,7 @@ class GridStepLoss(LossTerm):
         """Weighted expected outside-tolerance fraction of the grid's continuous channels."""
         if ctx.grid is None:
             return ctx.heads.new_zeros(())
-        return ctx.grid.expected_outside()
+        return ctx.grid.expected_outside(ctx.grid_steps)
 
 
 class KLLoss(LossTerm):
