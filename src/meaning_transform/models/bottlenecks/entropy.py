@@ -123,13 +123,14 @@ class EntropyBottleneck(Bottleneck):
     def _layers(
         self, stop_gradient: bool
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """(positive matrix, bias, gate) per layer; gate is None on the last layer."""
+        """(positive matrix, bias, gate) per layer, the matrix and bias still divided by
+        ``density_lr_scale`` (``_logits_cumulative`` multiplies it back); gate is None on the
+        last layer."""
         layers = []
         k = self.density_lr_scale
         for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases, strict=True)):
             gate = torch.tanh(self.factors[i] * k) if i < len(self.factors) else None
-            matrix = F.softplus(matrix * k)
-            bias = bias * k
+            matrix = F.softplus(matrix, beta=k)  # softplus(k * matrix) / k
             if stop_gradient:
                 matrix, bias = matrix.detach(), bias.detach()
                 gate = gate.detach() if gate is not None else None
@@ -138,9 +139,11 @@ class EntropyBottleneck(Bottleneck):
 
     def _logits_cumulative(self, x: torch.Tensor, stop_gradient: bool = False) -> torch.Tensor:
         """Logit of the per-channel CDF at ``x`` of shape [D, 1, N] -> [D, 1, N]."""
+        k = self.density_lr_scale
         logits = x
         for matrix, bias, gate in self._layers(stop_gradient):
-            logits = torch.baddbmm(bias, matrix, logits)
+            # k * bias + softplus(k * matrix) @ logits: the scale rides on baddbmm's own factors
+            logits = torch.baddbmm(bias, matrix, logits, beta=k, alpha=k)
             if gate is not None:
                 logits = logits + gate * torch.tanh(logits)
         return logits
