@@ -45,6 +45,9 @@ class SchemaLayout(nn.Module):
         self._buffer("input_code", torch.tensor(code, dtype=torch.float32))
         self._buffer("input_one_hot", ~self.input_code.isnan())
         self.input_is_data = not bool(self.input_one_hot.any())  # no categoricals: x itself
+        weights = torch.tensor([p.weight for p in schema.predicates], dtype=torch.float32)
+        self._buffer("predicate_weights", weights)
+        self._buffer("predicate_weight_total", weights.sum().clamp_min(1e-12))
         self.predicate_tests = [
             (schema.columns[p.feature], OPS[p.op], _threshold(schema, p)) for p in schema.predicates
         ]
