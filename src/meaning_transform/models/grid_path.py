@@ -94,7 +94,7 @@ class GridPath(nn.Module):
             "center": torch.where(smooth, torch.round(mean / step) * step, 0.0),
             "smooth_mask": smooth,
             "lattice": lattice,
-            "safe_lattice": lattice.clamp_min(1e-12),
+            "safe_lattice": torch.where(lattice > 0, lattice, 1.0),  # no overflow off it
             "on_lattice": (lattice > 0).float(),
             "two_tol": (2.0 * tol).clamp_min(1e-12),
             "cont_cols": cont_cols,
