@@ -105,3 +105,23 @@ def test_histogram_model_prices_integers_by_its_table():
     assert model.likelihood(torch.tensor([[5.0, 0.0]]))[0, 0].item() == pytest.approx(1e-9)
     # halfway between two integers: the mean of their masses (piecewise-linear CDF)
     assert model.likelihood(torch.tensor([[0.5, 0.0]]))[0, 0].item() == pytest.approx(0.5)
+
+
+def test_histogram_forward_prices_each_integer_by_its_table_entry():
+    """The forward gathers each integer's probability (the floor outside the support): the
+    CDF difference in exact arithmetic, including rare symbols float32 differences blur."""
+    lo, hi = torch.tensor([0, -3, -40]), torch.tensor([1, 4, 40])
+    model = HistogramEntropyModel(lo, hi)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.table_logits.copy_(torch.randn(model.table_logits.shape, generator=gen))
+    y = torch.randint(-50, 50, (300, 3), generator=gen).float()
+    probs = model.probabilities().detach()
+    expected = torch.full_like(y, 1e-9)
+    for c in range(3):
+        inside = (y[:, c] >= lo[c]) & (y[:, c] <= hi[c])
+        expected[inside, c] = probs[c, (y[inside, c] - lo[c]).long()].clamp_min(1e-9)
+    out = model(Latent(z=y, mu=y))
+    torch.testing.assert_close(out.rate_bits, -torch.log2(expected).sum(1))
+    out.rate_bits.sum().backward()  # the tables learn from it
+    assert model.table_logits.grad.abs().sum() > 0

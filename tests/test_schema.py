@@ -102,6 +102,15 @@ def test_point_estimate_maps_heads_to_data_layout():
     assert est.tolist() == [[pytest.approx(0.3), pytest.approx(-0.1), 1.0, 1.0]]
 
 
+def test_model_input_expands_categoricals_to_one_hot():
+    s = fitted()
+    x = encode(s, table())
+    enc = SchemaLayout(s).model_input(x)
+    assert enc.dtype == x.dtype and enc.shape == (4, s.input_dim)
+    assert torch.equal(enc[:, :3], x[:, :3])  # continuous and binary columns as they are
+    assert enc[:, 3:].tolist() == [[0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]  # b, a, b, c
+
+
 def test_to_dict_from_config_round_trip():
     s = fitted()
     again = FeatureSchema.from_config(s.to_dict())

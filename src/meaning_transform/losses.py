@@ -16,7 +16,7 @@ from torch import nn
 from meaning_transform.kl_schedule import SCHEDULES, kl_factor
 from meaning_transform.models.bottlenecks.base import BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.identity import kl_nats
-from meaning_transform.models.grid_path import GridPath
+from meaning_transform.models.grid_path import GridPath, GridSteps
 from meaning_transform.schema.layout import SchemaLayout
 
 
@@ -30,6 +30,7 @@ class LossContext:
     bottleneck: BottleneckOutput
     layout: SchemaLayout  # the schema's tensor layout (``layout.schema`` is the schema)
     grid: GridPath | None = None  # the model's grid path, if it has one
+    grid_steps: GridSteps | None = None  # its steps in this forward (else computed again)
 
 
 class LossTerm(nn.Module):
@@ -97,33 +98,39 @@ class ReconstructionLoss(LossTerm):
         excess = (e.abs() - EDGE).clamp_min(0.0)
         huber = F.huber_loss(excess, torch.zeros_like(excess), reduction="none", delta=1.0)
         outside = (self.sharpness * excess).clamp_max(1.0)
-        return self.huber_weight * huber + self.outside_weight * outside
+        return _weighted(huber, self.huber_weight) + _weighted(outside, self.outside_weight)
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         """Weighted mean of per-feature losses (vectorized per kind: this runs every step)."""
         layout, x, heads = ctx.layout, ctx.x, ctx.heads
         schema = layout.schema
-        total = heads.new_zeros(())
+        terms = []
         cols, head_cols, w = layout.kind("continuous")
         if cols.numel():
             e = (heads[:, head_cols] - x[:, cols]) * layout.continuous_units
-            total = total + (self.tolerance_loss(e).mean(0) * w).sum()
+            terms.append((self.tolerance_loss(e).mean(0) * w).sum())
         cols, head_cols, w = layout.kind("binary")
         if cols.numel():
             per_feature = _bce(heads[:, head_cols], x[:, cols], reduction="none").mean(0)
-            total = total + (per_feature * w).sum()
+            terms.append((per_feature * w).sum())
         slices = schema.head_slices
         for col in schema.index_of_kind("categorical"):
             f = schema.features[col]
             if f.weight:
-                total = total + f.weight * F.cross_entropy(
-                    heads[:, slices[f.name]], x[:, col].long()
-                )
+                ce = F.cross_entropy(heads[:, slices[f.name]], x[:, col].long())
+                terms.append(_weighted(ce, f.weight))
+        total = sum(terms[1:], terms[0]) if terms else heads.new_zeros(())
         return total / max(schema.total_feature_weight, 1e-12)
 
 
 def _bce(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction=reduction)
+
+
+def _weighted(value: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight * value``, skipping the multiply (an op each step, forward and backward) when
+    the weight is 1."""
+    return value if weight == 1.0 else weight * value
 
 
 class SemanticLoss(LossTerm):
@@ -149,8 +156,7 @@ class SemanticLoss(LossTerm):
         prob = layout.soft_predicates(ctx.heads).clamp(1e-6, 1 - 1e-6)
         bce = F.binary_cross_entropy(prob, truth, reduction="none")
         bce = (bce - self.floor).clamp_min(0.0).mean(dim=0)
-        w = torch.tensor([p.weight for p in schema.predicates], device=bce.device)
-        return (bce * w).sum() / w.sum().clamp_min(1e-12)
+        return (bce * layout.predicate_weights).sum() / layout.predicate_weight_total
 
 
 class GridStepLoss(LossTerm):
@@ -167,7 +173,7 @@ class GridStepLoss(LossTerm):
         """Weighted expected outside-tolerance fraction of the grid's continuous channels."""
         if ctx.grid is None:
             return ctx.heads.new_zeros(())
-        return ctx.grid.expected_outside()
+        return ctx.grid.expected_outside(ctx.grid_steps)
 
 
 class KLLoss(LossTerm):

@@ -22,7 +22,7 @@ from meaning_transform.losses import CompositeLoss, LossContext
 from meaning_transform.metrics import MeanVector, RateMeter, SemanticDrift
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck, code_jointly
-from meaning_transform.models.grid_path import GridPath
+from meaning_transform.models.grid_path import GridPath, GridSteps
 from meaning_transform.schema import FeatureSchema, Table
 from meaning_transform.schema import table as schema_table
 from meaning_transform.schema.layout import SchemaLayout
@@ -108,10 +108,14 @@ class MeaningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ core
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        grid_steps: GridSteps | None = None,
     ) -> tuple[torch.Tensor, Latent, BottleneckOutput]:
         """Data tensor (and, with ``model.context``, the context [B, F + 1]) -> (decoder heads,
-        latent, bottleneck output of all coded channels)."""
+        latent, bottleneck output of all coded channels); ``grid_steps``: the grid path's
+        ``steps()`` if the caller computed them (``_step`` does, once for the loss too)."""
         if hasattr(self.codec, "code_state"):  # codes the meaning grid itself (lossless)
             return self.codec.code_state(x, self.bottleneck, context)
         enc_in = self.layout.model_input(x)
@@ -124,8 +128,9 @@ class MeaningModule(L.LightningModule):
         z = out.z if ctx is None else torch.cat([out.z, ctx], dim=1)
         if self.grid is None:
             return self.codec.decoder(z), latent, out
-        g, grid_out = self.grid(x)
-        heads = self.grid.heads(g, self.codec.decoder(torch.cat([z, g], dim=1)))
+        steps = self.grid.steps() if grid_steps is None else grid_steps
+        g, grid_out = self.grid(x, steps)
+        heads = self.grid.heads(g, self.codec.decoder(torch.cat([z, g], dim=1)), steps)
         return heads, latent, _with_grid(out, grid_out)
 
     def unpack(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -146,8 +151,9 @@ class MeaningModule(L.LightningModule):
         """Forward and losses under the loss ``weights`` in effect: what ``compile=true``
         compiles (see compile_step.py), so its inputs are tensors only."""
         x, context = self.unpack(batch)
-        heads, latent, out = self(x, context)
-        ctx = LossContext(x, heads, latent, out, self.layout, self.grid)
+        steps = self.grid.steps() if self.grid is not None else None
+        heads, latent, out = self(x, context, steps)
+        ctx = LossContext(x, heads, latent, out, self.layout, self.grid, steps)
         total, reported, values, weights = self.loss_fn(ctx, weights)
         return total, reported, values, weights, heads, out
 

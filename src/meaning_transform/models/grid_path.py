@@ -27,6 +27,8 @@ near-lossless coding).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -46,6 +48,14 @@ MAX_TABLE = 4096
 #: logit margin the skip gives a decoded binary value (sigmoid(5) = 0.993), and the penalty per
 #: squared index distance of a categorical's other categories
 DISCRETE_GAIN = 10.0
+
+
+class GridSteps(NamedTuple):
+    """The grid steps of one forward, computed once (``GridPath.steps``) and read by its three
+    users: the smooth channels, the heads' bounds and ``GridStepLoss``."""
+
+    step: torch.Tensor  # per data column, what ``GridPath.step`` is
+    relaxed: torch.Tensor  # per data column, what ``GridPath.relaxed_step`` is
 
 
 class GridPath(nn.Module):
@@ -75,6 +85,7 @@ class GridPath(nn.Module):
         # Whole-number features (positions, ages) keep their steps whole (see ``step``).
         whole = torch.tensor([_lattice(schema, f) for f in schema.features])
         lattice = torch.where(smooth & (whole > 0) & (whole <= step), whole, 0.0)
+        cont_cols = continuous.nonzero().flatten()
         weights = [f.weight if f.kind == "continuous" else 0.0 for f in schema.features]
         buffers = {
             "mean": mean,
@@ -83,9 +94,13 @@ class GridPath(nn.Module):
             "center": torch.where(smooth, torch.round(mean / step) * step, 0.0),
             "smooth_mask": smooth,
             "lattice": lattice,
+            "safe_lattice": torch.where(lattice > 0, lattice, 1.0),  # no overflow off it
+            "on_lattice": (lattice > 0).float(),
             "two_tol": (2.0 * tol).clamp_min(1e-12),
-            "half_tol_std": 0.5 * tol / std,
-            "cont_cols": continuous.nonzero().flatten(),
+            "cont_cols": cont_cols,
+            # what ``heads`` reads, on the continuous columns
+            "cont_two_tol": (2.0 * tol).clamp_min(1e-12)[cont_cols],
+            "cont_tol_std": (0.5 * tol / std * 2.0)[cont_cols],
             "outside_weights": torch.tensor(weights) / max(schema.total_feature_weight, 1e-12),
             "smooth_cols": smooth.nonzero().flatten(),
             "table_cols": (~smooth).nonzero().flatten(),
@@ -147,21 +162,23 @@ class GridPath(nn.Module):
         tolerance, and measured on 8 held-out agents that was 37% of the positions, where
         ``1 - 1/k`` (GridStepLoss) promised 3%. Whole steps lose what that promises.
         """
-        learned = _on_lattice(self.relaxed_step, self.lattice)
-        return torch.where(self.smooth_mask, learned, self.step0)
+        return self.steps().step
 
-    def _smooth_step(self) -> torch.Tensor:
-        """``step`` of the smooth channels alone (the same values), computed once per forward."""
-        i = self.smooth_cols
-        return _on_lattice(self.step0[i] * self.log_step[i].exp(), self.lattice[i])
+    def steps(self) -> GridSteps:
+        """``step`` and ``relaxed_step`` together (the model computes them once per step)."""
+        relaxed = self.relaxed_step
+        whole = self.lattice * (relaxed / self.safe_lattice).round().clamp_min(1.0)
+        # straight-through where on the lattice (off it, the added term is exactly 0)
+        learned = relaxed + ((whole - relaxed) * self.on_lattice).detach()
+        return GridSteps(torch.where(self.smooth_mask, learned, self.step0), relaxed)
 
     def _parts(
-        self, x: torch.Tensor, smooth_step: torch.Tensor | None = None
+        self, x: torch.Tensor, steps: GridSteps | None = None
     ) -> list[tuple[torch.Tensor, EntropyBottleneck, torch.Tensor]]:
         """(data columns, entropy model, channel values) of the smooth and table parts of ``x``."""
         parts = []
         if self.smooth is not None:
-            step = self._smooth_step() if smooth_step is None else smooth_step
+            step = (self.steps() if steps is None else steps).step[self.smooth_cols]
             native = x[:, self.smooth_cols] * self.smooth_std + self.smooth_mean
             parts.append((self.smooth_cols, self.smooth, (native - self.smooth_center) / step))
         if self.table is not None:
@@ -169,15 +186,18 @@ class GridPath(nn.Module):
             parts.append((self.table_cols, self.table, symbols.to(x)))
         return parts
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, BottleneckOutput]:
-        """Data tensor -> (grid-decoded data tensor, the channels' bottleneck output)."""
-        smooth_step = self._smooth_step() if self.smooth is not None else None
+    def forward(
+        self, x: torch.Tensor, steps: GridSteps | None = None
+    ) -> tuple[torch.Tensor, BottleneckOutput]:
+        """Data tensor -> (grid-decoded data tensor, the channels' bottleneck output);
+        ``steps``: this step's ``steps()``, if the caller computed them already."""
+        steps = self.steps() if steps is None else steps
         outs = []
         g = torch.empty_like(x)
-        for cols, model, d in self._parts(x, smooth_step):
+        for cols, model, d in self._parts(x, steps):
             out = model(Latent(z=d, mu=d))
             if model is self.smooth:
-                decoded = self._smooth_values(out.z, smooth_step)
+                decoded = self._smooth_values(out.z, steps.step[self.smooth_cols])
             else:
                 decoded = self._table_values(out.z)
             g = g.index_copy(1, cols, decoded)
@@ -211,9 +231,11 @@ class GridPath(nn.Module):
         """Really code the grid channels of data tensor ``x``: one CodingReport per part."""
         return [model.coding_report(d) for model, d in self.coding_parts(x)]
 
-    def heads(self, g: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    def heads(
+        self, g: torch.Tensor, correction: torch.Tensor, steps: GridSteps | None = None
+    ) -> torch.Tensor:
         """Decoder heads: those the grid values ``g`` (data tensor) imply, plus the learned
-        decoder's bounded ``correction`` [B, head_dim].
+        decoder's bounded ``correction`` [B, head_dim] (``steps``: as in ``forward``).
 
         Bounds: a continuous value moves at most ``tolerance * |1 - k|`` (k = step / (2 x
         tolerance)): at k <= 1 a value whose cell keeps it within tolerance stays within it; at
@@ -223,19 +245,21 @@ class GridPath(nn.Module):
         (Unbounded, it memorized the training agents' positions -- a run has ~60 stationary
         ones -- and put 36% of held-out positions outside tolerance.)
         """
-        k = self.step / self.two_tol
-        room = (self.half_tol_std * 2.0 * (1.0 - k).abs())[self.cont_cols]
+        k = (self.steps() if steps is None else steps).step[self.cont_cols] / self.cont_two_tol
+        room = self.cont_tol_std * (1.0 - k).abs()
         bound = self._skip.discrete_bound.expand_as(correction).index_copy(
             1, self._skip.continuous_heads, room.expand(len(correction), -1)
         )
         return self._skip(g) + torch.tanh(correction) * bound
 
-    def expected_outside(self) -> torch.Tensor:
+    def expected_outside(self, steps: GridSteps | None = None) -> torch.Tensor:
         """Weighted sum over continuous channels of ``max(0, 1 - 1/k)``, the share of uniformly
-        spread values a step of k x (2 x tolerance) puts outside tolerance (see GridStepLoss)."""
+        spread values a step of k x (2 x tolerance) puts outside tolerance (see GridStepLoss;
+        ``steps``: as in ``forward``)."""
         # The relaxed step: its whole-number rounding has no useful gradient, and pricing the
         # relaxed k with the uniform model keeps a rounded step of 2 from looking free.
-        k = torch.where(self.smooth_mask, self.relaxed_step, self.step0) / self.two_tol
+        relaxed = steps.relaxed if steps is not None else self.relaxed_step
+        k = torch.where(self.smooth_mask, relaxed, self.step0) / self.two_tol
         return (self.outside_weights * (1.0 - 1.0 / k).clamp_min(0.0)).sum()
 
     def steps_in_tolerances(self, schema: FeatureSchema) -> dict[str, float]:
@@ -244,13 +268,6 @@ class GridPath(nn.Module):
         return {
             f.name: float(k[i]) for i, f in enumerate(schema.features) if f.kind == "continuous"
         }
-
-
-def _on_lattice(learned: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
-    """``learned`` steps, whole numbers (straight-through) where ``lattice`` > 0."""
-    safe = lattice.clamp_min(1e-12)
-    whole = lattice * (learned / safe).round().clamp_min(1.0)
-    return torch.where(lattice > 0, learned + (whole - learned).detach(), learned)
 
 
 def _lattice(schema: FeatureSchema, f: Feature) -> float:

@@ -40,7 +40,14 @@ class SchemaLayout(nn.Module):
             self._buffer(f"{kind}_heads", torch.tensor(heads, dtype=torch.long))
             weights = [f.weight for _, f in of_kind]
             self._buffer(f"{kind}_weights", torch.tensor(weights, dtype=torch.float32))
-        self.input_segments = _input_segments(schema)
+        source, code = _input_columns(schema)
+        self._buffer("input_source", torch.tensor(source, dtype=torch.long))
+        self._buffer("input_code", torch.tensor(code, dtype=torch.float32))
+        self._buffer("input_one_hot", ~self.input_code.isnan())
+        self.input_is_data = not bool(self.input_one_hot.any())  # no categoricals: x itself
+        weights = torch.tensor([p.weight for p in schema.predicates], dtype=torch.float32)
+        self._buffer("predicate_weights", weights)
+        self._buffer("predicate_weight_total", weights.sum().clamp_min(1e-12))
         self.predicate_tests = [
             (schema.columns[p.feature], OPS[p.op], _threshold(schema, p)) for p in schema.predicates
         ]
@@ -75,14 +82,16 @@ class SchemaLayout(nn.Module):
         return x * self.std.to(x.device) + self.mean.to(x.device)
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Data tensor -> encoder input (categoricals expanded to one-hot)."""
-        parts = []
-        for start, stop, vocab in self.input_segments:
-            if vocab:
-                parts.append(nn.functional.one_hot(x[:, start].long(), vocab).to(x.dtype))
-            else:
-                parts.append(x[:, start:stop])
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        """Data tensor -> encoder input (categoricals expanded to one-hot).
+
+        One gather of the input's source columns, then each one-hot column is ``code ==``
+        its category: a fixed handful of ops for any number of categoricals, and no check of
+        the codes on the host (the table codec only writes codes of the vocabulary).
+        """
+        if self.input_is_data:
+            return x
+        cols = x[:, self.input_source]
+        return torch.where(self.input_one_hot, (cols == self.input_code).to(x.dtype), cols)
 
     def point_estimate(self, heads: torch.Tensor) -> torch.Tensor:
         """Decoder output -> data tensor (continuous value, binary logit>0, categorical argmax)."""
@@ -161,15 +170,13 @@ def _all_threshold_comparisons(schema: FeatureSchema) -> bool:
     )
 
 
-def _input_segments(schema: FeatureSchema) -> tuple[tuple[int, int, int], ...]:
-    """model_input's layout: (start, stop, 0) per run of consecutive non-categorical data
-    columns (copied as one slice), (column, column + 1, vocab size) per categorical."""
-    segments: list[tuple[int, int, int]] = []
+def _input_columns(schema: FeatureSchema) -> tuple[list[int], list[float]]:
+    """model_input's layout: per encoder-input column, its data column and, for a one-hot
+    column of a categorical, the category code it tests for (NaN: the value is copied)."""
+    source: list[int] = []
+    code: list[float] = []
     for i, f in enumerate(schema.features):
-        if f.kind == "categorical":
-            segments.append((i, i + 1, schema.vocab_size(f)))
-        elif segments and not segments[-1][2] and segments[-1][1] == i:
-            segments[-1] = (segments[-1][0], i + 1, 0)
-        else:
-            segments.append((i, i + 1, 0))
-    return tuple(segments)
+        vocab = schema.vocab_size(f) if f.kind == "categorical" else 0
+        source += [i] * max(vocab, 1)
+        code += [float(c) for c in range(vocab)] if vocab else [float("nan")]
+    return source, code

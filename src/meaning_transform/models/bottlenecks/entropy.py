@@ -44,6 +44,66 @@ class _LowerBound(torch.autograd.Function):
         return grad * passes, None
 
 
+class _CDFNetwork(torch.autograd.Function):
+    """The per-channel CDF networks (``EntropyBottleneck._logits_cumulative``) as one autograd
+    node with a hand-written backward.
+
+    ``params`` are the raw parameters, layer by layer: matrix, bias, factor (no factor on the
+    last layer), all stored divided by ``k`` (``density_lr_scale``). Layer ``i`` computes
+    ``a = k * bias + softplus(k * matrix) @ h``, then ``h = a + tanh(k * factor) * tanh(a)``
+    on all but the last. Recorded op by op, autograd builds ~25 nodes per call; here the forward
+    records nothing and the backward is ~12 ops per gated layer: 40 ops fewer per training step
+    (two networks), and forward + backward of both ~14% faster at batch 64 (the step is dispatch
+    bound, see the README's benchmarks). ``tests/test_entropy_bottleneck.py`` gradchecks it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: float, *params: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        n = (len(params) + 1) // 3
+        h, saved = x, []
+        for i in range(n):
+            matrix = F.softplus(params[3 * i], beta=k)  # softplus(k * matrix) / k
+            a = torch.baddbmm(params[3 * i + 1], matrix, h, beta=k, alpha=k)
+            if i < n - 1:
+                gate, t = torch.tanh(params[3 * i + 2] * k), torch.tanh(a)
+                saved += [h, matrix, gate, t]
+                h = a + gate * t
+            else:
+                saved += [h, matrix]
+                h = a
+        ctx.k, ctx.n, ctx.n_params = k, n, len(params)
+        ctx.save_for_backward(*params, *saved)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        k, n, n_params = ctx.k, ctx.n, ctx.n_params
+        tensors = ctx.saved_tensors
+        params, saved = tensors[:n_params], list(tensors[n_params:])
+        needs = ctx.needs_input_grad[2:]
+        grads: list[torch.Tensor | None] = [None] * n_params
+        dh = grad
+        for i in reversed(range(n)):
+            if i < n - 1:
+                h, matrix, gate, t = saved[4 * i : 4 * i + 4]
+                if needs[3 * i + 2]:
+                    dgate = (dh * t).sum(-1, keepdim=True)
+                    grads[3 * i + 2] = torch.ops.aten.tanh_backward(dgate, gate) * k
+                da = dh + torch.ops.aten.tanh_backward(dh * gate, t)
+            else:
+                h, matrix = saved[4 * i : 4 * i + 2]
+                da = dh
+            da = da * k  # d(logits) / d(bias / k, matrix / k, h) all carry k
+            if needs[3 * i + 1]:
+                grads[3 * i + 1] = da.sum(-1, keepdim=True)
+            if needs[3 * i]:
+                dm = torch.bmm(da, h.transpose(1, 2))
+                grads[3 * i] = torch.ops.aten.softplus_backward(dm, params[3 * i], k, 20.0)
+            if i > 0 or ctx.needs_input_grad[0]:
+                dh = torch.bmm(matrix.transpose(1, 2), da)
+        return (dh if ctx.needs_input_grad[0] else None, None, *grads)
+
+
 class EntropyBottleneck(Bottleneck):
     """Rounds each latent channel and measures its rate under a learned factorized density.
 
@@ -120,30 +180,19 @@ class EntropyBottleneck(Bottleneck):
         """Per-channel median of the learned density, [D] (detached)."""
         return self.quantiles[:, 0, 1].detach()
 
-    def _layers(
-        self, stop_gradient: bool
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """(positive matrix, bias, gate) per layer; gate is None on the last layer."""
-        layers = []
-        k = self.density_lr_scale
+    def _parameters_by_layer(self) -> list[torch.Tensor]:
+        """The CDF network's raw parameters in ``_CDFNetwork``'s order."""
+        params = []
         for i, (matrix, bias) in enumerate(zip(self.matrices, self.biases, strict=True)):
-            gate = torch.tanh(self.factors[i] * k) if i < len(self.factors) else None
-            matrix = F.softplus(matrix * k)
-            bias = bias * k
-            if stop_gradient:
-                matrix, bias = matrix.detach(), bias.detach()
-                gate = gate.detach() if gate is not None else None
-            layers.append((matrix, bias, gate))
-        return layers
+            params += [matrix, bias, *([self.factors[i]] if i < len(self.factors) else [])]
+        return params
 
     def _logits_cumulative(self, x: torch.Tensor, stop_gradient: bool = False) -> torch.Tensor:
         """Logit of the per-channel CDF at ``x`` of shape [D, 1, N] -> [D, 1, N]."""
-        logits = x
-        for matrix, bias, gate in self._layers(stop_gradient):
-            logits = torch.baddbmm(bias, matrix, logits)
-            if gate is not None:
-                logits = logits + gate * torch.tanh(logits)
-        return logits
+        params = self._parameters_by_layer()
+        if stop_gradient:
+            params = [p.detach() for p in params]
+        return _CDFNetwork.apply(x, self.density_lr_scale, *params)
 
     def likelihood(self, y: torch.Tensor) -> torch.Tensor:
         """Probability of the unit bin centred on each ``y`` [B, D] -> [B, D], floored."""

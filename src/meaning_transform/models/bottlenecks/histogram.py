@@ -51,13 +51,13 @@ class HistogramEntropyModel(EntropyBottleneck):
         self.quantiles.requires_grad_(False)
         self.init_quantiles(lo.float(), ((lo + hi) / 2).floor().float(), hi.float())
         self.register_buffer("lo", lo.float(), persistent=False)
-        self.register_buffer("valid", torch.arange(width)[None, :] <= (hi - lo)[:, None], False)
+        self.register_buffer("invalid", torch.arange(width)[None, :] > (hi - lo)[:, None], False)
         self.table_logits = nn.Parameter(torch.zeros(len(lo), width))
 
     def probabilities(self) -> torch.Tensor:
         """Per-channel probability of each integer of its support, [D, width]."""
         logits = self.table_logits * self.density_lr_scale
-        return torch.softmax(logits.masked_fill(~self.valid, -torch.inf), dim=1)
+        return torch.softmax(logits.masked_fill(self.invalid, -torch.inf), dim=1)
 
     def _tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(probabilities, mass of the bins below each bin, mass of those above), [D, W] each."""
@@ -86,7 +86,13 @@ class HistogramEntropyModel(EntropyBottleneck):
         return torch.log(cdf.clamp_min(1e-30)) - torch.log(tail.clamp_min(1e-30))
 
     def likelihood(self, y: torch.Tensor) -> torch.Tensor:
-        """Probability of the unit bin centred on each ``y`` [B, D] -> [B, D], floored."""
+        """Probability of the unit bin centred on each ``y`` [B, D] -> [B, D], floored.
+
+        At integers (all the coder's tables and the forward price) the table's probability
+        itself (``integer_likelihood``); between them, the piecewise-linear CDF's difference.
+        """
+        if torch.equal(y, y.round()):
+            return self.integer_likelihood(y)
         v = y.t().unsqueeze(1)
         # both ends of every bin in one pass over the tables
         cdf, tail = self._cdf_and_tail(torch.cat([v - 0.5, v + 0.5], dim=-1), self._tables())
@@ -101,6 +107,19 @@ class HistogramEntropyModel(EntropyBottleneck):
         one over two bins (measured: 1.45 bits for ``starvation_counter`` against 0.52)."""
         return self.quantize(z)
 
+    def integer_likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """``likelihood(y)`` where every ``y`` [B, D] is an integer: the table's probability of
+        that integer itself, floored (0 outside the support).
+
+        The same value as the difference of CDFs ``likelihood`` takes (exactly so in exact
+        arithmetic, and without its float32 rounding), gathered in one pass: what the forward
+        prices, whose values are always rounded.
+        """
+        index = y.t() - self.lo[:, None]  # [D, B]
+        inside = index.clamp(0, self.invalid.shape[1] - 1)
+        lik = self.probabilities().gather(1, inside.long()).masked_fill(inside != index, 0.0)
+        return lik.clamp_min(self.likelihood_bound).t()
+
     def _likelihood_and_quantile_loss(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The likelihood, and no quantile loss (the support is fixed)."""
-        return self.likelihood(y), y.new_zeros(())
+        """The likelihood of the rounded ``y``, and no quantile loss (the support is fixed)."""
+        return self.integer_likelihood(y), y.new_zeros(())
