@@ -84,6 +84,7 @@ LAYERS = [
             "module",
             "callbacks",
             "assemble",
+            "compile_step",
             "training",
             "run_summary",
             "failures",
