@@ -10,6 +10,8 @@ import warnings
 LIGHTNING_NOTICE_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
+    # "Initializing distributed: GLOBAL_RANK: ...", twice per rank under DDP
+    "lightning.fabric.utilities.distributed",
 )
 
 #: warnings about library internals or settings this project chose on purpose
@@ -28,9 +30,17 @@ NOT_ACTIONABLE = (
 
 
 def quiet_libraries(verbose: bool = False) -> None:
-    """Hide library notices and warnings that are not the user's to act on (all kept if verbose)."""
+    """Hide library notices and warnings that are not the user's to act on (all kept if verbose).
+
+    Under DDP the other ranks (Lightning starts each by running the same command again) keep
+    only warnings and errors of ours too: rank 0 already says how the data was read.
+    """
     if verbose:
         return
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        logging.getLogger("meaning_transform").setLevel(logging.WARNING)
     for name in LIGHTNING_NOTICE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for pattern in NOT_ACTIONABLE:

@@ -17,6 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from meaning_transform.data.context import check_context, with_previous
@@ -250,12 +251,33 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         return self._loader(x, self.batch_size, sampler, drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in order."""
-        return self._loader(self._split_tensor("val"), self.eval_batch_size)
+        """Validation batches in order (under DDP: this rank's share, see ``_eval_loader``)."""
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches in order."""
-        return self._loader(self._split_tensor("test"), self.eval_batch_size)
+        """Test batches in order (under DDP: this rank's share, see ``_eval_loader``)."""
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        """The split's batches in order. Under DDP each rank takes every ``world_size``-th state
+        and every state is evaluated exactly once: Lightning's default ``DistributedSampler``
+        would pad a split that does not divide evenly by repeating states, counting them twice in
+        the synced drift and rate. (Ranks may then run one batch fewer than others; evaluation
+        has no per-batch collective, and DDP syncs buffers only on the first no-grad forward.)"""
+        x = self._split_tensor(split)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world == 1:
+            return self._loader(x, self.eval_batch_size)
+        if len(x) < world:
+            raise DataError(
+                f"the {split} split has {len(x)} states, fewer than the {world} DDP ranks that "
+                "evaluate it: use more data or fewer trainer.devices"
+            )
+        rows = TensorRows(x)
+        sampler = UnrepeatedDistributedSampler(
+            rows, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
+        )
+        return self._loader(x, self.eval_batch_size, sampler, dataset=rows)
 
     def predict_dataloader(self) -> DataLoader:
         """Test-split batches in order (what ``trainer.predict`` reconstructs)."""
@@ -284,9 +306,10 @@ class AgentStateDataModule(L.LightningDataModule, ABC):
         batch_size: int,
         sampler: Sampler | None = None,
         drop_last: bool = False,
+        dataset: TensorRows | None = None,
     ) -> DataLoader:
         return DataLoader(
-            TensorRows(x),
+            TensorRows(x) if dataset is None else dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
