@@ -17,6 +17,7 @@ from meaning_transform.cli import compose_checked
 from meaning_transform.config import instantiate_checked
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.io import atomic_write
+from meaning_transform.messages import one_line
 
 if TYPE_CHECKING:  # torch and Lightning are imported where used: bad arguments answer at once
     import torch
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(cfg.output) if cfg.output else default_output(str(cfg.ckpt_path), cfg.split)
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     except (*USER_ERRORS, HydraException) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(format_report(report))
     print(f"wrote {out}")

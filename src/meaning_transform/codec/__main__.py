@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from meaning_transform.errors import USER_ERRORS, ConfigError
+from meaning_transform.messages import one_line
 
 COMMANDS = ("compress", "decompress", "verify")
 
@@ -60,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(run(list(sys.argv[1:] if argv is None else argv)))
     except VerifyError as e:
-        print(f"error: verify failed: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: verify failed: {one_line(e)}", file=sys.stderr)
         return 1
     except USER_ERRORS as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
