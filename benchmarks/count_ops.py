@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import tempfile
 import traceback
 from pathlib import Path
 
 import torch
+from _step_model import step_model
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from meaning_transform.api import load_config
-from meaning_transform.assemble import prepare
 from meaning_transform.console import quiet_libraries
 
 
@@ -58,21 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            [
-                "data.num_states=5000",
-                f"data.batch_size={args.batch_size}",
-                f"paths.output_dir={Path(tmp) / 'p'}",
-                *args.overrides,
-            ]
-        )
-        _, datamodule, module, _ = prepare(cfg)
-    x = datamodule.train_x
-    optimizer = module.configure_optimizers()
-    if isinstance(optimizer, dict):
-        optimizer = optimizer["optimizer"]
-    module.train()
+    x, module, optimizer = step_model(5000, args.batch_size, args.overrides)
     b = args.batch_size
     counter = OpCounter()
 

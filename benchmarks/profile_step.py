@@ -10,16 +10,13 @@ benchmarks/results/profile_step.json. ``--compile`` also times the step under ``
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from _results import write_results
+from _step_model import step_model
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from meaning_transform.api import load_config
-from meaning_transform.assemble import prepare
 from meaning_transform.compile_step import compile_step
 from meaning_transform.console import quiet_libraries
 
@@ -37,21 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            [
-                "data.num_states=20000",
-                f"data.batch_size={args.batch_size}",
-                f"paths.output_dir={Path(tmp) / 'p'}",
-                *args.overrides,
-            ]
-        )
-        _, datamodule, module, _ = prepare(cfg)
-    x = datamodule.train_x
-    optimizer = module.configure_optimizers()
-    if isinstance(optimizer, dict):
-        optimizer = optimizer["optimizer"]
-    module.train()
+    x, module, optimizer = step_model(20000, args.batch_size, args.overrides)
     b = args.batch_size
 
     def step(i: int) -> None:
