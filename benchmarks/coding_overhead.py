@@ -65,7 +65,7 @@ def breakdown(model: EntropyBottleneck, z: torch.Tensor) -> dict[str, float]:
         lik = model.likelihood(model.quantize(z)).double().cpu().numpy()  # what the estimate reads
     est = -np.log2(lik)
     tables = model.coding_tables()
-    index = model._offsets(z) - tables.lowest
+    index = model.offsets(z) - tables.lowest
     parts = dict.fromkeys(CAUSES, 0.0)
     for c, (pmf, size) in enumerate(zip(tables.pmfs, tables.sizes, strict=True)):
         col = index[:, c]

@@ -20,6 +20,9 @@ from agentfarm_db import write_agentfarm_db
 from conftest import REPO
 
 from meaning_transform.codec.__main__ import main as codec_main
+from meaning_transform.codec.container import Reader, Writer
+from meaning_transform.codec.model import load_model
+from meaning_transform.models.integer_export import export
 
 pytestmark = pytest.mark.slow  # trains models and runs the codec as a subprocess
 
@@ -105,14 +108,14 @@ def test_compress_decompress_verify_as_a_user(tiny, capsys) -> None:
     assert db.read_bytes() == before  # the input is never modified
 
 
-def test_embedded_model_and_small_chunks(tiny, tmp_path) -> None:
+def test_the_file_alone_decodes_with_small_chunks(tiny, tmp_path) -> None:
     _, db, ckpt = tiny
     moved = tmp_path / "model.ckpt"
     shutil.copy(ckpt, moved)
     out, restored = tmp_path / "e.mtc", tmp_path / "e.db"
     args = [f"ckpt_path={moved}", f"data.path={db}", f"out={out}"]
-    assert codec_main(["compress", *args, "embed_model=true", "chunk_size=100"]) == 0
-    moved.unlink()  # decompress needs nothing but the file
+    assert codec_main(["compress", *args, "chunk_size=100"]) == 0
+    moved.unlink()  # decompress needs nothing but the file (its integer coding model)
     assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
     assert assert_same_meaning(db, restored) == 1500
 
@@ -142,18 +145,18 @@ def test_bad_files_and_inputs_are_one_line_errors(tiny, tmp_path, capsys) -> Non
         bad = tmp_path / f"{name}.mtc"
         bad.write_bytes(content)
         _one_line_exit_2(capsys, ["decompress", f"in={bad}", f"out={out}"], match, work)
-    # another model: same architecture, one weight changed
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    key = next(k for k in state["state_dict"] if k.endswith("weight"))
-    state["state_dict"][key] = state["state_dict"][key] + 1
-    other = tmp_path / "other.ckpt"
-    torch.save(state, other)
-    _one_line_exit_2(
-        capsys,
-        ["decompress", f"in={good}", f"out={out}", f"ckpt_path={other}"],
-        "another model",
-        work,
-    )
+    # another model than the header names: same architecture, one weight changed
+    module = load_model(ckpt)
+    with torch.no_grad():
+        module.codec.decoder_body[0].weight.add_(1.0)
+    other = tmp_path / "other.mtc"
+    with open(good, "rb") as src, open(other, "wb") as dst:
+        reader = Reader(src, "good")
+        writer = Writer(dst, reader.header, export(module.codec, module.bottleneck).to_bytes())
+        for chunk in reader.chunks():
+            writer.chunk(chunk)
+        writer.close()
+    _one_line_exit_2(capsys, ["decompress", f"in={other}", f"out={out}"], "another model", work)
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={tmp_path}/no.ckpt", f"data.path={db}",
                               f"out={out}"], "does not exist", work)  # fmt: skip
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={tmp_path}/no.db",

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk
+from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk, latent_offsets
 from meaning_transform.codec.columns import decode_columns, encode_columns, runs
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
 from meaning_transform.data.context import has_previous, split_batch, with_previous
 from meaning_transform.data.synthetic import generate_synthetic
 from meaning_transform.errors import ConfigError
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
+from meaning_transform.models.integer_export import export
 from meaning_transform.models.lossless import (
     HeadLayout,
     LosslessCodec,
@@ -156,13 +157,15 @@ def test_chunk_round_trip_is_exact_and_within_one_percent(context) -> None:
     flag = has_previous(dm.train_agents)
     # an out-of-range value must escape and still round-trip
     symbols[5, 0] += 10_000
-    chunk = encode_chunk(module, symbols, flag)
-    decoded = decode_chunk(module, chunk.z_words, chunk.x_words, flag)
+    model = export(codec, module.bottleneck)
+    chunk = encode_chunk(model, symbols, flag, latent_offsets(module, symbols, flag))
+    decoded = decode_chunk(model, chunk.z_words, chunk.x_words, flag)
     assert np.array_equal(decoded, symbols)
     assert abs(8 * chunk.num_bytes / chunk.estimated_bits - 1) < 0.01
     with pytest.raises(ValueError):  # another model's bytes do not decode quietly
         other, _ = _codec(context, n=3000, seed=1)
-        bad = decode_chunk(other, chunk.z_words, chunk.x_words, flag)
+        other_model = export(other.codec, other.bottleneck)
+        bad = decode_chunk(other_model, chunk.z_words, chunk.x_words, flag)
         assert not np.array_equal(bad, symbols)
         raise ValueError("decoded differently")
 

@@ -60,7 +60,7 @@ def test_bad_context_and_lossless_with_grid_path_are_one_line_errors(tiny_cfg) -
 
 
 def test_codec_config_composes() -> None:
-    cfg = compose_checked("codec", ["in=a.mtc", "out=b.db", "data.path=x.db", "embed_model=true"])
-    assert cfg["in"] == "a.mtc" and cfg.data.path == "x.db" and cfg.embed_model is True
+    cfg = compose_checked("codec", ["in=a.mtc", "out=b.db", "data.path=x.db", "chunk_size=8"])
+    assert cfg["in"] == "a.mtc" and cfg.data.path == "x.db" and cfg.chunk_size == 8
     with pytest.raises(ConfigError, match="no such key"):
         compose_checked("codec", ["chunksize=3"])

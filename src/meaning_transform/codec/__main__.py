@@ -29,9 +29,7 @@ def run(argv: list[str]) -> str:
     if argv[0] == "compress":
         if not cfg.data.path:
             raise ConfigError("data.path= is required: the simulation.db to compress")
-        s = commands.compress(
-            cfg.ckpt_path, cfg.data.path, cfg.out, cfg.embed_model, cfg.chunk_size, cfg.overwrite
-        )
+        s = commands.compress(cfg.ckpt_path, cfg.data.path, cfg.out, cfg.chunk_size, cfg.overwrite)
         n = max(s["states"], 1)
         return (
             f"compressed {s['states']:,} states into {cfg.out}: {s['bytes']:,} bytes = "
@@ -39,14 +37,14 @@ def run(argv: list[str]) -> str:
             f"for the coded states; {s['states'] / s['seconds']:,.0f} states/s)"
         )
     if argv[0] == "decompress":
-        s = commands.decompress(src, cfg.out, cfg.ckpt_path, cfg.overwrite)
+        s = commands.decompress(src, cfg.out, cfg.overwrite)
         return (
             f"restored {s['states']:,} states into {cfg.out} "
             f"({s['states'] / s['seconds']:,.0f} states/s)"
         )
     if not cfg.data.path:
         raise ConfigError("data.path= is required: the simulation.db to compare with")
-    s = commands.verify(src, cfg.data.path, cfg.ckpt_path)
+    s = commands.verify(src, cfg.data.path)
     worst = ", ".join(f"{k} {v:.2f}" for k, v in s["max_error_in_tolerances"].items())
     return (
         f"verified {s['states']:,} states: keys and other columns exact, NULLs kept, every "

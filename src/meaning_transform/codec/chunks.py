@@ -1,18 +1,20 @@
-"""Real bytes for a lossless model: one chunk of grid states <-> two ANS streams.
+"""Real bytes for a lossless model: one chunk of grid states <-> two streams, on any machine.
 
 A chunk is ``n`` states in (agent, step) order with ``flag[i]`` true when row ``i - 1`` is the
 same agent's previous state (always false without context). Its code is
 
-- the latents z of all rows, coded with the entropy bottleneck's tables (``coding.compress``);
-- the grid symbols, coded under the probabilities the model's decoder gives from z (and the
-  previous row's symbols), decoded in **waves**: wave w holds every run's w-th row (wave 0:
-  first rows, absolute head; later waves: delta head given the row before), so each wave is one
-  batched network call across agents. Waves are cut into blocks of at most ``BLOCK`` rows.
+- the latents z of all rows as integer offsets from the bottleneck's centers, computed by the
+  float encoder (``latent_offsets``) and range-coded under the integer model's latent tables;
+- the grid symbols, ANS-coded under the integer model's weights given z (and the previous
+  row's symbols), decoded in **waves**: wave w holds every run's w-th row (wave 0: first rows,
+  absolute head; later waves: delta head given the row before), so each wave is one batched
+  network call across agents. Waves are cut into blocks of at most ``BLOCK`` rows (the order of
+  the stream: block by block, feature by feature).
 
-Encoder and decoder must compute bit-identical probabilities: both evaluate the network on the
-same blocks (same rows, same batch shape) in eval mode and float32, with one torch thread
-(``deterministic_threads``). A chunk header keeps a CRC of the symbols, so a machine that
-computes different floats fails loudly instead of writing a wrong database.
+Every number that reaches the entropy coder comes from ``IntegerModel`` (integer arithmetic,
+``models/integer_model.py``): other CPU kernels, thread counts, batch shapes or a GPU compute
+the same integers, so a file coded on one machine decodes on every other. A chunk header keeps
+a CRC of the symbols all the same, so a damaged stream fails loudly.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,45 +32,46 @@ import torch
 
 from meaning_transform.data.context import next_steps_unchanged, steps_unchanged
 from meaning_transform.models.bottlenecks.coding import (
+    MISMATCH,
+    close_decoder,
+    decode_channels,
     decode_escapes,
+    encode_channels,
     encode_escapes,
     escape_bits,
+    new_encoder,
+    open_decoder,
+    to_bytes,
 )
+from meaning_transform.models.fixed_point import PRECISION, code_lengths
+from meaning_transform.models.integer_export import export
+from meaning_transform.models.integer_model import IntegerModel
 
 BLOCK = 4096  # rows per network call
+#: fed integer weights q summing to 2**24 - N, constriction codes bin i with q_i + 1 exactly
+#: (``fixed_point`` module docstring)
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 _SENTINEL = constriction.stream.model.Uniform(2)
-
-
-@contextmanager
-def deterministic_threads() -> Iterator[None]:
-    """One torch thread while coding, so float results cannot depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 WORKERS = 2  # chunks coded at once without context, each in a thread with one torch thread
 
 
-def workers_for(module: Any) -> int:
+def workers_for(model: IntegerModel) -> int:
     """Chunks to code at once: ``WORKERS`` without context; 1 with context, whose hundreds of
     small per-wave steps hold the GIL (two threads measured slower than one there)."""
-    return 1 if module.codec.context else WORKERS
+    return 1 if model.context else WORKERS
 
 
 def in_order(
     fn: Callable[[Any], Any], items: Iterable[Any], workers: int | None = None
 ) -> Iterator[Any]:
     """``fn(item)`` of each item, in order, ``workers`` (default ``WORKERS``) items at a time
-    in threads (torch releases the GIL, so chunks are coded on several cores). Each call runs with one torch
-    thread, so its floats are those of a sequential run: files do not depend on ``workers``."""
+    in threads (numpy and torch release the GIL, so chunks are coded on several cores). Files do
+    not depend on ``workers``: the coded numbers are integers."""
 
     def run(item: Any) -> Any:
-        torch.set_num_threads(1)  # per thread with OpenMP
+        torch.set_num_threads(1)  # per thread with OpenMP: the chunks are the parallelism
         with torch.no_grad():
             return fn(item)
 
@@ -125,17 +127,15 @@ def blocks(flag: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def _block_probs(
-    codec: Any, z: torch.Tensor, prev: np.ndarray, flag: np.ndarray, runs: np.ndarray, delta: bool
-) -> list[np.ndarray]:
-    """Per feature, float32 probabilities [B, size] of a block's symbols (identical on both
-    sides: same rows, same calls)."""
-    return codec.probabilities(z, codec.context_input(prev, flag, runs), delta)
-
-
 def _words(data: bytes) -> np.ndarray:
     """Bytes of a range-coded stream as the 32-bit words the container stores (zero-padded)."""
     return np.frombuffer(data + b"\0" * (-len(data) % 4), dtype="<u4").astype(np.uint32)
+
+
+def _float32(q: np.ndarray) -> np.ndarray:
+    """Integer weights as constriction reads them: float32 (exact below 2**24), C-contiguous
+    (it reads a strided view as if it were contiguous)."""
+    return np.ascontiguousarray(q, dtype=np.float32)
 
 
 def _previous(symbols: np.ndarray, rows: np.ndarray, delta: bool) -> np.ndarray:
@@ -143,54 +143,88 @@ def _previous(symbols: np.ndarray, rows: np.ndarray, delta: bool) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode_chunk(module: Any, symbols: np.ndarray, flag: np.ndarray) -> EncodedChunk:
-    """Code a chunk's grid symbols [n, F] (rows in (agent, step) order) with ``module``."""
-    codec, bottleneck = module.codec, module.bottleneck
-    n = len(symbols)
+def latent_offsets(module: Any, symbols: np.ndarray, flag: np.ndarray) -> np.ndarray:
+    """The float encoder's side: integer offsets [n, D] of each row's latent from the
+    bottleneck's centers (what is transmitted; the decoder never recomputes them)."""
+    codec = module.codec
     flag = np.asarray(flag, dtype=bool) & bool(codec.context)
-    prev_all = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
+    prev = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
     history = codec.context == "history"  # only history reads the counts
     runs = steps_unchanged(symbols, flag) if history else np.zeros(symbols.shape, np.int64)
-    ctx_all = codec.context_input(prev_all, flag, runs)  # row by row: a block's rows of it
-    mu = codec.encode(symbols, ctx_all)
-    z_bytes = bottleneck.compress(mu)
-    z_words = _words(z_bytes)
-    z = bottleneck.decompress(z_bytes, (n, codec.latent_dim))
-    estimated = float(-torch.log2(bottleneck.likelihood(z)).sum()) if n else 0.0
+    return module.bottleneck.offsets(codec.encode(symbols, codec.context_input(prev, flag, runs)))
 
+
+def _latent_bits(model: IntegerModel, offsets: np.ndarray) -> float:
+    """Bits the latent tables spend on ``offsets`` [n, D], escapes included."""
+    bits = 0.0
+    for c, w in enumerate(model.latent_weights):
+        size = len(w) - 1  # the overflow bin is last
+        index = offsets[:, c] - model.latent_lowest[c]
+        escaped = (index < 0) | (index >= size)
+        bits += float((PRECISION - np.log2(w[np.where(escaped, size, index)] + 1.0)).sum())
+        if escaped.any():
+            bits += float(escape_bits(index[escaped], size).sum())
+    return bits
+
+
+def _runs(model: IntegerModel, symbols: np.ndarray, flag: np.ndarray) -> np.ndarray:
+    """Each row's unchanged counts (``history``; zeros otherwise)."""
+    if model.context == "history":
+        return steps_unchanged(symbols, flag)
+    return np.zeros(symbols.shape, np.int64)
+
+
+def encode_chunk(
+    model: IntegerModel, symbols: np.ndarray, flag: np.ndarray, offsets: np.ndarray
+) -> EncodedChunk:
+    """Code a chunk's grid symbols [n, F] (rows in (agent, step) order) and latent ``offsets``
+    [n, D] (``latent_offsets``) with the integer model."""
+    n = len(symbols)
+    flag = np.asarray(flag, dtype=bool) & bool(model.context)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    encoder = new_encoder()
+    encode_channels(encoder, offsets, model.latent_tables)
+    z_words = _words(to_bytes(encoder))
+    estimated = _latent_bits(model, offsets)
+    runs = _runs(model, symbols, flag)
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(np.array([1], dtype=np.int32), _SENTINEL)
     for wave, rows in reversed(blocks(flag)):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
-        ctx = None if ctx_all is None else ctx_all[rows]  # = context_input of the block
-        probs = codec.probabilities(z[rows], ctx, delta)
-        layout = codec.layout(delta)
-        index, escaped, rel = codec.targets(symbols[rows], prev, delta)
+        head = model.head(delta)
+        weights = head.weights(head.coef(model.hidden(offsets[rows], prev, flag[rows], runs[rows])))
+        layout = head.layout
+        index, escaped, rel = layout.index(symbols[rows] - prev if delta else symbols[rows])
         for f in reversed(range(symbols.shape[1])):
-            p = probs[f]
-            estimated -= float(np.log2(p[np.arange(len(rows)), index[:, f]]).sum())
+            if layout.size[f] < 2:  # one bin: nothing to code
+                continue
+            q = weights[f]
+            estimated += float(code_lengths(q, index[:, f]).sum())
             esc = escaped[:, f]
             if esc.any():
                 encode_escapes(coder, rel[esc, f], int(layout.n[f]))
                 estimated += float(escape_bits(rel[esc, f], int(layout.n[f])).sum())
-            coder.encode_reverse(index[:, f].astype(np.int32), _CATEGORICAL, p)
+            coder.encode_reverse(index[:, f].astype(np.int32), _CATEGORICAL, _float32(q))
     return EncodedChunk(n, z_words, coder.get_compressed(), estimated, symbols_crc(symbols))
 
 
-@torch.no_grad()
 def decode_chunk(
-    module: Any, z_words: np.ndarray, x_words: np.ndarray, flag: np.ndarray
+    model: IntegerModel, z_words: np.ndarray, x_words: np.ndarray, flag: np.ndarray
 ) -> np.ndarray:
     """Invert ``encode_chunk``: the grid symbols [n, F]; ValueError if the streams don't fit."""
-    codec, bottleneck = module.codec, module.bottleneck
-    n, f_count = len(flag), codec.num_features
-    flag = np.asarray(flag, dtype=bool) & bool(codec.context)
-    z = bottleneck.decompress(np.asarray(z_words, dtype="<u4").tobytes(), (n, codec.latent_dim))
+    n, f_count = len(flag), model.num_features
+    flag = np.asarray(flag, dtype=bool) & bool(model.context)
+    try:
+        decoder = open_decoder(np.asarray(z_words, dtype="<u4").tobytes())
+        offsets = decode_channels(decoder, n, model.latent_tables)
+    except AssertionError as e:  # constriction: data its model could not have written
+        raise ValueError(MISMATCH) from e
+    close_decoder(decoder)
     coder = constriction.stream.stack.AnsCoder(np.asarray(x_words, dtype=np.uint32))
     symbols = np.zeros((n, f_count), dtype=np.int64)
     runs = np.zeros((n, f_count), dtype=np.int64)
-    history = codec.context == "history"
+    history = model.context == "history"
     for wave, rows in blocks(flag):
         delta = wave > 0
         prev = _previous(symbols, rows, delta)
@@ -198,11 +232,14 @@ def decode_chunk(
             runs[rows] = next_steps_unchanged(
                 prev, symbols[rows - 2], runs[rows - 1], flag[rows - 1]
             )
-        probs = _block_probs(codec, z[rows], prev, flag[rows], runs[rows], delta)
-        sizes, escapes, lo, modulo = _tables(codec.layout(delta))
-        value = np.empty((len(rows), f_count), dtype=np.int64)
+        head = model.head(delta)
+        weights = head.weights(head.coef(model.hidden(offsets[rows], prev, flag[rows], runs[rows])))
+        sizes, escapes, lo, modulo = _tables(head.layout)
+        value = np.zeros((len(rows), f_count), dtype=np.int64)
         for f in range(f_count):
-            index = coder.decode(_CATEGORICAL, probs[f])
+            if sizes[f] + escapes[f] < 2:
+                continue
+            index = coder.decode(_CATEGORICAL, _float32(weights[f]))
             value[:, f] = index
             if escapes[f]:
                 escaped = index == sizes[f]
@@ -212,7 +249,7 @@ def decode_chunk(
         value += lo
         if delta:
             value += prev
-            value[:, modulo] = np.mod(value[:, modulo], codec.layout(delta).modulo[modulo])
+            value[:, modulo] = np.mod(value[:, modulo], head.layout.modulo[modulo])
         symbols[rows] = value
     if coder.decode(_SENTINEL, 1)[0] != 1 or not coder.is_empty():
         raise ValueError("the coded symbols do not fit this model (different model or bytes)")
@@ -230,8 +267,9 @@ def _tables(layout: Any) -> tuple[list[int], list[bool], np.ndarray, np.ndarray]
 
 
 def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) -> dict[str, Any]:
-    """Code a batch of data-tensor rows (in (agent, step) order) as one chunk: estimated vs
-    coded bits per state, and whether it decodes back exactly (``MeaningModule.code``)."""
+    """Code a batch of data-tensor rows (in (agent, step) order) as one chunk with the module's
+    integer model (``integer_export.export``): estimated vs coded bits per state, and whether
+    it decodes back exactly (``MeaningModule.code``)."""
     codec = module.codec
     symbols = codec.symbols(x.cpu())
     flag = np.zeros(len(symbols), dtype=bool)
@@ -241,9 +279,9 @@ def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) ->
         prev = codec.symbols(context[:, :f].cpu())
         if not np.array_equal(prev[flag], np.roll(symbols, 1, axis=0)[flag]):
             raise ValueError("rows with context must be in (agent, step) order to be coded")
-    with deterministic_threads():
-        chunk = encode_chunk(module, symbols, flag)
-        decoded = decode_chunk(module, chunk.z_words, chunk.x_words, flag)
+    model = export(codec, module.bottleneck)
+    chunk = encode_chunk(model, symbols, flag, latent_offsets(module, symbols, flag))
+    decoded = decode_chunk(model, chunk.z_words, chunk.x_words, flag)
     n = max(len(symbols), 1)
     return {
         "num_states": len(symbols),
@@ -252,4 +290,5 @@ def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) ->
         "num_bytes": chunk.num_bytes,
         "exact": bool(np.array_equal(decoded, symbols)),
         "coded": ["latent", "grid"],
+        "model_bytes": len(model.to_bytes()),
     }

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,15 @@ import pyarrow as pa
 
 from meaning_transform.codec.chunks import (
     decode_chunk,
-    deterministic_threads,
     encode_chunk,
     in_order,
+    latent_offsets,
     symbols_crc,
     workers_for,
 )
 from meaning_transform.codec.columns import decode_columns, encode_columns
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
-from meaning_transform.codec.model import load_embedded, load_model, model_bytes, model_hash
+from meaning_transform.codec.model import load_model
 from meaning_transform.codec.source import (
     AGENTS,
     SlowPath,
@@ -41,7 +42,11 @@ from meaning_transform.codec.source import (
     read_chunks,
 )
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
+from meaning_transform.grid import MeaningGrid
 from meaning_transform.io import atomic_write
+from meaning_transform.models.integer_export import export
+from meaning_transform.models.integer_model import IntegerModel
+from meaning_transform.schema import FeatureSchema
 from meaning_transform.schema.table import encode
 
 NULL_PREFIX = "null:"  # other-column name of a coded feature's NULL mask
@@ -112,17 +117,20 @@ def compress(
     ckpt_path: str,
     data_path: str,
     out: str,
-    embed_model: bool = False,
     chunk_size: int = 131072,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics."""
+    """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics.
+
+    The file carries the checkpoint's integer coding model (``integer_export.export``), which
+    is what decodes it on any machine; the float model only computes the latents here."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     target = check_output(out, overwrite)
     if not ckpt_path:
         raise ConfigError("ckpt_path= is required: a checkpoint trained with compression=lossless")
     module = load_model(ckpt_path)
+    model = export(module.codec, module.bottleneck)
     schema = module.schema
     start = time.perf_counter()
     stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "model_bytes": 0}
@@ -132,27 +140,23 @@ def compress(
         if total == 0:
             raise DataError(f"{data_path}: agent_states has no rows")
         header = {
-            "model": {
-                "sha256": model_hash(module),
-                "ckpt_path": str(Path(ckpt_path).resolve()),
-                "embedded": bool(embed_model),
-            },
+            "model": {"sha256": model.sha256, "ckpt_path": str(Path(ckpt_path).resolve())},
             "schema": schema.to_dict(),
             "context": module.context,
             "layout": layout.to_dict(),
             "chunk_size": chunk_size,
             "source": {"path": str(Path(data_path).resolve()), "states": total},
         }
-        blob = model_bytes(module) if embed_model else b""
+        blob = model.to_bytes()
         stats["model_bytes"] = len(blob)
         progress = Progress("compress", total)
 
         def write_from(tmp: str, source: Iterator[dict[str, Any]]) -> None:
             stats["states"], stats["estimated_bits"], progress.done = 0, 0.0, 0
-            with open(tmp, "wb") as fh, deterministic_threads(), closing(source):
+            with open(tmp, "wb") as fh, closing(source):
                 writer = Writer(fh, header, blob)
                 for chunk, estimated in in_order(
-                    lambda rows: _encode(module, layout, rows), source, workers_for(module)
+                    lambda rows: _encode(module, model, layout, rows), source, workers_for(model)
                 ):
                     writer.chunk(chunk)
                     stats["states"] += chunk.meta["n"]
@@ -172,14 +176,16 @@ def compress(
     return stats
 
 
-def _encode(module: Any, layout: Any, rows: dict[str, list[Any]]) -> tuple[Chunk, float]:
+def _encode(
+    module: Any, model: IntegerModel, layout: Any, rows: dict[str, list[Any]]
+) -> tuple[Chunk, float]:
     """One chunk of database rows -> (Chunk, the model's estimated bits for it)."""
     schema, codec = module.schema, module.codec
     table, nulls = feature_table(schema, rows)
     symbols = codec.symbols(encode(schema, table))
     agents = rows["agent_id"]
     flag = _same_agent(agents)
-    coded = encode_chunk(module, symbols, flag)
+    coded = encode_chunk(model, symbols, flag, latent_offsets(module, symbols, flag))
     others = {c: rows[c] for c in layout.others}
     for name, mask in nulls.items():
         others[NULL_PREFIX + name] = mask.astype(int).tolist()
@@ -199,58 +205,63 @@ def _same_agent(agents: list[Any]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- decompress
-def _open_model(reader: Reader, ckpt_path: str | None) -> Any:
-    """The file's model: embedded, or ``ckpt_path`` (default: the recorded path); hash-checked."""
+@dataclass(frozen=True)
+class FileModel:
+    """What decodes a file: its integer coding model, and the schema and grid of its header."""
+
+    model: IntegerModel
+    schema: FeatureSchema
+    grid: MeaningGrid
+
+
+def _open_model(reader: Reader) -> FileModel:
+    """The file's integer coding model (hash-checked against the header) and its grid."""
     recorded = reader.header["model"]
-    if reader.model and not ckpt_path:
-        module = load_embedded(reader.model, reader.name)
-    else:
-        path = ckpt_path or recorded["ckpt_path"]
-        if not Path(path).is_file():
-            raise CheckpointError(
-                f"{reader.name} was coded with model {path!r}, which does not exist: pass "
-                "ckpt_path=<that checkpoint> (or compress with embed_model=true)"
-            )
-        module = load_model(path)
-    if model_hash(module) != recorded["sha256"]:
+    model = IntegerModel.from_bytes(reader.model)
+    if model.sha256 != recorded["sha256"]:
         raise CheckpointError(
-            f"{reader.name} was coded with another model (SHA-256 {recorded['sha256'][:12]}...); "
-            "decompress with the checkpoint it was compressed with"
+            f"{reader.name} carries another model (SHA-256 {model.sha256[:12]}...) than its "
+            f"header names ({recorded['sha256'][:12]}...): the file is corrupted"
         )
-    return module
+    schema = FeatureSchema.from_config(reader.header["schema"])
+    if len(schema.features) != model.num_features:
+        raise CodecFileError(f"{reader.name}: its model and its schema differ in features")
+    return FileModel(model, schema, MeaningGrid(schema, 1))
 
 
 def decoded_chunks(
-    reader: Reader, module: Any, arrow: bool = False
+    reader: Reader, file_model: FileModel, arrow: bool = False
 ) -> Iterator[dict[str, list[Any]]]:
     """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``;
     with ``arrow``, features as Arrow arrays (NULLs masked) instead of lists."""
 
     def decode(numbered: tuple[int, Chunk]) -> dict[str, list[Any]]:
-        return _decoded(reader, module, *numbered, arrow)
+        return _decoded(reader, file_model, *numbered, arrow)
 
-    yield from in_order(decode, enumerate(reader.chunks(), start=1), workers_for(module))
+    workers = workers_for(file_model.model)
+    yield from in_order(decode, enumerate(reader.chunks(), start=1), workers)
 
 
 def _decoded(
-    reader: Reader, module: Any, i: int, chunk: Chunk, arrow: bool
+    reader: Reader, file_model: FileModel, i: int, chunk: Chunk, arrow: bool
 ) -> dict[str, list[Any]]:
     """Chunk ``i`` as ``decoded_chunks`` gives it."""
-    schema, codec = module.schema, module.codec
+    schema = file_model.schema
     layout = reader.header["layout"]
     n = int(chunk.meta["n"])
     where = f"{reader.name}: chunk {i}"
     try:
         keys, others = decode_columns(chunk.columns, n)
-        symbols = decode_chunk(module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"]))
+        flag = _same_agent(keys["agent_id"])
+        symbols = decode_chunk(file_model.model, chunk.z_words, chunk.x_words, flag)
     except (ValueError, KeyError, IndexError) as e:
         raise CodecFileError(f"{where} does not decode ({e})") from None
     if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
         raise CodecFileError(
-            f"{where} decodes to other states than were coded (checksum mismatch): the model "
-            "computed different probabilities here, or the file is corrupted"
+            f"{where} decodes to other states than were coded (checksum mismatch): the file is "
+            "corrupted"
         )
-    native = codec.grid.native(symbols)
+    native = file_model.grid.native(symbols)
     rows: dict[str, list[Any]] = {**keys}
     rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
     for j, f in enumerate(schema.features):
@@ -287,16 +298,15 @@ def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
     return pa.array(np.asarray(col, dtype=np.float64), mask=null)
 
 
-def decompress(
-    src: str, out: str, ckpt_path: str | None = None, overwrite: bool = False
-) -> dict[str, Any]:
-    """Restore ``src`` (.mtc) into a new SQLite database ``out``; returns statistics."""
+def decompress(src: str, out: str, overwrite: bool = False) -> dict[str, Any]:
+    """Restore ``src`` (.mtc) into a new SQLite database ``out`` with nothing but the file;
+    returns statistics."""
     path = check_input(src, "in")
     target = check_output(out, overwrite)
     stats: dict[str, Any] = {"states": 0}
     with open(path, "rb") as fh:
         reader = Reader(fh, str(src))
-        module = _open_model(reader, ckpt_path)
+        file_model = _open_model(reader)
         start = time.perf_counter()  # coding speed: after the model is loaded
         layout = reader.header["layout"]
         progress = Progress("decompress", reader.num_states)
@@ -306,9 +316,8 @@ def decompress(
             with (
                 closing(create_output(tmp, layout)) as con,
                 closing(StatesWriter(con, tmp, layout["columns"])) as states,
-                deterministic_threads(),
             ):
-                for rows in decoded_chunks(reader, module, arrow=True):
+                for rows in decoded_chunks(reader, file_model, arrow=True):
                     states.append(rows)
                     _collect_agents(agents, rows, layout)
                     stats["states"] += len(rows["agent_id"])
@@ -333,23 +342,23 @@ def _collect_agents(agents: dict[Any, Any], rows: dict[str, list[Any]], layout: 
 
 
 # ---------------------------------------------------------------------- verify
-def verify(src: str, data_path: str, ckpt_path: str | None = None) -> dict[str, Any]:
+def verify(src: str, data_path: str) -> dict[str, Any]:
     """Decode ``src`` and compare it with ``data_path`` row by row: keys and other columns
     exact, NULLs kept, continuous features within tolerance, the rest exact. Raises
     VerifyError naming the first difference."""
     path = check_input(src, "in")
     with open(path, "rb") as fh, closing(connect(data_path)) as con:
         reader = Reader(fh, str(src))
-        module = _open_model(reader, ckpt_path)
-        schema = module.schema
+        file_model = _open_model(reader)
+        schema = file_model.schema
         layout = layout_of(con, data_path, schema)
         if layout.to_dict() != reader.header["layout"]:
             raise VerifyError(f"{data_path} has other columns than {src} was coded from")
         worst = {f.name: 0.0 for f in schema.of_kind("continuous")}
         states = 0
         chunks = read_chunks(con, layout, int(reader.header["chunk_size"]))
-        with closing(chunks) as source, deterministic_threads():  # closed before the db
-            for decoded in decoded_chunks(reader, module):
+        with closing(chunks) as source:  # closed before the db
+            for decoded in decoded_chunks(reader, file_model):
                 original = next(source, None)
                 if original is None or len(original["agent_id"]) != len(decoded["agent_id"]):
                     raise VerifyError(f"{src} and {data_path} hold different numbers of states")

@@ -30,6 +30,9 @@ The context is the previous state's grid symbols (what the decoder has already d
 flag saying whether there is one; ``history`` adds, per feature, for how many states that symbol
 has not changed (capped at RUN_CAP, see data/context.py) and the symbol's parity (cells round
 half to even, so on a lattice even and odd cells differ in length).
+
+Files are not coded with these float32 probabilities (other kernels and machines compute other
+floats) but with the integer coding model exported from this one (``integer_model.py``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ from meaning_transform.schema.layout import SchemaLayout
 LN2 = math.log(2.0)
 #: every bin's probability is at least this (the rest is scaled down to make room): the ANS
 #: coder's tables (24-bit) can represent it, so coded bytes match the model's estimate, and a
-#: value the training agents never held costs at most 22 bits instead of anything
+#: value the training agents never held costs at most 22 bits instead of anything (the integer
+#: coding model, integer_model.py, gives every bin at least this many 2**-24 units)
 FLOOR = 2.0**-22
 #: ``history`` context: counts of unchanged states are capped here (and scaled to 0..1)
 RUN_CAP = 32
@@ -147,12 +151,10 @@ class _Head(nn.Module):
             row = bins + ([next(esc_cols)] if layout.escape[f] else [])
             index[f, : len(row)] = torch.tensor(row)
         self.coef = nn.Linear(hidden, sum(cols) + n_esc)
+        self.coefs = cols  # per feature: its coefficients (its bins' count: free logits)
         self.n_coef = sum(cols)
         self.register_buffer("basis", torch.block_diag(*blocks), persistent=False)
         self.register_buffer("index", index, persistent=False)
-        # feature-contiguous order of the flat columns (its bins, then its escape): coding slices
-        self.register_buffer("order", index[index != pad], persistent=False)
-        self.bounds = np.cumsum([0, *layout.size.tolist()]).tolist()
         sizes = torch.tensor(layout.size.tolist(), dtype=torch.float32)
         self.register_buffer("scale", torch.log1p(-sizes * FLOOR)[:, None], persistent=False)
         self.register_buffer(
@@ -168,29 +170,6 @@ class _Head(nn.Module):
         logp = torch.log_softmax(flat[:, self.index], dim=-1)
         floored = torch.logaddexp(logp + self.scale, logp.new_tensor(math.log(FLOOR)))
         return torch.where(self.valid, floored, -math.inf)
-
-    def _flat(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.coef(h)
-        return torch.cat([out[:, : self.n_coef] @ self.basis, out[:, self.n_coef :]], dim=1)
-
-    def probabilities(self, h: torch.Tensor) -> list[np.ndarray]:
-        """Per feature, float32 probabilities [B, size] (the coding path, with the same floor as
-        ``forward``; encoder and decoder both use this one). Narrow heads (deltas) take one
-        padded softmax; wide ones (absolute bins) one softmax per feature, without padding."""
-        if self.index.numel() <= 2 * self.bounds[-1]:
-            flat = self._flat(h)
-            pad = flat.new_full((flat.shape[0], 1), -math.inf)
-            logits = torch.cat([flat, pad], dim=1)[:, self.index]
-            e = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()  # faster than softmax
-            p = e.mul_(torch.exp(self.scale) / e.sum(dim=-1, keepdim=True)).add_(FLOOR).numpy()
-            sizes = np.diff(self.bounds).tolist()
-            return [np.ascontiguousarray(p[:, f, :n]) for f, n in enumerate(sizes)]
-        flat = self._flat(h)[:, self.order]
-        out = []
-        for f, (a, b) in enumerate(zip(self.bounds[:-1], self.bounds[1:], strict=True)):
-            p = torch.softmax(flat[:, a:b], dim=1).mul_(torch.exp(self.scale[f])).add_(FLOOR)
-            out.append(p.numpy())
-        return out
 
 
 class LosslessCodec(nn.Module):
@@ -298,15 +277,6 @@ class LosslessCodec(nn.Module):
         head = self.delta_head if delta else self.absolute_head
         assert head is not None
         return head(h)
-
-    def probabilities(
-        self, z: torch.Tensor, ctx: torch.Tensor | None, delta: bool
-    ) -> list[np.ndarray]:
-        """Per feature, the probabilities [B, size] its symbols are coded with."""
-        h = self.decoder_body(z if ctx is None else torch.cat([z, ctx], dim=1))
-        head = self.delta_head if delta else self.absolute_head
-        assert head is not None
-        return head.probabilities(h)
 
     def layout(self, delta: bool) -> HeadLayout:
         """The absolute or the delta head's bins."""

@@ -330,7 +330,7 @@ class EntropyBottleneck(Bottleneck):
         pmfs = [np.append(probs[: lengths[c], c], float(tails[c])) for c in range(len(lowest))]
         return lowest, pmfs
 
-    def _offsets(self, z: torch.Tensor) -> np.ndarray:
+    def offsets(self, z: torch.Tensor) -> np.ndarray:
         """Integer offsets from the grid centers, [N, D], exactly as ``quantize`` rounds."""
         offsets = torch.round(z.detach() - self.centers).double().cpu().numpy()
         check_codable(offsets)
@@ -341,7 +341,7 @@ class EntropyBottleneck(Bottleneck):
         building block: several models can share one stream, see ``code_jointly``)."""
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"expected [N, {self.latent_dim}] values to code, got {list(z.shape)}")
-        encode_channels(encoder, self._offsets(z), self.coding_tables())
+        encode_channels(encoder, self.offsets(z), self.coding_tables())
 
     def decode(self, decoder: RangeDecoder, num_states: int) -> torch.Tensor:
         """Read the [num_states, D] quantized values ``encode`` wrote."""

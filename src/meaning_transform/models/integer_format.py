@@ -1,0 +1,253 @@
+"""Bytes of an IntegerModel: compact, and safe to read from a file someone else wrote.
+
+::
+
+    b"MTIM" | version u8 | body length u32 | LZMA2 (raw, lc=lp=pb=0) of the body
+
+The body is a sequence of fields, little-endian: small integers as unsigned LEB128 varints,
+integer arrays as (zigzag width code u8, count varint, that many zigzag integers of that width,
+byte planes low to high). Quantized weights are small integers of one or two bytes, so the
+planes under LZMA's order-0 literal coder cost about their entropy (``benchmarks/integer_model.py``
+reports bytes per parameter).
+
+``model_from_bytes`` checks the magic, the version, the body length (at most ``MAX_BODY``) and
+decompresses at most that many bytes; every count is checked against what remains of the body
+and against ``LIMITS`` before an array is allocated; then ``IntegerModel.check`` proves the
+overflow and exactness bounds. Any failure is an ``IntegerModelError``, one line.
+"""
+
+from __future__ import annotations
+
+import lzma
+import struct
+
+import numpy as np
+
+from meaning_transform.errors import DataError
+from meaning_transform.models.integer_model import (
+    CONTEXTS,
+    IntegerModel,
+    IntHead,
+    IntLayer,
+    StateInput,
+)
+from meaning_transform.models.lossless import HeadLayout
+
+MAGIC = b"MTIM"
+VERSION = 1
+#: what a model may hold (checked before anything is allocated)
+LIMITS = {
+    "parameters": 2_000_000,  # stored integers of all layers together
+    "width": 4096,  # hidden units per layer, input columns
+    "layers": 16,
+    "features": 1024,
+    "latent": 256,
+    "bins": 4096,  # bins of one feature in a head
+    "table": 65536,  # values in one latent table, keys or split cells of one feature
+}
+#: the largest body (the parameters at 8 bytes each, and room for the tables)
+MAX_BODY = 8 * LIMITS["parameters"] + (1 << 24)
+_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}]
+_WIDTHS = (1, 2, 4, 8)  # bytes per zigzag integer, by width code
+
+
+class IntegerModelError(DataError):
+    """The bytes are not a valid integer coding model (truncated, corrupted, over a limit)."""
+
+
+# ---------------------------------------------------------------------- writing
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def uint(self, value: int) -> None:
+        value = int(value)
+        assert value >= 0
+        out = bytearray()
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                break
+        self.parts.append(bytes(out))
+
+    def sint(self, value: int) -> None:
+        value = int(value)
+        self.uint(2 * value if value >= 0 else -2 * value - 1)
+
+    def array(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.int64).ravel()
+        zig = ((v << 1) ^ (v >> 63)).astype(np.uint64)  # zigzag: small magnitudes, small codes
+        top = int(zig.max(initial=0))
+        code = next(i for i, w in enumerate(_WIDTHS) if top < 1 << (8 * w))
+        self.uint(code)
+        self.uint(len(v))
+        planes = zig.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : _WIDTHS[code]]
+        self.parts.append(np.ascontiguousarray(planes.T).tobytes())
+
+    def layer(self, layer: IntLayer) -> None:
+        self.uint(layer.weight.shape[0]), self.uint(layer.weight.shape[1])
+        for values in (layer.weight, layer.bias, layer.mult, layer.shift):
+            self.array(values)
+        self.sint(layer.lo), self.sint(layer.hi)
+
+    def head(self, head: IntHead) -> None:
+        layout = head.layout
+        for values in (layout.lo, layout.n, layout.escape, layout.modulo, head.coefs):
+            self.array(values)
+        self.layer(head.coef)
+
+
+def model_to_bytes(model: IntegerModel) -> bytes:
+    """The serialized model (see the module docstring)."""
+    w = _Writer()
+    w.uint(CONTEXTS.index(model.context))
+    w.uint(model.num_features), w.uint(model.latent_dim)
+    w.array(model.latent_lowest)
+    for table in model.latent_weights:
+        w.array(table)
+    s = model.state
+    for values in (s.source, s.onehot, s.a, s.b, s.shift):
+        w.array(values)
+    for tables in (s.keys, s.split, s.split_x):
+        for t in tables:
+            w.array(t)
+    w.uint(len(model.body))
+    for layer in model.body:
+        w.layer(layer)
+    w.head(model.absolute)
+    if model.delta is not None:
+        w.head(model.delta)
+    body = b"".join(w.parts)
+    packed = lzma.compress(body, format=lzma.FORMAT_RAW, filters=_FILTERS)
+    return MAGIC + struct.pack("<BI", VERSION, len(body)) + packed
+
+
+# ---------------------------------------------------------------------- reading
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+        self.parameters = 0
+
+    def _take(self, n: int, what: str) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise IntegerModelError(f"integer model is truncated (in {what})")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def uint(self, what: str, limit: int) -> int:
+        value, shift = 0, 0
+        while True:
+            byte = self._take(1, what)[0]
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+            if shift > 63:
+                raise IntegerModelError(f"integer model: {what} is not a valid number")
+        if value > limit:
+            raise IntegerModelError(f"integer model: {what} is {value}, more than {limit}")
+        return value
+
+    def sint(self, what: str) -> int:
+        z = self.uint(what, (1 << 64) - 1)
+        return z >> 1 if not z & 1 else -(z >> 1) - 1
+
+    def array(self, what: str, count: int | None = None, limit: int = 0) -> np.ndarray:
+        code = self.uint(f"{what} width", len(_WIDTHS) - 1)
+        n = self.uint(f"{what} length", count if count is not None else limit)
+        if count is not None and n != count:
+            raise IntegerModelError(f"integer model: {what} has {n} values, expected {count}")
+        width = _WIDTHS[code]
+        raw = np.frombuffer(self._take(n * width, what), dtype=np.uint8).reshape(width, n)
+        planes = np.zeros((n, 8), dtype=np.uint8)
+        planes[:, :width] = raw.T
+        zig = planes.view("<u8").ravel()
+        return ((zig >> np.uint64(1)).astype(np.int64)) ^ -(zig & np.uint64(1)).astype(np.int64)
+
+    def layer(self, what: str, width: int | None) -> IntLayer:
+        out = self.uint(f"{what} outputs", LIMITS["parameters"])
+        n_in = self.uint(f"{what} inputs", LIMITS["width"])
+        if width is not None and n_in != width:
+            raise IntegerModelError(f"integer model: {what} reads {n_in} inputs, not {width}")
+        self.parameters += out * (n_in + 3)
+        if self.parameters > LIMITS["parameters"]:
+            raise IntegerModelError(
+                f"integer model has more than {LIMITS['parameters']} parameters"
+            )
+        weight = self.array(f"{what} weights", out * n_in).reshape(out, n_in)
+        bias, mult, shift = (self.array(f"{what} {k}", out) for k in ("biases", "mult", "shift"))
+        return IntLayer(weight, bias, mult, shift, self.sint(f"{what} lo"), self.sint(f"{what} hi"))
+
+    def head(self, what: str, features: int, width: int) -> IntHead:
+        lo, n, escape, modulo, coefs = (
+            self.array(f"{what} {k}", features) for k in ("lo", "n", "escape", "modulo", "coefs")
+        )
+        if (n < 1).any() or (n > LIMITS["bins"]).any() or ((escape != 0) & (escape != 1)).any():
+            raise IntegerModelError(f"integer model: {what} bins out of range")
+        layout = HeadLayout(lo, n, escape.astype(bool), modulo)
+        return IntHead(self.layer(f"{what} coefficients", width), layout, coefs)
+
+
+def model_from_bytes(data: bytes) -> IntegerModel:
+    """Read ``model_to_bytes``'s bytes, checking every count and bound (module docstring)."""
+    header = len(MAGIC) + 5
+    if len(data) < header or data[: len(MAGIC)] != MAGIC:
+        raise IntegerModelError("not an integer coding model (bad magic)")
+    version, size = struct.unpack_from("<BI", data, len(MAGIC))
+    if version != VERSION:
+        raise IntegerModelError(f"integer model has format version {version}; this reads {VERSION}")
+    if size > MAX_BODY:
+        raise IntegerModelError(f"integer model body of {size} bytes is over the limit")
+    try:
+        dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS)
+        body = dec.decompress(data[header:], max_length=size)
+    except lzma.LZMAError as e:
+        raise IntegerModelError(f"integer model is corrupted ({e})") from None
+    if len(body) != size or not dec.eof and dec.needs_input:
+        raise IntegerModelError("integer model is truncated (body shorter than recorded)")
+    r = _Reader(body)
+    try:
+        model = _read(r)
+    except (ValueError, OverflowError) as e:
+        if isinstance(e, IntegerModelError):
+            raise
+        raise IntegerModelError(f"integer model is not valid ({e})") from None
+    if r.pos != len(body):
+        raise IntegerModelError("integer model has bytes past its end")
+    return model
+
+
+def _read(r: _Reader) -> IntegerModel:
+    context = CONTEXTS[r.uint("context", len(CONTEXTS) - 1)]
+    features = r.uint("features", LIMITS["features"])
+    latent = r.uint("latent channels", LIMITS["latent"])
+    lowest = r.array("latent lowest", latent)
+    tables = tuple(r.array("latent table", limit=LIMITS["table"]) for _ in range(latent))
+    source = r.array("input sources", limit=LIMITS["width"])
+    onehot, a, b, shift = (
+        r.array(f"input {k}", len(source)) for k in ("onehot", "a", "b", "shift")
+    )
+    keys, split, split_x = (
+        tuple(r.array(f"{k}", limit=LIMITS["table"]) for _ in range(features))
+        for k in ("crossing keys", "split cells", "split inputs")
+    )
+    if ((onehot != 0) & (onehot != 1)).any():
+        raise IntegerModelError("integer model: one-hot flags must be 0 or 1")
+    state = StateInput(source, onehot.astype(bool), a, b, shift, keys, split, split_x)
+    n_layers = r.uint("layers", LIMITS["layers"])
+    if n_layers < 1:
+        raise IntegerModelError("integer model has no layers")
+    body, width = [], None
+    for i in range(n_layers):
+        layer = r.layer(f"layer {i + 1}", width)
+        body.append(layer)
+        width = layer.weight.shape[0]
+        if width > LIMITS["width"]:
+            raise IntegerModelError(f"integer model: layer {i + 1} is wider than {LIMITS['width']}")
+    absolute = r.head("absolute head", features, width)
+    delta = r.head("delta head", features, width) if context is not None else None
+    model = IntegerModel(context, lowest, tables, state, tuple(body), absolute, delta)
+    model.check()
+    return model
