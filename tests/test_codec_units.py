@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk, latent_offsets
+from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk
 from meaning_transform.codec.columns import decode_columns, encode_columns, runs
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
 from meaning_transform.data.context import has_previous, split_batch, with_previous
 from meaning_transform.data.synthetic import generate_synthetic
 from meaning_transform.errors import ConfigError
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck
-from meaning_transform.models.integer_export import export
+from meaning_transform.models.integer_export import export, export_encoder
 from meaning_transform.models.lossless import (
     HeadLayout,
     LosslessCodec,
@@ -158,7 +158,8 @@ def test_chunk_round_trip_is_exact_and_within_one_percent(context) -> None:
     # an out-of-range value must escape and still round-trip
     symbols[5, 0] += 10_000
     model = export(codec, module.bottleneck)
-    chunk = encode_chunk(model, symbols, flag, latent_offsets(module, symbols, flag))
+    offsets = export_encoder(codec, module.bottleneck).offsets(symbols, flag)
+    chunk = encode_chunk(model, symbols, flag, offsets)
     decoded = decode_chunk(model, chunk.z_words, chunk.x_words, flag)
     assert np.array_equal(decoded, symbols)
     assert abs(8 * chunk.num_bytes / chunk.estimated_bits - 1) < 0.01

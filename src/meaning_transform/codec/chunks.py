@@ -4,17 +4,19 @@ A chunk is ``n`` states in (agent, step) order with ``flag[i]`` true when row ``
 same agent's previous state (always false without context). Its code is
 
 - the latents z of all rows as integer offsets from the bottleneck's centers, computed by the
-  float encoder (``latent_offsets``) and range-coded under the integer model's latent tables;
+  integer encoder (``IntegerEncoder.offsets``) and range-coded under the integer model's
+  latent tables;
 - the grid symbols, ANS-coded under the integer model's weights given z (and the previous
   row's symbols), decoded in **waves**: wave w holds every run's w-th row (wave 0: first rows,
   absolute head; later waves: delta head given the row before), so each wave is one batched
   network call across agents. Waves are cut into blocks of at most ``BLOCK`` rows (the order of
   the stream: block by block, feature by feature).
 
-Every number that reaches the entropy coder comes from ``IntegerModel`` (integer arithmetic,
-``models/integer_model.py``): other CPU kernels, thread counts, batch shapes or a GPU compute
-the same integers, so a file coded on one machine decodes on every other. A chunk header keeps
-a CRC of the symbols all the same, so a damaged stream fails loudly.
+Every number that reaches the entropy coder comes from ``IntegerModel`` and ``IntegerEncoder``
+(integer arithmetic, ``models/integer_model.py``): other CPU kernels, thread counts, batch
+shapes or a GPU compute the same integers, so a file coded on one machine decodes on every
+other, and the same model codes the same states into the same bytes everywhere. A chunk header
+keeps a CRC of the symbols all the same, so a damaged stream fails loudly.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from meaning_transform.models.bottlenecks.coding import (
     to_bytes,
 )
 from meaning_transform.models.fixed_point import PRECISION, code_lengths
-from meaning_transform.models.integer_export import export
+from meaning_transform.models.integer_export import export, export_encoder
 from meaning_transform.models.integer_model import IntegerModel
 
 BLOCK = 4096  # rows per network call
@@ -142,18 +144,6 @@ def _previous(symbols: np.ndarray, rows: np.ndarray, delta: bool) -> np.ndarray:
     return symbols[rows - 1] if delta else np.zeros((len(rows), symbols.shape[1]), np.int64)
 
 
-@torch.no_grad()
-def latent_offsets(module: Any, symbols: np.ndarray, flag: np.ndarray) -> np.ndarray:
-    """The float encoder's side: integer offsets [n, D] of each row's latent from the
-    bottleneck's centers (what is transmitted; the decoder never recomputes them)."""
-    codec = module.codec
-    flag = np.asarray(flag, dtype=bool) & bool(codec.context)
-    prev = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
-    history = codec.context == "history"  # only history reads the counts
-    runs = steps_unchanged(symbols, flag) if history else np.zeros(symbols.shape, np.int64)
-    return module.bottleneck.offsets(codec.encode(symbols, codec.context_input(prev, flag, runs)))
-
-
 def _latent_bits(model: IntegerModel, offsets: np.ndarray) -> float:
     """Bits the latent tables spend on ``offsets`` [n, D], escapes included."""
     bits = 0.0
@@ -178,7 +168,7 @@ def encode_chunk(
     model: IntegerModel, symbols: np.ndarray, flag: np.ndarray, offsets: np.ndarray
 ) -> EncodedChunk:
     """Code a chunk's grid symbols [n, F] (rows in (agent, step) order) and latent ``offsets``
-    [n, D] (``latent_offsets``) with the integer model."""
+    [n, D] (``IntegerEncoder.offsets``) with the integer model."""
     n = len(symbols)
     flag = np.asarray(flag, dtype=bool) & bool(model.context)
     offsets = np.asarray(offsets, dtype=np.int64)
@@ -268,8 +258,8 @@ def _tables(layout: Any) -> tuple[list[int], list[bool], np.ndarray, np.ndarray]
 
 def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) -> dict[str, Any]:
     """Code a batch of data-tensor rows (in (agent, step) order) as one chunk with the module's
-    integer model (``integer_export.export``): estimated vs coded bits per state, and whether
-    it decodes back exactly (``MeaningModule.code``)."""
+    integer model and encoder (``integer_export``): estimated vs coded bits per state, and
+    whether it decodes back exactly (``MeaningModule.code``)."""
     codec = module.codec
     symbols = codec.symbols(x.cpu())
     flag = np.zeros(len(symbols), dtype=bool)
@@ -280,7 +270,8 @@ def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) ->
         if not np.array_equal(prev[flag], np.roll(symbols, 1, axis=0)[flag]):
             raise ValueError("rows with context must be in (agent, step) order to be coded")
     model = export(codec, module.bottleneck)
-    chunk = encode_chunk(model, symbols, flag, latent_offsets(module, symbols, flag))
+    offsets = export_encoder(codec, module.bottleneck).offsets(symbols, flag)
+    chunk = encode_chunk(model, symbols, flag, offsets)
     decoded = decode_chunk(model, chunk.z_words, chunk.x_words, flag)
     n = max(len(symbols), 1)
     return {

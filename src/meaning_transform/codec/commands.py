@@ -22,7 +22,6 @@ from meaning_transform.codec.chunks import (
     decode_chunk,
     encode_chunk,
     in_order,
-    latent_offsets,
     symbols_crc,
     workers_for,
 )
@@ -44,8 +43,8 @@ from meaning_transform.codec.source import (
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.io import atomic_write
-from meaning_transform.models.integer_export import export
-from meaning_transform.models.integer_model import IntegerModel
+from meaning_transform.models.integer_export import export, export_encoder
+from meaning_transform.models.integer_model import IntegerEncoder, IntegerModel
 from meaning_transform.schema import FeatureSchema
 from meaning_transform.schema.table import encode
 
@@ -123,7 +122,7 @@ def compress(
     """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics.
 
     The file carries the checkpoint's integer coding model (``integer_export.export``), which
-    is what decodes it on any machine; the float model only computes the latents here."""
+    is what decodes it on any machine; its integer encoder computes the latents."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     target = check_output(out, overwrite)
@@ -131,6 +130,7 @@ def compress(
         raise ConfigError("ckpt_path= is required: a checkpoint trained with compression=lossless")
     module = load_model(ckpt_path)
     model = export(module.codec, module.bottleneck)
+    encoder = export_encoder(module.codec, module.bottleneck)
     schema = module.schema
     start = time.perf_counter()
     stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "model_bytes": 0}
@@ -156,7 +156,9 @@ def compress(
             with open(tmp, "wb") as fh, closing(source):
                 writer = Writer(fh, header, blob)
                 for chunk, estimated in in_order(
-                    lambda rows: _encode(module, model, layout, rows), source, workers_for(model)
+                    lambda rows: _encode(module.codec.grid, model, encoder, layout, rows),
+                    source,
+                    workers_for(model),
                 ):
                     writer.chunk(chunk)
                     stats["states"] += chunk.meta["n"]
@@ -177,15 +179,19 @@ def compress(
 
 
 def _encode(
-    module: Any, model: IntegerModel, layout: Any, rows: dict[str, list[Any]]
+    grid: MeaningGrid,
+    model: IntegerModel,
+    encoder: IntegerEncoder,
+    layout: Any,
+    rows: dict[str, list[Any]],
 ) -> tuple[Chunk, float]:
     """One chunk of database rows -> (Chunk, the model's estimated bits for it)."""
-    schema, codec = module.schema, module.codec
+    schema = grid.schema
     table, nulls = feature_table(schema, rows)
-    symbols = codec.symbols(encode(schema, table))
+    symbols = grid.encode(encode(schema, table))
     agents = rows["agent_id"]
     flag = _same_agent(agents)
-    coded = encode_chunk(model, symbols, flag, latent_offsets(module, symbols, flag))
+    coded = encode_chunk(model, symbols, flag, encoder.offsets(symbols, flag))
     others = {c: rows[c] for c in layout.others}
     for name, mask in nulls.items():
         others[NULL_PREFIX + name] = mask.astype(int).tolist()

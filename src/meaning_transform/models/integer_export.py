@@ -1,4 +1,5 @@
-"""Post-training quantization: a trained LosslessCodec and its bottleneck -> IntegerModel.
+"""Post-training quantization: a trained LosslessCodec and its bottleneck -> IntegerModel (the
+decoder side, which files carry) and IntegerEncoder (the compress side).
 
 Data-free: every scale comes from the weights and from typical input ranges (normalized features
 within +-TYPICAL_STD, 0/1 inputs, the latent tables' support), never from a calibration batch, so
@@ -31,7 +32,10 @@ from meaning_transform.models.fixed_point import BIAS_LIMIT, LOGIT_BITS, MULT_BI
 from meaning_transform.models.integer_model import (
     ACT_BITS,
     INPUT_BITS,
+    LATENT_FRAC_BITS,
     LOGIT_MAX,
+    OFFSET_MAX,
+    IntegerEncoder,
     IntegerModel,
     IntHead,
     IntLayer,
@@ -40,26 +44,66 @@ from meaning_transform.models.integer_model import (
 
 #: typical magnitude of a normalized continuous input, in std (sets activation units only)
 TYPICAL_STD = 4.0
-#: default bits of a quantized weight (sign included)
+#: default bits of a quantized weight (sign included): the decoder's travel in every file
 WEIGHT_BITS = 8
+#: the encoder's weights are not stored in files: as precise as the bounds allow
+ENCODER_BITS = 12
 
 
 def export(codec: nn.Module, bottleneck: nn.Module, weight_bits: int = WEIGHT_BITS) -> IntegerModel:
-    """The IntegerModel of a trained ``LosslessCodec`` and its ``EntropyBottleneck``."""
-    if not 2 <= weight_bits <= 16:
-        raise ValueError(f"weight_bits must be in 2..16, got {weight_bits}")
+    """The IntegerModel (decoder side) of a trained ``LosslessCodec`` and its bottleneck."""
+    _check_bits(weight_bits)
     state = state_input(codec)
-    layers = _float_layers(codec.decoder_body)
-    centers = bottleneck.centers.detach().double().cpu().numpy()
     tables = bottleneck.coding_tables()
     lowest = np.asarray(tables.lowest, dtype=np.int64)
     latent_weights = tuple(integer_weights(np.asarray(p, dtype=np.float64)) for p in tables.pmfs)
     support = np.maximum(np.abs(lowest), np.abs(lowest + np.array(tables.sizes))) + 1
-
+    layers = _float_layers(codec.decoder_body)
     w, b = layers[0]
-    d = codec.latent_dim
-    layers[0] = (w, b + w[:, :d] @ centers)
-    typical = _typical_inputs(codec, state, support)
+    centers = bottleneck.centers.detach().double().cpu().numpy()
+    layers[0] = (w, b + w[:, : codec.latent_dim] @ centers)  # the decoder reads offsets
+    typical = np.concatenate([support * float(1 << INPUT_BITS), _typical_context(codec, state)])
+    body, unit = _hidden(layers, typical, weight_bits)
+    heads = [
+        _head(head, layout, unit, weight_bits) if head is not None else None
+        for head, layout in ((codec.absolute_head, codec.absolute), (codec.delta_head, codec.delta))
+    ]
+    model = IntegerModel(codec.context, lowest, latent_weights, state, body, heads[0], heads[1])
+    model.check()
+    return model
+
+
+def export_encoder(
+    codec: nn.Module, bottleneck: nn.Module, weight_bits: int = ENCODER_BITS
+) -> IntegerEncoder:
+    """The IntegerEncoder (compress side) of a trained ``LosslessCodec`` and its bottleneck."""
+    _check_bits(weight_bits)
+    state = state_input(codec)
+    kinds = [codec.schema.features[j].kind for j in state.source.tolist()]
+    own = np.array([_typical(k, o) for k, o in zip(kinds, state.onehot.tolist(), strict=True)])
+    typical = np.concatenate([own, _typical_context(codec, state)])
+    body, unit = _hidden(_float_layers(codec.encoder_body), typical, weight_bits)
+    w = codec.encoder_out.weight.detach().double().cpu().numpy() * unit
+    b = codec.encoder_out.bias.detach().double().cpu().numpy()
+    top = OFFSET_MAX << LATENT_FRAC_BITS
+    out = _layer(w, b, 2.0**-LATENT_FRAC_BITS, weight_bits, -top, top)
+    scale = float(1 << LATENT_FRAC_BITS)
+    centers = np.rint(bottleneck.centers.detach().double().cpu().numpy() * scale).astype(np.int64)
+    encoder = IntegerEncoder(codec.context, state, body, out, centers)
+    encoder.check()
+    return encoder
+
+
+def _check_bits(weight_bits: int) -> None:
+    if not 2 <= weight_bits <= 16:
+        raise ValueError(f"weight_bits must be in 2..16, got {weight_bits}")
+
+
+def _hidden(
+    layers: list[tuple[np.ndarray, np.ndarray]], typical: np.ndarray, weight_bits: int
+) -> tuple[tuple[IntLayer, ...], float]:
+    """Float ReLU layers on integer inputs in units of 2**-INPUT_BITS (typical magnitudes
+    ``typical``) -> IntLayers, and the real value of one unit of the last one's output."""
     unit = 2.0**-INPUT_BITS
     body = []
     for w, b in layers:
@@ -68,21 +112,7 @@ def export(codec: nn.Module, bottleneck: nn.Module, weight_bits: int = WEIGHT_BI
         body.append(_layer(w * unit, b, out_unit, weight_bits, 0, (1 << ACT_BITS) - 1))
         typical = np.minimum(bound / out_unit, (1 << ACT_BITS) - 1)
         unit = out_unit
-    heads = [
-        _head(head, layout, unit, weight_bits) if head is not None else None
-        for head, layout in ((codec.absolute_head, codec.absolute), (codec.delta_head, codec.delta))
-    ]
-    model = IntegerModel(
-        context=codec.context,
-        latent_lowest=lowest,
-        latent_weights=latent_weights,
-        state=state,
-        body=tuple(body),
-        absolute=heads[0],
-        delta=heads[1],
-    )
-    model.check()
-    return model
+    return tuple(body), unit
 
 
 def integer_weights(p: np.ndarray) -> np.ndarray:
@@ -171,17 +201,19 @@ def _split_cells(grid, name: str, keys: np.ndarray, step: float, mean: float, st
     return candidates[split].astype(np.int64), x
 
 
-def _typical_inputs(codec: nn.Module, state: StateInput, support: np.ndarray) -> np.ndarray:
-    """Typical magnitude of each first-layer input, in its integer units (for scales only)."""
-    one = float(1 << INPUT_BITS)
-    parts = [support.astype(np.float64) * one]
-    if codec.context is not None:
-        kinds = [codec.schema.features[j].kind for j in state.source.tolist()]
-        continuous = np.array([k == "continuous" for k in kinds], dtype=bool)
-        parts.append(np.where(continuous & ~state.onehot, TYPICAL_STD * one, one))
-        extra = 1 + (2 * codec.num_features if codec.context == "history" else 0)
-        parts.append(np.full(extra, one))
-    return np.concatenate(parts)
+def _typical(kind: str, onehot: bool) -> float:
+    """Typical magnitude of one state input column, in units of 2**-INPUT_BITS."""
+    return (TYPICAL_STD if kind == "continuous" and not onehot else 1.0) * (1 << INPUT_BITS)
+
+
+def _typical_context(codec: nn.Module, state: StateInput) -> np.ndarray:
+    """Typical magnitudes of the context's input columns (for scales only; none without)."""
+    if codec.context is None:
+        return np.zeros(0)
+    kinds = [codec.schema.features[j].kind for j in state.source.tolist()]
+    prev = [_typical(k, o) for k, o in zip(kinds, state.onehot.tolist(), strict=True)]
+    extra = 1 + (2 * codec.num_features if codec.context == "history" else 0)
+    return np.concatenate([prev, np.full(extra, float(1 << INPUT_BITS))])
 
 
 def _layer(w: np.ndarray, b: np.ndarray, out_unit: float, bits: int, lo: int, hi: int) -> IntLayer:

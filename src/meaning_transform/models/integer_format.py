@@ -4,6 +4,9 @@
 
     b"MTIM" | version u8 | body length u32 | LZMA2 (raw, lc=lp=pb=0) of the body
 
+(an ``IntegerEncoder``, which files do not carry: b"MTIE", the same way). A model's body:
+context, state input, latent tables, decoder layers, absolute head, delta head (with context).
+
 The body is a sequence of fields, little-endian: small integers as unsigned LEB128 varints,
 integer arrays as (zigzag width code u8, count varint, that many zigzag integers of that width,
 byte planes low to high). Quantized weights are small integers of one or two bytes, so the
@@ -26,6 +29,7 @@ import numpy as np
 from meaning_transform.errors import DataError
 from meaning_transform.models.integer_model import (
     CONTEXTS,
+    IntegerEncoder,
     IntegerModel,
     IntHead,
     IntLayer,
@@ -34,6 +38,7 @@ from meaning_transform.models.integer_model import (
 from meaning_transform.models.lossless import HeadLayout
 
 MAGIC = b"MTIM"
+MAGIC_ENCODER = b"MTIE"
 VERSION = 1
 #: what a model may hold (checked before anything is allocated)
 LIMITS = {
@@ -91,6 +96,24 @@ class _Writer:
             self.array(values)
         self.sint(layer.lo), self.sint(layer.hi)
 
+    def state(self, state: StateInput) -> None:
+        self.uint(state.num_features)
+        for values in (state.source, state.onehot, state.a, state.b, state.shift):
+            self.array(values)
+        for tables in (state.keys, state.split, state.split_x):
+            for t in tables:
+                self.array(t)
+
+    def layers(self, layers: tuple[IntLayer, ...]) -> None:
+        self.uint(len(layers))
+        for layer in layers:
+            self.layer(layer)
+
+    def pack(self, magic: bytes) -> bytes:
+        body = b"".join(self.parts)
+        packed = lzma.compress(body, format=lzma.FORMAT_RAW, filters=_FILTERS)
+        return magic + struct.pack("<BI", VERSION, len(body)) + packed
+
     def head(self, head: IntHead) -> None:
         layout = head.layout
         for values in (layout.lo, layout.n, layout.escape, layout.modulo, head.coefs):
@@ -102,25 +125,27 @@ def model_to_bytes(model: IntegerModel) -> bytes:
     """The serialized model (see the module docstring)."""
     w = _Writer()
     w.uint(CONTEXTS.index(model.context))
-    w.uint(model.num_features), w.uint(model.latent_dim)
+    w.state(model.state)
+    w.uint(model.latent_dim)
     w.array(model.latent_lowest)
     for table in model.latent_weights:
         w.array(table)
-    s = model.state
-    for values in (s.source, s.onehot, s.a, s.b, s.shift):
-        w.array(values)
-    for tables in (s.keys, s.split, s.split_x):
-        for t in tables:
-            w.array(t)
-    w.uint(len(model.body))
-    for layer in model.body:
-        w.layer(layer)
+    w.layers(model.body)
     w.head(model.absolute)
     if model.delta is not None:
         w.head(model.delta)
-    body = b"".join(w.parts)
-    packed = lzma.compress(body, format=lzma.FORMAT_RAW, filters=_FILTERS)
-    return MAGIC + struct.pack("<BI", VERSION, len(body)) + packed
+    return w.pack(MAGIC)
+
+
+def encoder_to_bytes(encoder: IntegerEncoder) -> bytes:
+    """The serialized encoder (same layout as a model's, its own magic)."""
+    w = _Writer()
+    w.uint(CONTEXTS.index(encoder.context))
+    w.state(encoder.state)
+    w.layers(encoder.body)
+    w.layer(encoder.out)
+    w.array(encoder.centers)
+    return w.pack(MAGIC_ENCODER)
 
 
 # ---------------------------------------------------------------------- reading
@@ -180,6 +205,35 @@ class _Reader:
         bias, mult, shift = (self.array(f"{what} {k}", out) for k in ("biases", "mult", "shift"))
         return IntLayer(weight, bias, mult, shift, self.sint(f"{what} lo"), self.sint(f"{what} hi"))
 
+    def state(self) -> StateInput:
+        features = self.uint("features", LIMITS["features"])
+        source = self.array("input sources", limit=LIMITS["width"])
+        onehot, a, b, shift = (
+            self.array(f"input {k}", len(source)) for k in ("onehot", "a", "b", "shift")
+        )
+        keys, split, split_x = (
+            tuple(self.array(k, limit=LIMITS["table"]) for _ in range(features))
+            for k in ("crossing keys", "split cells", "split inputs")
+        )
+        if ((onehot != 0) & (onehot != 1)).any():
+            raise IntegerModelError("integer model: one-hot flags must be 0 or 1")
+        return StateInput(source, onehot.astype(bool), a, b, shift, keys, split, split_x)
+
+    def layers(self, what: str) -> tuple[IntLayer, ...]:
+        n_layers = self.uint(f"{what} layers", LIMITS["layers"])
+        if n_layers < 1:
+            raise IntegerModelError(f"integer model: the {what} has no layers")
+        body, width = [], None
+        for i in range(n_layers):
+            layer = self.layer(f"{what} layer {i + 1}", width)
+            body.append(layer)
+            width = layer.weight.shape[0]
+            if width > LIMITS["width"]:
+                raise IntegerModelError(
+                    f"integer model: {what} layer {i + 1} is wider than {LIMITS['width']}"
+                )
+        return tuple(body)
+
     def head(self, what: str, features: int, width: int) -> IntHead:
         lo, n, escape, modulo, coefs = (
             self.array(f"{what} {k}", features) for k in ("lo", "n", "escape", "modulo", "coefs")
@@ -190,64 +244,68 @@ class _Reader:
         return IntHead(self.layer(f"{what} coefficients", width), layout, coefs)
 
 
-def model_from_bytes(data: bytes) -> IntegerModel:
-    """Read ``model_to_bytes``'s bytes, checking every count and bound (module docstring)."""
-    header = len(MAGIC) + 5
-    if len(data) < header or data[: len(MAGIC)] != MAGIC:
-        raise IntegerModelError("not an integer coding model (bad magic)")
-    version, size = struct.unpack_from("<BI", data, len(MAGIC))
+def _unpack(data: bytes, magic: bytes, what: str) -> _Reader:
+    """A reader of the body of ``data`` after checking its magic, version and length."""
+    header = len(magic) + 5
+    if len(data) < header or data[: len(magic)] != magic:
+        raise IntegerModelError(f"not an integer coding {what} (bad magic)")
+    version, size = struct.unpack_from("<BI", data, len(magic))
     if version != VERSION:
-        raise IntegerModelError(f"integer model has format version {version}; this reads {VERSION}")
+        raise IntegerModelError(
+            f"integer {what} has format version {version}; this reads {VERSION}"
+        )
     if size > MAX_BODY:
-        raise IntegerModelError(f"integer model body of {size} bytes is over the limit")
+        raise IntegerModelError(f"integer {what} body of {size} bytes is over the limit")
     try:
         dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_FILTERS)
         body = dec.decompress(data[header:], max_length=size)
     except lzma.LZMAError as e:
-        raise IntegerModelError(f"integer model is corrupted ({e})") from None
-    if len(body) != size or not dec.eof and dec.needs_input:
-        raise IntegerModelError("integer model is truncated (body shorter than recorded)")
-    r = _Reader(body)
+        raise IntegerModelError(f"integer {what} is corrupted ({e})") from None
+    if len(body) != size:
+        raise IntegerModelError(f"integer {what} is truncated (body shorter than recorded)")
+    return _Reader(body)
+
+
+def _finish(r: _Reader, read, what: str):
+    """``read(r)``, its ValueErrors as one-line IntegerModelErrors, all of the body used."""
     try:
-        model = _read(r)
+        out = read(r)
+        out.check()
+    except IntegerModelError:
+        raise
     except (ValueError, OverflowError) as e:
-        if isinstance(e, IntegerModelError):
-            raise
-        raise IntegerModelError(f"integer model is not valid ({e})") from None
-    if r.pos != len(body):
-        raise IntegerModelError("integer model has bytes past its end")
-    return model
+        raise IntegerModelError(f"integer {what} is not valid ({e})") from None
+    if r.pos != len(r.data):
+        raise IntegerModelError(f"integer {what} has bytes past its end")
+    return out
 
 
-def _read(r: _Reader) -> IntegerModel:
+def model_from_bytes(data: bytes) -> IntegerModel:
+    """Read ``model_to_bytes``'s bytes, checking every count and bound (module docstring)."""
+    return _finish(_unpack(data, MAGIC, "model"), _read_model, "model")
+
+
+def encoder_from_bytes(data: bytes) -> IntegerEncoder:
+    """Read ``encoder_to_bytes``'s bytes, checking every count and bound."""
+    return _finish(_unpack(data, MAGIC_ENCODER, "encoder"), _read_encoder, "encoder")
+
+
+def _read_model(r: _Reader) -> IntegerModel:
     context = CONTEXTS[r.uint("context", len(CONTEXTS) - 1)]
-    features = r.uint("features", LIMITS["features"])
+    state = r.state()
     latent = r.uint("latent channels", LIMITS["latent"])
     lowest = r.array("latent lowest", latent)
     tables = tuple(r.array("latent table", limit=LIMITS["table"]) for _ in range(latent))
-    source = r.array("input sources", limit=LIMITS["width"])
-    onehot, a, b, shift = (
-        r.array(f"input {k}", len(source)) for k in ("onehot", "a", "b", "shift")
-    )
-    keys, split, split_x = (
-        tuple(r.array(f"{k}", limit=LIMITS["table"]) for _ in range(features))
-        for k in ("crossing keys", "split cells", "split inputs")
-    )
-    if ((onehot != 0) & (onehot != 1)).any():
-        raise IntegerModelError("integer model: one-hot flags must be 0 or 1")
-    state = StateInput(source, onehot.astype(bool), a, b, shift, keys, split, split_x)
-    n_layers = r.uint("layers", LIMITS["layers"])
-    if n_layers < 1:
-        raise IntegerModelError("integer model has no layers")
-    body, width = [], None
-    for i in range(n_layers):
-        layer = r.layer(f"layer {i + 1}", width)
-        body.append(layer)
-        width = layer.weight.shape[0]
-        if width > LIMITS["width"]:
-            raise IntegerModelError(f"integer model: layer {i + 1} is wider than {LIMITS['width']}")
-    absolute = r.head("absolute head", features, width)
-    delta = r.head("delta head", features, width) if context is not None else None
-    model = IntegerModel(context, lowest, tables, state, tuple(body), absolute, delta)
-    model.check()
-    return model
+    body = r.layers("decoder")
+    width = body[-1].weight.shape[0]
+    absolute = r.head("absolute head", state.num_features, width)
+    delta = r.head("delta head", state.num_features, width) if context is not None else None
+    return IntegerModel(context, lowest, tables, state, body, absolute, delta)
+
+
+def _read_encoder(r: _Reader) -> IntegerEncoder:
+    context = CONTEXTS[r.uint("context", len(CONTEXTS) - 1)]
+    state = r.state()
+    body = r.layers("encoder")
+    out = r.layer("encoder output", body[-1].weight.shape[0])
+    return IntegerEncoder(context, state, body, out, r.array("centers", len(out.bias)))

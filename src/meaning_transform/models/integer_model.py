@@ -37,6 +37,7 @@ from functools import cached_property
 
 import numpy as np
 
+from meaning_transform.data.context import steps_unchanged
 from meaning_transform.models.bottlenecks.coding import CodingTables
 from meaning_transform.models.fixed_point import (
     COS_BITS,
@@ -64,6 +65,9 @@ ACT_BITS = 24
 LOGIT_MAX = 1 << (LOGIT_BITS + 8)
 #: every bin's frequency is at least FLOOR_WEIGHT / 2**24 (the float model's FLOOR)
 FLOOR_WEIGHT = round(FLOOR * 2**PRECISION)
+#: the encoder's latent is in units of 2**-LATENT_FRAC_BITS; offsets are within +-OFFSET_MAX
+LATENT_FRAC_BITS = 12
+OFFSET_MAX = 1 << 24
 #: continuous cells are clamped to +-CELL_MAX before ``cell * a + b`` (|a| <= 2**30, |b| <= 2**61)
 CELL_MAX = 1 << 31
 CONTEXTS = (None, "previous", "history")
@@ -160,6 +164,10 @@ class StateInput:
                 cols = linear[src[linear] == f]
                 out[np.ix_(hit, cols)] = self.split_x[f][at[hit]][:, None]
         return out
+
+    def bounds(self) -> np.ndarray:
+        """Largest magnitude of each column (what ``__call__`` clamps to)."""
+        return np.where(self.onehot, 1 << INPUT_BITS, INPUT_MAX).astype(np.int64)
 
     def check(self) -> None:
         """Raise ValueError unless every array fits the others and the overflow bounds."""
@@ -271,6 +279,96 @@ class IntHead:
         check_exact(float(self.coefs.max(initial=0)) * LOGIT_MAX * (1 << COS_BITS), what)
 
 
+def context_input(
+    state: StateInput, context: str | None, prev: np.ndarray, flag: np.ndarray, runs: np.ndarray
+) -> list[np.ndarray]:
+    """The context's integer input columns (none without context): the previous state (zero
+    without one), the flag, and for ``history`` the capped counts and the parities, in units
+    of 2**-INPUT_BITS (``LosslessCodec.context_input`` in integers)."""
+    if context is None:
+        return []
+    f = flag.astype(np.int64)[:, None]
+    parts = [state(prev) * f, f << INPUT_BITS]
+    if context == "history":
+        capped = (np.minimum(runs, RUN_CAP) << INPUT_BITS) // RUN_CAP
+        parts += [capped, ((prev & 1) * f) << INPUT_BITS]
+    return parts
+
+
+def context_bounds(state: StateInput, context: str | None) -> np.ndarray:
+    """Largest magnitude of each ``context_input`` column."""
+    if context is None:
+        return np.zeros(0, dtype=np.int64)
+    extra = 1 + (2 * state.num_features if context == "history" else 0)
+    return np.concatenate([state.bounds(), np.full(extra, 1 << INPUT_BITS)]).astype(np.int64)
+
+
+def run_layers(layers: tuple[IntLayer, ...], x: np.ndarray) -> np.ndarray:
+    """``x`` through each layer in turn."""
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def check_layers(layers: tuple[IntLayer, ...], x_max: np.ndarray, what: str) -> np.ndarray:
+    """Check hidden layers on inputs within ``x_max`` (ReLU clamps); their output bound."""
+    if not layers:
+        raise ValueError(f"{what} has no layers")
+    for i, layer in enumerate(layers):
+        x_max = layer.check(x_max, f"{what} layer {i + 1}")
+        if layer.lo < 0 or layer.hi >= 1 << ACT_BITS:
+            raise ValueError(f"{what} layer {i + 1}: activations out of range")
+    return x_max
+
+
+@dataclass(frozen=True, eq=False)
+class IntegerEncoder:
+    """The float encoder in integers (compress side, not stored in files): grid symbols and
+    context -> latent offsets from the bottleneck's centers, the same on every machine, so the
+    bytes of a file do not depend on where it was written either."""
+
+    context: str | None
+    state: StateInput
+    body: tuple[IntLayer, ...]
+    out: IntLayer  # the latent in units of 2**-LATENT_FRAC_BITS, clamped
+    centers: np.ndarray  # int64 [D], the bottleneck's centers in those units
+
+    def offsets(self, symbols: np.ndarray, flag: np.ndarray) -> np.ndarray:
+        """int64 [n, D] latent offsets of a chunk's rows (in (agent, step) order; ``flag``:
+        row i - 1 is the same agent's previous state)."""
+        flag = np.asarray(flag, dtype=bool) & (self.context is not None)
+        prev = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
+        runs = steps_unchanged(symbols, flag) if self.context == "history" else None
+        parts = context_input(self.state, self.context, prev, flag, runs)
+        mu = self.out(run_layers(self.body, np.concatenate([self.state(symbols), *parts], 1)))
+        return (mu - self.centers + (1 << (LATENT_FRAC_BITS - 1))) >> LATENT_FRAC_BITS
+
+    def check(self) -> None:
+        """Raise ValueError unless every shape fits and every bound holds."""
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context {self.context!r}")
+        self.state.check()
+        bounds = np.concatenate([self.state.bounds(), context_bounds(self.state, self.context)])
+        top = self.out.check(check_layers(self.body, bounds, "encoder"), "encoder output")
+        if len(self.centers) != len(self.out.bias) or (np.abs(self.centers) > OFFSET_MAX).any():
+            raise ValueError("encoder: centers do not fit its output")
+        if top.max(initial=0) > OFFSET_MAX << LATENT_FRAC_BITS:
+            raise ValueError("encoder: output not clamped")
+
+    def to_bytes(self) -> bytes:
+        """The compact serialization (``integer_format.py``)."""
+        from meaning_transform.models.integer_format import encoder_to_bytes
+
+        return encoder_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IntegerEncoder:
+        """Read ``to_bytes``'s bytes; ``IntegerModelError`` (one line) if they are not valid."""
+        from meaning_transform.models.integer_format import encoder_from_bytes
+
+        return encoder_from_bytes(data)
+
+
 @dataclass(frozen=True, eq=False)
 class IntegerModel:
     """The decoder side of a LosslessCodec and its latent tables, in integers (module docstring)."""
@@ -323,53 +421,37 @@ class IntegerModel:
     def inputs(
         self, offsets: np.ndarray, prev: np.ndarray, flag: np.ndarray, runs: np.ndarray
     ) -> np.ndarray:
-        """The first layer's integer input [B, in]: latent, then (with context) the previous
-        state (zero without one), the flag, and for ``history`` counts and parities."""
-        parts = [self.latent_input(offsets)]
-        if self.context is not None:
-            f = flag.astype(np.int64)[:, None]
-            parts += [self.state(prev) * f, f << INPUT_BITS]
-            if self.context == "history":
-                capped = (np.minimum(runs, RUN_CAP) << INPUT_BITS) // RUN_CAP
-                parts += [capped, ((prev & 1) * f) << INPUT_BITS]
+        """The first layer's integer input [B, in]: latent, then the context (``context_input``)."""
+        parts = [
+            self.latent_input(offsets),
+            *context_input(self.state, self.context, prev, flag, runs),
+        ]
         return np.concatenate(parts, axis=1)
 
     def hidden(
         self, offsets: np.ndarray, prev: np.ndarray, flag: np.ndarray, runs: np.ndarray
     ) -> np.ndarray:
         """The decoder body's last activations [B, hidden] (see ``inputs``)."""
-        h = self.inputs(offsets, prev, flag, runs)
-        for layer in self.body:
-            h = layer(h)
-        return h
+        return run_layers(self.body, self.inputs(offsets, prev, flag, runs))
 
     def input_bounds(self) -> np.ndarray:
         """Largest magnitude of each first-layer input column (what ``inputs`` clamps to)."""
-        f = self.num_features
-        state = np.where(self.state.onehot, 1 << INPUT_BITS, INPUT_MAX)
-        extra = {None: 0, "previous": 1, "history": 1 + 2 * f}[self.context]
-        parts = [np.full(self.latent_dim, LATENT_MAX << INPUT_BITS)]
-        if self.context is not None:
-            parts += [state, np.full(extra, 1 << INPUT_BITS)]
-        return np.concatenate(parts).astype(np.int64)
+        latent = np.full(self.latent_dim, LATENT_MAX << INPUT_BITS, dtype=np.int64)
+        return np.concatenate([latent, context_bounds(self.state, self.context)])
 
     def check(self) -> None:
         """Raise ValueError unless every shape fits and every bound holds (module docstring)."""
         if self.context not in CONTEXTS:
             raise ValueError(f"unknown context {self.context!r}")
-        if (self.delta is None) != (self.context is None) or not self.body:
-            raise ValueError("heads or layers do not fit the context")
+        if (self.delta is None) != (self.context is None):
+            raise ValueError("heads do not fit the context")
         if len(self.latent_weights) != self.latent_dim:
             raise ValueError("one latent table per channel")
         for w in self.latent_weights:
             if len(w) < 2 or (w < 0).any() or int(w.sum()) != (1 << PRECISION) - len(w):
                 raise ValueError("latent tables must sum to 2**24 less their length")
         self.state.check()
-        x_max = self.input_bounds()
-        for i, layer in enumerate(self.body):
-            x_max = layer.check(x_max, f"layer {i + 1}")
-            if layer.lo < 0 or layer.hi >= 1 << ACT_BITS:
-                raise ValueError(f"layer {i + 1}: activations out of range")
+        x_max = check_layers(self.body, self.input_bounds(), "decoder")
         for head in (self.absolute, self.delta):
             if head is not None:
                 if len(head.coefs) != self.num_features:
