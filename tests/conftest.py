@@ -90,3 +90,23 @@ def tiny_cfg(tmp_path: Path):
         return load_config([*base, "logger=none", f"paths.output_dir={tmp_path / out}", *overrides])
 
     return make
+
+
+def train_lossless(tmp: Path, *overrides: str) -> str:
+    """best.ckpt of a 2-epoch lossless model (tiny)."""
+    from meaning_transform import MeaningTrainer, load_config
+
+    cfg = load_config(
+        [
+            "compression=lossless",
+            "model.hidden_dims=[16]",
+            "model.latent_dim=2",
+            "trainer.max_epochs=2",
+            "logger=none",
+            "torch_threads=1",
+            "callbacks.progress_bar.refresh_rate=0",
+            f"paths.output_dir={tmp}",
+            *overrides,
+        ]
+    )
+    return MeaningTrainer(cfg).train()["best_model_path"]

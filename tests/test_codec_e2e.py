@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from agentfarm_db import write_agentfarm_db
-from conftest import REPO
+from conftest import REPO, train_lossless
 
 from meaning_transform.codec.__main__ import main as codec_main
 from meaning_transform.codec.container import Reader, Writer
@@ -31,26 +31,6 @@ TOLERANCE = {
     "current_health": 2.0, "starting_health": 2.0, "total_reward": 5.0, "age": 5.0,
 }  # fmt: skip
 KEYS = ("id", "agent_id", "step_number", "simulation_id")
-
-
-def train_lossless(tmp: Path, *overrides: str) -> str:
-    """best.ckpt of a 2-epoch lossless model (tiny)."""
-    from meaning_transform import MeaningTrainer, load_config
-
-    cfg = load_config(
-        [
-            "compression=lossless",
-            "model.hidden_dims=[16]",
-            "model.latent_dim=2",
-            "trainer.max_epochs=2",
-            "logger=none",
-            "torch_threads=1",
-            "callbacks.progress_bar.refresh_rate=0",
-            f"paths.output_dir={tmp}",
-            *overrides,
-        ]
-    )
-    return MeaningTrainer(cfg).train()["best_model_path"]
 
 
 def assert_same_meaning(original: Path, restored: Path) -> int:

@@ -2,7 +2,7 @@
 
 ::
 
-    b"MTIM" | version u8 | body length u32 | LZMA2 (raw, lc=lp=pb=0) of the body
+    b"MTIM" | version u8 | body length u32 | body CRC-32 u32 | LZMA2 (raw, lc=lp=pb=0) of it
 
 (an ``IntegerEncoder``, which files do not carry: b"MTIE", the same way). A model's body:
 context, state input, latent tables, decoder layers, absolute head, delta head (with context).
@@ -13,8 +13,8 @@ byte planes low to high). Quantized weights are small integers of one or two byt
 planes under LZMA's order-0 literal coder cost about their entropy (``benchmarks/integer_model.py``
 reports bytes per parameter).
 
-``model_from_bytes`` checks the magic, the version, the body length (at most ``MAX_BODY``) and
-decompresses at most that many bytes; every count is checked against what remains of the body
+``model_from_bytes`` checks the magic, the version, the body length (at most ``MAX_BODY``),
+decompresses at most that many bytes and checks their CRC; every count is checked against what remains of the body
 and against ``LIMITS`` before an array is allocated; then ``IntegerModel.check`` proves the
 overflow and exactness bounds. Any failure is an ``IntegerModelError``, one line.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import lzma
 import struct
+import zlib
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class _Writer:
     def pack(self, magic: bytes) -> bytes:
         body = b"".join(self.parts)
         packed = lzma.compress(body, format=lzma.FORMAT_RAW, filters=_FILTERS)
-        return magic + struct.pack("<BI", VERSION, len(body)) + packed
+        return magic + struct.pack("<BII", VERSION, len(body), zlib.crc32(body)) + packed
 
     def head(self, head: IntHead) -> None:
         layout = head.layout
@@ -246,10 +247,10 @@ class _Reader:
 
 def _unpack(data: bytes, magic: bytes, what: str) -> _Reader:
     """A reader of the body of ``data`` after checking its magic, version and length."""
-    header = len(magic) + 5
+    header = len(magic) + 9
     if len(data) < header or data[: len(magic)] != magic:
         raise IntegerModelError(f"not an integer coding {what} (bad magic)")
-    version, size = struct.unpack_from("<BI", data, len(magic))
+    version, size, crc = struct.unpack_from("<BII", data, len(magic))
     if version != VERSION:
         raise IntegerModelError(
             f"integer {what} has format version {version}; this reads {VERSION}"
@@ -263,6 +264,8 @@ def _unpack(data: bytes, magic: bytes, what: str) -> _Reader:
         raise IntegerModelError(f"integer {what} is corrupted ({e})") from None
     if len(body) != size:
         raise IntegerModelError(f"integer {what} is truncated (body shorter than recorded)")
+    if zlib.crc32(body) != crc:
+        raise IntegerModelError(f"integer {what} is corrupted (CRC mismatch)")
     return _Reader(body)
 
 
