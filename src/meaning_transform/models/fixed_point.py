@@ -41,7 +41,7 @@ _INV_BITS = 32
 #: a margin of 8x for any reassociation a BLAS may do, Strassen-like schemes included)
 EXACT_LIMIT = 2**50
 #: ``requantize`` multipliers are below 2**MULT_BITS
-MULT_BITS = 8
+MULT_BITS = 5
 #: biases (in the output's unit) are at most this in magnitude
 BIAS_LIMIT = 2**40
 #: floor(pi * 2**64): the hexadecimal digits of pi (3.243F6A8885A308D3...)

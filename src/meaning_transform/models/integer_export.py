@@ -45,14 +45,23 @@ from meaning_transform.models.integer_model import (
 #: typical magnitude of a normalized continuous input, in std (sets activation units only)
 TYPICAL_STD = 4.0
 #: default bits of a quantized weight (sign included): the decoder's travel in every file
-WEIGHT_BITS = 8
+WEIGHT_BITS = 4
+#: the absolute head of a model with context codes each agent's first state only
+FIRST_STATE_BITS = 2
 #: the encoder's weights are not stored in files: as precise as the bounds allow
 ENCODER_BITS = 12
 
 
-def export(codec: nn.Module, bottleneck: nn.Module, weight_bits: int = WEIGHT_BITS) -> IntegerModel:
-    """The IntegerModel (decoder side) of a trained ``LosslessCodec`` and its bottleneck."""
-    _check_bits(weight_bits)
+def export(
+    codec: nn.Module,
+    bottleneck: nn.Module,
+    weight_bits: int = WEIGHT_BITS,
+    first_state_bits: int = FIRST_STATE_BITS,
+) -> IntegerModel:
+    """The IntegerModel (decoder side) of a trained ``LosslessCodec`` and its bottleneck:
+    ``weight_bits`` per weight, ``first_state_bits`` for the absolute head of a model with
+    context (it codes only each agent's first state of a chunk)."""
+    _check_bits(weight_bits), _check_bits(first_state_bits)
     state = state_input(codec)
     tables = bottleneck.coding_tables()
     lowest = np.asarray(tables.lowest, dtype=np.int64)
@@ -63,10 +72,14 @@ def export(codec: nn.Module, bottleneck: nn.Module, weight_bits: int = WEIGHT_BI
     centers = bottleneck.centers.detach().double().cpu().numpy()
     layers[0] = (w, b + w[:, : codec.latent_dim] @ centers)  # the decoder reads offsets
     typical = np.concatenate([support * float(1 << INPUT_BITS), _typical_context(codec, state)])
-    body, unit = _hidden(layers, typical, weight_bits)
+    body, unit, typical = _hidden(layers, typical, weight_bits)
+    absolute_bits = first_state_bits if codec.context is not None else weight_bits
     heads = [
-        _head(head, layout, unit, weight_bits) if head is not None else None
-        for head, layout in ((codec.absolute_head, codec.absolute), (codec.delta_head, codec.delta))
+        _head(head, layout, unit, typical, bits) if head is not None else None
+        for head, layout, bits in (
+            (codec.absolute_head, codec.absolute, absolute_bits),
+            (codec.delta_head, codec.delta, weight_bits),
+        )
     ]
     model = IntegerModel(codec.context, lowest, latent_weights, state, body, heads[0], heads[1])
     model.check()
@@ -82,11 +95,11 @@ def export_encoder(
     kinds = [codec.schema.features[j].kind for j in state.source.tolist()]
     own = np.array([_typical(k, o) for k, o in zip(kinds, state.onehot.tolist(), strict=True)])
     typical = np.concatenate([own, _typical_context(codec, state)])
-    body, unit = _hidden(_float_layers(codec.encoder_body), typical, weight_bits)
+    body, unit, typical = _hidden(_float_layers(codec.encoder_body), typical, weight_bits)
     w = codec.encoder_out.weight.detach().double().cpu().numpy() * unit
     b = codec.encoder_out.bias.detach().double().cpu().numpy()
     top = OFFSET_MAX << LATENT_FRAC_BITS
-    out = _layer(w, b, 2.0**-LATENT_FRAC_BITS, weight_bits, -top, top)
+    out = _layer(w, b, typical, 2.0**-LATENT_FRAC_BITS, weight_bits, (-top, top))
     scale = float(1 << LATENT_FRAC_BITS)
     centers = np.rint(bottleneck.centers.detach().double().cpu().numpy() * scale).astype(np.int64)
     encoder = IntegerEncoder(codec.context, state, body, out, centers)
@@ -101,18 +114,20 @@ def _check_bits(weight_bits: int) -> None:
 
 def _hidden(
     layers: list[tuple[np.ndarray, np.ndarray]], typical: np.ndarray, weight_bits: int
-) -> tuple[tuple[IntLayer, ...], float]:
+) -> tuple[tuple[IntLayer, ...], float, np.ndarray]:
     """Float ReLU layers on integer inputs in units of 2**-INPUT_BITS (typical magnitudes
-    ``typical``) -> IntLayers, and the real value of one unit of the last one's output."""
+    ``typical``) -> IntLayers, the real value of one unit of the last one's output and the
+    typical magnitudes of its outputs."""
     unit = 2.0**-INPUT_BITS
     body = []
+    top = (1 << ACT_BITS) - 1
     for w, b in layers:
         bound = np.abs(w * unit) @ typical + np.abs(b)
-        out_unit = max(float(bound.max(initial=0.0)), 1e-30) / ((1 << ACT_BITS) - 1)
-        body.append(_layer(w * unit, b, out_unit, weight_bits, 0, (1 << ACT_BITS) - 1))
-        typical = np.minimum(bound / out_unit, (1 << ACT_BITS) - 1)
+        out_unit = max(float(bound.max(initial=0.0)), 1e-30) / top
+        body.append(_layer(w * unit, b, typical, out_unit, weight_bits, (0, top)))
+        typical = np.minimum(bound / out_unit, top)
         unit = out_unit
-    return tuple(body), unit
+    return tuple(body), unit, typical
 
 
 def integer_weights(p: np.ndarray) -> np.ndarray:
@@ -216,16 +231,29 @@ def _typical_context(codec: nn.Module, state: StateInput) -> np.ndarray:
     return np.concatenate([prev, np.full(extra, float(1 << INPUT_BITS))])
 
 
-def _layer(w: np.ndarray, b: np.ndarray, out_unit: float, bits: int, lo: int, hi: int) -> IntLayer:
-    """A float layer on integer inputs (``w`` already in input units) -> IntLayer whose output
-    is in ``out_unit``."""
+def _layer(
+    w: np.ndarray,
+    b: np.ndarray,
+    typical: np.ndarray,
+    out_unit: float,
+    bits: int,
+    clamp: tuple[int, int],
+) -> IntLayer:
+    """A float layer on integer inputs (``w`` already in input units, inputs of magnitude
+    about ``typical``) -> IntLayer whose output is in ``out_unit``. The biases are rounded to
+    ``2**bias_shift`` output units, 16x finer than the weight steps' effect on a typical input
+    (so their rounding adds at most 1/256 to the quantization noise)."""
     qmax = (1 << (bits - 1)) - 1
     mult, shift = _steps(np.abs(w).max(axis=1, initial=0.0) / qmax / out_unit)
-    step = mult / 2.0**shift * out_unit  # per row: the real value of one weight step
-    weight = np.rint(w / np.where(step > 0, step, 1.0)[:, None]).astype(np.int64)
+    step = mult / 2.0**shift  # per row: output units of one weight step times one input unit
+    weight = np.rint(w / np.where(step > 0, step * out_unit, 1.0)[:, None])
     weight[step == 0] = 0
-    bias = np.clip(np.rint(b / out_unit), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int64)
-    return IntLayer(weight, bias, mult, shift, lo, hi)
+    effect = step[step > 0] * float(np.linalg.norm(typical)) / 16
+    bias_shift = int(np.clip(np.floor(np.log2(effect.min())), 0, 40)) if effect.size else 0
+    bias = np.rint(b / out_unit / 2.0**bias_shift)
+    limit = BIAS_LIMIT >> bias_shift
+    bias = np.clip(bias, -limit, limit).astype(np.int64)
+    return IntLayer(weight.astype(np.int64), bias, mult, shift, *clamp, bias_shift)
 
 
 def _steps(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,10 +276,11 @@ def _steps(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mult, shift
 
 
-def _head(head: nn.Module, layout, unit: float, bits: int) -> IntHead:
-    """A float ``_Head`` whose inputs are in ``unit`` -> IntHead (logits in 2**-LOGIT_BITS bits)."""
+def _head(head: nn.Module, layout, unit: float, typical: np.ndarray, bits: int) -> IntHead:
+    """A float ``_Head`` whose inputs are in ``unit`` (magnitudes about ``typical``) ->
+    IntHead (logits in 2**-LOGIT_BITS bits)."""
     w = head.coef.weight.detach().double().cpu().numpy() * unit
     b = head.coef.bias.detach().double().cpu().numpy()
     logit_unit = math.log(2.0) * 2.0**-LOGIT_BITS  # natural-log logits
-    coef = _layer(w, b, logit_unit, bits, -LOGIT_MAX, LOGIT_MAX)
+    coef = _layer(w, b, typical, logit_unit, bits, (-LOGIT_MAX, LOGIT_MAX))
     return IntHead(coef, layout, np.array(head.coefs, dtype=np.int64))

@@ -8,10 +8,11 @@
 context, state input, latent tables, decoder layers, absolute head, delta head (with context).
 
 The body is a sequence of fields, little-endian: small integers as unsigned LEB128 varints,
-integer arrays as (zigzag width code u8, count varint, that many zigzag integers of that width,
-byte planes low to high). Quantized weights are small integers of one or two bytes, so the
-planes under LZMA's order-0 literal coder cost about their entropy (``benchmarks/integer_model.py``
-reports bytes per parameter).
+integer arrays as (width code, count) then their zigzag integers: at least 64 of them below 32
+(quantized weights up to 5 bits) range-coded under their own histogram, sent first as varints, so they cost
+about their order-0 entropy (integer frequencies, kept exactly by constriction); others as byte
+planes, low to high, of 1, 2, 4 or 8 bytes each (``benchmarks/integer_model.py`` reports bytes
+per parameter).
 
 ``model_from_bytes`` checks the magic, the version, the body length (at most ``MAX_BODY``),
 decompresses at most that many bytes and checks their CRC; every count is checked against what remains of the body
@@ -25,9 +26,11 @@ import lzma
 import struct
 import zlib
 
+import constriction
 import numpy as np
 
 from meaning_transform.errors import DataError
+from meaning_transform.models.fixed_point import PRECISION
 from meaning_transform.models.integer_model import (
     CONTEXTS,
     IntegerEncoder,
@@ -55,6 +58,17 @@ LIMITS = {
 MAX_BODY = 8 * LIMITS["parameters"] + (1 << 24)
 _FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 0, "lp": 0, "pb": 0}]
 _WIDTHS = (1, 2, 4, 8)  # bytes per zigzag integer, by width code
+#: arrays of at least _CODED_MIN values below _CODED_ALPHABET are range-coded (width code 4)
+_CODED, _CODED_MIN, _CODED_ALPHABET = len(_WIDTHS), 64, 32
+
+
+def _histogram_model(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    """The coding model of an array's histogram, in integers (``fixed_point.frequencies``'
+    construction: weights summing to 2**24 - N that constriction keeps exactly)."""
+    free = (1 << PRECISION) - len(counts)
+    q = counts * free // max(int(counts.sum()), 1)
+    q[np.argmax(counts)] += free - q.sum()
+    return constriction.stream.model.Categorical(q.astype(np.float32), perfect=False)
 
 
 class IntegerModelError(DataError):
@@ -85,17 +99,34 @@ class _Writer:
         v = np.asarray(values, dtype=np.int64).ravel()
         zig = ((v << 1) ^ (v >> 63)).astype(np.uint64)  # zigzag: small magnitudes, small codes
         top = int(zig.max(initial=0))
+        if len(v) >= _CODED_MIN and top < _CODED_ALPHABET:
+            self._coded(zig.astype(np.int64), top + 1)
+            return
         code = next(i for i, w in enumerate(_WIDTHS) if top < 1 << (8 * w))
         self.uint(code)
         self.uint(len(v))
         planes = zig.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : _WIDTHS[code]]
         self.parts.append(np.ascontiguousarray(planes.T).tobytes())
 
+    def _coded(self, symbols: np.ndarray, alphabet: int) -> None:
+        """Range-coded under the array's own histogram (sent first): about its entropy."""
+        counts = np.bincount(symbols, minlength=alphabet)
+        self.uint(_CODED), self.uint(len(symbols)), self.uint(alphabet)
+        for c in counts.tolist():
+            self.uint(c)
+        words = np.zeros(0, dtype=np.uint32)
+        if alphabet > 1:
+            encoder = constriction.stream.queue.RangeEncoder()
+            encoder.encode(symbols.astype(np.int32), _histogram_model(counts))
+            words = encoder.get_compressed()
+        self.uint(len(words))
+        self.parts.append(words.astype("<u4").tobytes())
+
     def layer(self, layer: IntLayer) -> None:
         self.uint(layer.weight.shape[0]), self.uint(layer.weight.shape[1])
         for values in (layer.weight, layer.bias, layer.mult, layer.shift):
             self.array(values)
-        self.sint(layer.lo), self.sint(layer.hi)
+        self.sint(layer.lo), self.sint(layer.hi), self.uint(layer.bias_shift)
 
     def state(self, state: StateInput) -> None:
         self.uint(state.num_features)
@@ -181,16 +212,33 @@ class _Reader:
         return z >> 1 if not z & 1 else -(z >> 1) - 1
 
     def array(self, what: str, count: int | None = None, limit: int = 0) -> np.ndarray:
-        code = self.uint(f"{what} width", len(_WIDTHS) - 1)
+        code = self.uint(f"{what} width", _CODED)
         n = self.uint(f"{what} length", count if count is not None else limit)
         if count is not None and n != count:
             raise IntegerModelError(f"integer model: {what} has {n} values, expected {count}")
+        if code == _CODED:
+            zig = self._coded(what, n)
+            return (zig >> 1) ^ -(zig & 1)
         width = _WIDTHS[code]
         raw = np.frombuffer(self._take(n * width, what), dtype=np.uint8).reshape(width, n)
         planes = np.zeros((n, 8), dtype=np.uint8)
         planes[:, :width] = raw.T
         zig = planes.view("<u8").ravel()
         return ((zig >> np.uint64(1)).astype(np.int64)) ^ -(zig & np.uint64(1)).astype(np.int64)
+
+    def _coded(self, what: str, n: int) -> np.ndarray:
+        alphabet = self.uint(f"{what} alphabet", _CODED_ALPHABET)
+        counts = np.array([self.uint(f"{what} count", n) for _ in range(alphabet)], np.int64)
+        if alphabet < 1 or int(counts.sum()) != n:
+            raise IntegerModelError(f"integer model: {what} histogram does not add up")
+        words = np.frombuffer(self._take(4 * self.uint(f"{what} words", n), what), "<u4")
+        if alphabet == 1:
+            return np.zeros(n, dtype=np.int64)
+        try:
+            decoder = constriction.stream.queue.RangeDecoder(words.astype(np.uint32))
+            return decoder.decode(_histogram_model(counts), n).astype(np.int64)
+        except Exception as e:  # noqa: BLE001 - any failure is the data's
+            raise IntegerModelError(f"integer model: {what} does not decode ({e})") from None
 
     def layer(self, what: str, width: int | None) -> IntLayer:
         out = self.uint(f"{what} outputs", LIMITS["parameters"])
@@ -204,7 +252,8 @@ class _Reader:
             )
         weight = self.array(f"{what} weights", out * n_in).reshape(out, n_in)
         bias, mult, shift = (self.array(f"{what} {k}", out) for k in ("biases", "mult", "shift"))
-        return IntLayer(weight, bias, mult, shift, self.sint(f"{what} lo"), self.sint(f"{what} hi"))
+        lo, hi = self.sint(f"{what} lo"), self.sint(f"{what} hi")
+        return IntLayer(weight, bias, mult, shift, lo, hi, self.uint(f"{what} bias shift", 40))
 
     def state(self) -> StateInput:
         features = self.uint("features", LIMITS["features"])

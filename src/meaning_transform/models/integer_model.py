@@ -76,7 +76,8 @@ assert RUN_CAP == 1 << 5 and FLOOR_WEIGHT >= 1  # runs scale exactly into INPUT_
 
 @dataclass(frozen=True, eq=False)
 class IntLayer:
-    """``clip(round(x @ weight.T * mult / 2**shift) + bias, lo, hi)`` per output row."""
+    """``clip(round(x @ weight.T * mult / 2**shift) + bias * 2**bias_shift, lo, hi)`` per
+    output row."""
 
     weight: np.ndarray  # int64 [out, in]
     bias: np.ndarray  # int64 [out], in the output's unit
@@ -84,6 +85,7 @@ class IntLayer:
     shift: np.ndarray  # int64 [out], -62 <= shift <= 62 (negative: a left shift)
     lo: int
     hi: int
+    bias_shift: int = 0  # the biases are in units of 2**bias_shift output units
 
     @cached_property
     def weight_t(self) -> np.ndarray:
@@ -93,7 +95,11 @@ class IntLayer:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """int64 [B, in] -> int64 [B, out]."""
         acc = exact_matmul(x, self.weight_t)
-        return requantize(acc, self.mult, self.shift, self.bias, self.lo, self.hi)
+        return requantize(acc, self.mult, self.shift, self._bias, self.lo, self.hi)
+
+    @cached_property
+    def _bias(self) -> np.ndarray:
+        return self.bias << self.bias_shift
 
     def check(self, x_max: np.ndarray, what: str) -> np.ndarray:
         """Raise ValueError unless inputs bounded by ``x_max`` keep every product exact and
@@ -103,7 +109,9 @@ class IntLayer:
             raise ValueError(f"{what}: shapes do not fit")
         bound = product_bound(self.weight, x_max)
         check_exact(float(bound.max(initial=0)), what)
-        check_requantize(bound, self.mult, self.shift, self.bias, what)
+        if not 0 <= self.bias_shift <= 40:
+            raise ValueError(f"{what}: bias shift out of range")
+        check_requantize(bound, self.mult, self.shift, self._bias, what)
         if not -(1 << 62) < self.lo <= self.hi < 1 << 62:
             raise ValueError(f"{what}: clamp out of range")
         return np.full(out, max(abs(self.lo), abs(self.hi)), dtype=np.int64)
