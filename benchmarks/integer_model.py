@@ -8,9 +8,9 @@ coded as one chunk:
   bottleneck, the grid symbols under ``log_probs``), and the float coding path as it was before
   the integer model (commit ``--float-ref``, extracted with ``git archive`` and run in a
   subprocess: float32 probabilities, ``deterministic_threads``): real coded bits and speed;
-- ``int<w>/<a>``: the integer model exported with ``w``-bit weights and an ``a``-bit absolute
-  head (``integer_export.export``; the absolute head codes only each agent's first state with
-  context) and the integer encoder: estimated and real coded bits, the serialized model's bytes
+- ``int<b>/<h>/<f>``: the integer model exported with ``b``-bit weights in the hidden layers,
+  ``h``-bit in the delta head and ``f``-bit in the absolute head (``integer_export.WeightBits``;
+  with context the absolute head codes only each agent's first state) and the integer encoder: estimated and real coded bits, the serialized model's bytes
   (what a file carries) and bytes per stored parameter, encode (latents included) and decode
   speed; ``total`` is the model and the streams together, as a self-contained file of the test
   agents would carry them.
@@ -19,7 +19,7 @@ Speeds are the best of ``--repeats`` runs of coding the chunk (states/s, one tor
 the machine is a shared 2-core one.
 
     python benchmarks/integer_model.py                   # both shared dbs, 40 epochs
-    python benchmarks/integer_model.py --epochs 5 --bits 8/8 4/2
+    python benchmarks/integer_model.py --epochs 5 --bits 8/8/8 8/5/2
 
 Prints a table and writes benchmarks/results/integer_model.json.
 """
@@ -52,7 +52,11 @@ from meaning_transform.codec.chunks import decode_chunk, encode_chunk  # noqa: E
 from meaning_transform.codec.model import load_model  # noqa: E402
 from meaning_transform.config import instantiate_checked  # noqa: E402
 from meaning_transform.data.context import has_previous, steps_unchanged  # noqa: E402
-from meaning_transform.models.integer_export import export, export_encoder  # noqa: E402
+from meaning_transform.models.integer_export import (  # noqa: E402
+    WeightBits,
+    export,
+    export_encoder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the last commit whose codec coded with float32 probabilities
@@ -105,9 +109,9 @@ def float_estimate(module: Any, symbols: np.ndarray, flag: np.ndarray) -> float:
 
 
 def integer_run(module: Any, symbols: np.ndarray, flag: np.ndarray, bits: str, repeats: int):
-    """Export with ``bits`` ("weights/absolute head") and code the chunk: sizes, bits, speeds."""
-    weight_bits, first_state_bits = (int(b) for b in bits.split("/"))
-    model = export(module.codec, module.bottleneck, weight_bits, first_state_bits)
+    """Export with ``bits`` ("body/head/first state") and code the chunk: sizes, bits, speeds."""
+    weight_bits = WeightBits(*(int(b) for b in bits.split("/")))
+    model = export(module.codec, module.bottleneck, weight_bits)
     encoder = export_encoder(module.codec, module.bottleneck)
     enc = dec = float("inf")
     for _ in range(repeats):
@@ -119,8 +123,7 @@ def integer_run(module: Any, symbols: np.ndarray, flag: np.ndarray, bits: str, r
         dec = min(dec, time.perf_counter() - t)
     n, blob = len(symbols), model.to_bytes()
     return {
-        "weight_bits": weight_bits,
-        "first_state_bits": first_state_bits,
+        "weight_bits": weight_bits._asdict(),
         "model_bytes": len(blob),
         "total_bytes": len(blob) + chunk.num_bytes,
         "parameters": model.num_parameters,
@@ -184,14 +187,14 @@ def table(results: dict[str, Any], bits: list[str]) -> str:
     lines = [
         "test agents of each db as one chunk; bits/state (estimate, coded); model bytes (bytes per "
         "parameter); states/s (encode / decode)",
-        f"{'db':<12} {'path':<7} {'estimate':>9} {'coded':>7} {'vs float':>8} "
+        f"{'db':<12} {'path':<10} {'estimate':>9} {'coded':>7} {'vs float':>8} "
         f"{'model bytes':>15} {'total':>7} {'encode/s':>9} {'decode/s':>9}",
     ]
     for name, r in results["data"].items():
         f = r["float"]
         ref = f["coded_bits_per_state"]
         lines.append(
-            f"{name:<12} {'float':<7} {f['estimated_bits_per_state']:>9.4f} {ref:>7.4f} "
+            f"{name:<12} {'float':<10} {f['estimated_bits_per_state']:>9.4f} {ref:>7.4f} "
             f"{'':>8} {'':>15} {'':>7} {f['encode_states_per_s']:>9,.0f} "
             f"{f['decode_states_per_s']:>9,.0f}"
         )
@@ -199,7 +202,7 @@ def table(results: dict[str, Any], bits: list[str]) -> str:
             i = r[f"int{b}"]
             size = f"{i['model_bytes']:,} ({i['bytes_per_parameter']:.2f})"
             lines.append(
-                f"{'':<12} {'int' + b:<7} {i['estimated_bits_per_state']:>9.4f} "
+                f"{'':<12} {'int' + b:<10} {i['estimated_bits_per_state']:>9.4f} "
                 f"{i['coded_bits_per_state']:>7.4f} "
                 f"{100 * (i['coded_bits_per_state'] / ref - 1):>+7.2f}% {size:>15} "
                 f"{i['total_bytes']:>7,} {i['encode_states_per_s']:>9,.0f} "
@@ -220,7 +223,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
-        "--bits", nargs="+", default=["8/8", "6/6", "5/2", "4/2", "3/2"], help="weights/absolute"
+        "--bits",
+        nargs="+",
+        default=["12/12/12", "8/8/8", "8/6/2", "8/5/2", "8/4/2", "6/5/2", "5/5/2", "4/4/2"],
+        help="body/head/first-state bits",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--float-ref", default=FLOAT_REF)

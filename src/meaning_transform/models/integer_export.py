@@ -6,9 +6,9 @@ within +-TYPICAL_STD, 0/1 inputs, the latent tables' support), never from a cali
 the integer model is a function of the checkpoint. Activations have 24 bits, so a typical range
 that overstates the real one 100x still leaves 2**17 levels below it.
 
-- Each layer's weights are quantized per output row, symmetric, to ``weight_bits``: the row's
-  step is ``mult / 2**shift`` output units with ``mult`` in ``[2**7, 2**8)``, the smallest such
-  step that keeps the row's largest weight within ``2**(weight_bits - 1) - 1``, so the integer
+- Each layer's weights are quantized per output row, symmetric, to its ``WeightBits``: the row's
+  step is ``mult / 2**shift`` output units with ``mult`` in ``[2**4, 2**5)``, the smallest such
+  step that keeps the row's largest weight within ``2**(bits - 1) - 1``, so the integer
   rescale is exact for the quantized weights; biases are rounded in the output's unit: hidden
   layers ``typical bound / (2**ACT_BITS - 1)`` (a common unit per layer), heads 2**-LOGIT_BITS
   bits (natural-log logits / ln 2).
@@ -23,6 +23,7 @@ The export asserts every bound (``IntegerModel.check``) before returning.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,24 +45,31 @@ from meaning_transform.models.integer_model import (
 
 #: typical magnitude of a normalized continuous input, in std (sets activation units only)
 TYPICAL_STD = 4.0
-#: default bits of a quantized weight (sign included): the decoder's travel in every file
-WEIGHT_BITS = 4
-#: the absolute head of a model with context codes each agent's first state only
-FIRST_STATE_BITS = 2
+
+
+class WeightBits(NamedTuple):
+    """Bits of a quantized weight (sign included) in each part of the decoder, which travels in
+    every file. Measured on the shared databases (``benchmarks/integer_model.py``): the hidden
+    layers are the most sensitive and the smallest part, the head that codes most states next;
+    the absolute head of a model with context codes each agent's first state only."""
+
+    body: int = 8
+    head: int = 5
+    first_state: int = 2
+
+
+DEFAULT_BITS = WeightBits()
 #: the encoder's weights are not stored in files: as precise as the bounds allow
 ENCODER_BITS = 12
 
 
 def export(
-    codec: nn.Module,
-    bottleneck: nn.Module,
-    weight_bits: int = WEIGHT_BITS,
-    first_state_bits: int = FIRST_STATE_BITS,
+    codec: nn.Module, bottleneck: nn.Module, bits: WeightBits = DEFAULT_BITS
 ) -> IntegerModel:
-    """The IntegerModel (decoder side) of a trained ``LosslessCodec`` and its bottleneck:
-    ``weight_bits`` per weight, ``first_state_bits`` for the absolute head of a model with
-    context (it codes only each agent's first state of a chunk)."""
-    _check_bits(weight_bits), _check_bits(first_state_bits)
+    """The IntegerModel (decoder side) of a trained ``LosslessCodec`` and its bottleneck, with
+    ``bits`` per weight (the absolute head of a model without context is its main head)."""
+    for b in bits:
+        _check_bits(b)
     state = state_input(codec)
     tables = bottleneck.coding_tables()
     lowest = np.asarray(tables.lowest, dtype=np.int64)
@@ -72,13 +80,13 @@ def export(
     centers = bottleneck.centers.detach().double().cpu().numpy()
     layers[0] = (w, b + w[:, : codec.latent_dim] @ centers)  # the decoder reads offsets
     typical = np.concatenate([support * float(1 << INPUT_BITS), _typical_context(codec, state)])
-    body, unit, typical = _hidden(layers, typical, weight_bits)
-    absolute_bits = first_state_bits if codec.context is not None else weight_bits
+    body, unit, typical = _hidden(layers, typical, bits.body)
+    absolute_bits = bits.first_state if codec.context is not None else bits.head
     heads = [
-        _head(head, layout, unit, typical, bits) if head is not None else None
-        for head, layout, bits in (
+        _head(head, layout, unit, typical, b) if head is not None else None
+        for head, layout, b in (
             (codec.absolute_head, codec.absolute, absolute_bits),
-            (codec.delta_head, codec.delta, weight_bits),
+            (codec.delta_head, codec.delta, bits.head),
         )
     ]
     model = IntegerModel(codec.context, lowest, latent_weights, state, body, heads[0], heads[1])

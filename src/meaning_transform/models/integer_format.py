@@ -166,7 +166,7 @@ def model_to_bytes(model: IntegerModel) -> bytes:
     w.head(model.absolute)
     if model.delta is not None:
         w.head(model.delta)
-    return w.pack(MAGIC)
+    return _readable(w.pack(MAGIC), model_from_bytes)
 
 
 def encoder_to_bytes(encoder: IntegerEncoder) -> bytes:
@@ -177,7 +177,16 @@ def encoder_to_bytes(encoder: IntegerEncoder) -> bytes:
     w.layers(encoder.body)
     w.layer(encoder.out)
     w.array(encoder.centers)
-    return w.pack(MAGIC_ENCODER)
+    return _readable(w.pack(MAGIC_ENCODER), encoder_from_bytes)
+
+
+def _readable(data: bytes, read) -> bytes:
+    """``data`` after reading it back: what is written is what a reader accepts (LIMITS)."""
+    try:
+        read(data)
+    except IntegerModelError as e:
+        raise ValueError(f"the integer model exceeds what its format allows: {e}") from None
+    return data
 
 
 # ---------------------------------------------------------------------- reading

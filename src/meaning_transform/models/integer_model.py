@@ -12,11 +12,11 @@ machine does identically (``fixed_point.py``):
   from its grid symbols (``StateInput``: one-hot categories, 0/1 flags, continuous features as
   ``(cell * a + b) >> shift`` with the cells that predicate thresholds split looked up in a
   table), the flag, the capped unchanged counts and the parities (exact: ``RUN_CAP`` is 2**5);
-- **layers** (``IntLayer``): integer weights (``weight_bits``, symmetric per output row), an
+- **layers** (``IntLayer``): integer weights (``WeightBits``, symmetric per output row), an
   exact float64 product (``exact_matmul``; ``check`` proves every partial sum is an integer
   below 2**50 from the stored weights and the inputs' clamps), a per-row integer multiplier and
-  shift to the output's unit, an integer bias in that unit, ReLU as the clamp
-  ``[0, 2**ACT_BITS - 1]``;
+  shift to the output's unit, an integer bias (in ``2**bias_shift`` output units), ReLU as the
+  clamp ``[0, 2**ACT_BITS - 1]``;
 - **heads** (``IntHead``): the same for the coefficients, then the absolute head's smooth bins
   through the integer cosine table, giving integer logits in units of 2**-10 bits, and the
   integer softmax with the float model's floor (``fixed_point.frequencies``): integer weights
@@ -143,13 +143,16 @@ class StateInput:
         return len(self.keys)
 
     @cached_property
-    def _plan(self) -> tuple[np.ndarray, ...]:
-        """(one-hot columns, linear columns, features with keys, features with split cells)."""
+    def _plan(self) -> tuple[np.ndarray, np.ndarray, list[int], list[tuple[int, int]]]:
+        """(one-hot columns, linear columns, features with keys, (feature, its linear column)
+        of the features with split cells)."""
+        linear = np.flatnonzero(~self.onehot)
+        column = {int(self.source[c]): int(c) for c in linear}
         return (
             np.flatnonzero(self.onehot),
-            np.flatnonzero(~self.onehot),
-            np.array([f for f, k in enumerate(self.keys) if len(k)], dtype=np.int64),
-            np.array([f for f, t in enumerate(self.split) if len(t)], dtype=np.int64),
+            linear,
+            [f for f, k in enumerate(self.keys) if len(k)],
+            [(f, column[f]) for f, t in enumerate(self.split) if len(t) and f in column],
         )
 
     def __call__(self, symbols: np.ndarray) -> np.ndarray:
@@ -159,18 +162,16 @@ class StateInput:
         src = self.source
         out[:, onehot] = (symbols[:, src[onehot]] == self.a[onehot]).astype(np.int64) << INPUT_BITS
         cells = symbols.copy()
-        for f in keyed.tolist():
+        for f in keyed:
             cells[:, f] -= np.searchsorted(self.keys[f], symbols[:, f], side="right")
         cells = np.minimum(np.maximum(cells[:, src[linear]], -CELL_MAX), CELL_MAX)
         x = (cells * self.a[linear] + self.b[linear]) >> self.shift[linear]
         out[:, linear] = np.minimum(np.maximum(x, -INPUT_MAX), INPUT_MAX)
-        for f in split.tolist():  # cells a predicate threshold splits: their own inputs
+        for f, c in split:  # cells a predicate threshold splits: their own inputs
             table, s = self.split[f], symbols[:, f]
             at = np.minimum(np.searchsorted(table, s), len(table) - 1)
-            hit = table[at] == s
-            if hit.any():
-                cols = linear[src[linear] == f]
-                out[np.ix_(hit, cols)] = self.split_x[f][at[hit]][:, None]
+            rows = np.flatnonzero(table[at] == s)
+            out[rows, c] = self.split_x[f][at[rows]]
         return out
 
     def bounds(self) -> np.ndarray:
