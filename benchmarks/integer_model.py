@@ -48,10 +48,10 @@ from _results import write_results  # noqa: E402
 from codec import REAL, train  # noqa: E402
 
 from meaning_transform.api import load_config  # noqa: E402
-from meaning_transform.codec.chunks import decode_chunk, encode_chunk  # noqa: E402
+from meaning_transform.codec.chunks import decode_chunk, encode_chunk, float_bits  # noqa: E402
 from meaning_transform.codec.model import load_model  # noqa: E402
 from meaning_transform.config import instantiate_checked  # noqa: E402
-from meaning_transform.data.context import has_previous, steps_unchanged  # noqa: E402
+from meaning_transform.data.context import has_previous  # noqa: E402
 from meaning_transform.models.integer_export import (  # noqa: E402
     WeightBits,
     export,
@@ -93,19 +93,6 @@ def float_reference_source(commit: str, work: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(work / "float_ref", filter="data")
     return work / "float_ref" / "src"
-
-
-@torch.no_grad()
-def float_estimate(module: Any, symbols: np.ndarray, flag: np.ndarray) -> float:
-    """Bits the float model itself prices the chunk at (latent and grid symbols, escapes)."""
-    codec, bottleneck = module.codec, module.bottleneck
-    prev = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
-    ctx = codec.context_input(prev, flag, steps_unchanged(symbols, flag))
-    z = bottleneck.quantize(codec.encode(symbols, ctx))
-    bits = float(-torch.log2(bottleneck.likelihood(z)).sum())
-    absolute = codec.nll_bits(codec.log_probs(z, ctx, False), symbols, None, False)
-    delta = codec.nll_bits(codec.log_probs(z, ctx, True), symbols, prev, True)
-    return bits + float(torch.where(torch.from_numpy(flag), delta, absolute).sum())
 
 
 def integer_run(module: Any, symbols: np.ndarray, flag: np.ndarray, bits: str, repeats: int):
@@ -174,7 +161,7 @@ def bench(name: str, db: Path, args: argparse.Namespace, work: Path, src: Path) 
         "test_states": n,
         "train_seconds": time.perf_counter() - t,
         "epochs": summary.get("epochs_run", summary.get("best_epoch")),
-        "float_model_estimate_bits_per_state": float_estimate(module, symbols, flag) / n,
+        "float_model_estimate_bits_per_state": float_bits(module, symbols, flag) / n,
         "float": float_run(ckpt, chunk_dir, src, n, args.repeats),
     }
     for bits in args.bits:

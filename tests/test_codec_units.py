@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk
+from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk, float_bits
 from meaning_transform.codec.columns import decode_columns, encode_columns, runs
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
 from meaning_transform.data.context import has_previous, split_batch, with_previous
@@ -158,11 +158,14 @@ def test_chunk_round_trip_is_exact_and_within_one_percent(context) -> None:
     # an out-of-range value must escape and still round-trip
     symbols[5, 0] += 10_000
     model = export(codec, module.bottleneck)
+    assert (model.absolute.coefs < model.absolute.layout.n).any()  # smooth bins: cosine tables
     offsets = export_encoder(codec, module.bottleneck).offsets(symbols, flag)
     chunk = encode_chunk(model, symbols, flag, offsets)
     decoded = decode_chunk(model, chunk.z_words, chunk.x_words, flag)
     assert np.array_equal(decoded, symbols)
     assert abs(8 * chunk.num_bytes / chunk.estimated_bits - 1) < 0.01
+    # quantization costs little against the float model's own price of the same chunk
+    assert abs(chunk.estimated_bits / float_bits(module, symbols, flag) - 1) < 0.02
     with pytest.raises(ValueError):  # another model's bytes do not decode quietly
         other, _ = _codec(context, n=3000, seed=1)
         other_model = export(other.codec, other.bottleneck)

@@ -256,10 +256,28 @@ def _tables(layout: Any) -> tuple[list[int], list[bool], np.ndarray, np.ndarray]
     )
 
 
+@torch.no_grad()
+def float_bits(module: Any, symbols: np.ndarray, flag: np.ndarray) -> float:
+    """Bits the float model itself prices a chunk at (its latent under the bottleneck, its grid
+    symbols under ``log_probs``, escapes included): what the integer model is measured against."""
+    codec, bottleneck = module.codec, module.bottleneck
+    flag = np.asarray(flag, dtype=bool) & bool(codec.context)
+    prev = np.where(flag[:, None], np.roll(symbols, 1, axis=0), 0)
+    runs = steps_unchanged(symbols, flag) if codec.context == "history" else None
+    ctx = codec.context_input(prev, flag, runs)
+    z = bottleneck.quantize(codec.encode(symbols, ctx))
+    bits = codec.nll_bits(codec.log_probs(z, ctx, False), symbols, None, False)
+    if codec.context:
+        delta = codec.nll_bits(codec.log_probs(z, ctx, True), symbols, prev, True)
+        bits = torch.where(torch.from_numpy(flag), delta, bits)
+    return float(-torch.log2(bottleneck.likelihood(z)).sum()) + float(bits.sum())
+
+
 def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) -> dict[str, Any]:
     """Code a batch of data-tensor rows (in (agent, step) order) as one chunk with the module's
-    integer model and encoder (``integer_export``): estimated vs coded bits per state, and
-    whether it decodes back exactly (``MeaningModule.code``)."""
+    integer model and encoder (``integer_export``): estimated vs coded bits per state, whether
+    it decodes back exactly, the model's bytes and the float model's own estimate
+    (``MeaningModule.code``)."""
     codec = module.codec
     symbols = codec.symbols(x.cpu())
     flag = np.zeros(len(symbols), dtype=bool)
@@ -282,4 +300,5 @@ def coding_report(module: Any, x: torch.Tensor, context: torch.Tensor | None) ->
         "exact": bool(np.array_equal(decoded, symbols)),
         "coded": ["latent", "grid"],
         "model_bytes": len(model.to_bytes()),
+        "float_estimated_bits_per_state": float_bits(module, symbols, flag) / n,
     }

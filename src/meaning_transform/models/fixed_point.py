@@ -110,9 +110,15 @@ def check_exact(bound: float, what: str) -> None:
         raise ValueError(f"{what}: integer products may reach {bound:.3g} >= 2**50")
 
 
+def magnitude(x: np.ndarray) -> np.ndarray:
+    """|x| as float64 (int64's own abs wraps -2**63 to itself, which a crafted file can hold)."""
+    return np.abs(np.asarray(x).astype(np.float64))
+
+
 def product_bound(weight: np.ndarray, x_max: np.ndarray) -> np.ndarray:
-    """Per output row of ``weight`` [out, in], the largest |sum_i w_i x_i| for |x_i| <= x_max."""
-    return np.abs(weight).astype(np.float64) @ np.asarray(x_max, dtype=np.float64)
+    """Per output row of ``weight`` [out, in], the largest |sum_i w_i x_i| for |x_i| <= x_max
+    (float64: within a factor 1 + 2**-50 of the exact bound, which the limits leave room for)."""
+    return magnitude(weight) @ magnitude(x_max)
 
 
 def exact_matmul(x: np.ndarray, weight_t: np.ndarray) -> np.ndarray:
@@ -139,7 +145,7 @@ def check_requantize(
     keeps every intermediate below 2**62 in magnitude."""
     if ((mult < 0) | (mult >= 1 << MULT_BITS)).any() or ((shift < -62) | (shift > 62)).any():
         raise ValueError(f"{what}: multipliers or shifts out of range")
-    if (np.abs(bias) > BIAS_LIMIT).any():
+    if (magnitude(bias) > BIAS_LIMIT).any():
         raise ValueError(f"{what}: biases out of range")
     scaled = bound * mult.astype(np.float64) * 2.0 ** np.maximum(-shift, 0)
     if not (scaled + 2.0 ** np.maximum(shift, 0)).max(initial=0) < 2**62:

@@ -52,6 +52,7 @@ LIMITS = {
     "features": 1024,
     "latent": 256,
     "bins": 4096,  # bins of one feature in a head
+    "head bins": 65536,  # bins of all features of a head (bounds the cosine tables' work)
     "table": 65536,  # values in one latent table, keys or split cells of one feature
 }
 #: the largest body (the parameters at 8 bytes each, and room for the tables)
@@ -299,6 +300,10 @@ class _Reader:
         )
         if (n < 1).any() or (n > LIMITS["bins"]).any() or ((escape != 0) & (escape != 1)).any():
             raise IntegerModelError(f"integer model: {what} bins out of range")
+        if int(n.sum()) > LIMITS["head bins"]:
+            raise IntegerModelError(
+                f"integer model: {what} has more than {LIMITS['head bins']} bins"
+            )
         layout = HeadLayout(lo, n, escape.astype(bool), modulo)
         return IntHead(self.layer(f"{what} coefficients", width), layout, coefs)
 

@@ -40,6 +40,7 @@ import numpy as np
 from meaning_transform.data.context import steps_unchanged
 from meaning_transform.models.bottlenecks.coding import CodingTables
 from meaning_transform.models.fixed_point import (
+    BIAS_LIMIT,
     COS_BITS,
     LOGIT_BITS,
     PRECISION,
@@ -48,6 +49,7 @@ from meaning_transform.models.fixed_point import (
     cosine_table,
     exact_matmul,
     frequencies,
+    magnitude,
     product_bound,
     requantize,
 )
@@ -109,8 +111,11 @@ class IntLayer:
             raise ValueError(f"{what}: shapes do not fit")
         bound = product_bound(self.weight, x_max)
         check_exact(float(bound.max(initial=0)), what)
-        if not 0 <= self.bias_shift <= 40:
-            raise ValueError(f"{what}: bias shift out of range")
+        if (
+            not 0 <= self.bias_shift <= 40
+            or (magnitude(self.bias) * 2.0**self.bias_shift > BIAS_LIMIT).any()
+        ):
+            raise ValueError(f"{what}: biases out of range")  # (before they are shifted)
         check_requantize(bound, self.mult, self.shift, self._bias, what)
         if not -(1 << 62) < self.lo <= self.hi < 1 << 62:
             raise ValueError(f"{what}: clamp out of range")
@@ -188,14 +193,18 @@ class StateInput:
         if c and (self.source.min() < 0 or self.source.max() >= f):
             raise ValueError("state input: a column reads no feature")
         linear = ~self.onehot
-        if (np.abs(self.a[linear]) > 1 << 30).any() or (np.abs(self.b[linear]) > 1 << 61).any():
+        if (magnitude(self.a[linear]) > 1 << 30).any() or (
+            magnitude(self.b[linear]) > 1 << 61
+        ).any():
             raise ValueError("state input: multiplier or offset out of range")
         if ((self.shift < 0) | (self.shift > 62)).any():
             raise ValueError("state input: shift out of range")
         for keys, split, x in zip(self.keys, self.split, self.split_x, strict=True):
+            if (magnitude(keys) > 2.0**40).any() or (magnitude(split) > 2.0**40).any():
+                raise ValueError("state input: crossing or split tables out of range")
             if len(split) != len(x) or (np.diff(keys) < 0).any() or (np.diff(split) <= 0).any():
                 raise ValueError("state input: crossing or split tables are not sorted")
-            if (np.abs(x) > INPUT_MAX).any():
+            if (magnitude(x) > INPUT_MAX).any():
                 raise ValueError("state input: split-cell input out of range")
 
 
@@ -276,7 +285,7 @@ class IntHead:
             raise ValueError(f"{what}: layout arrays differ in length")
         if (layout.n < 1).any() or (self.coefs < 1).any() or (self.coefs > layout.n).any():
             raise ValueError(f"{what}: bins or coefficients out of range")
-        if (np.abs(layout.lo) > 1 << 40).any():
+        if (magnitude(layout.lo) > 1 << 40).any():
             raise ValueError(f"{what}: lowest bins out of range")
         if ((layout.modulo < 0) | (layout.modulo > layout.n)).any():
             raise ValueError(f"{what}: modulo out of range")
@@ -359,7 +368,7 @@ class IntegerEncoder:
         self.state.check()
         bounds = np.concatenate([self.state.bounds(), context_bounds(self.state, self.context)])
         top = self.out.check(check_layers(self.body, bounds, "encoder"), "encoder output")
-        if len(self.centers) != len(self.out.bias) or (np.abs(self.centers) > OFFSET_MAX).any():
+        if len(self.centers) != len(self.out.bias) or (magnitude(self.centers) > OFFSET_MAX).any():
             raise ValueError("encoder: centers do not fit its output")
         if top.max(initial=0) > OFFSET_MAX << LATENT_FRAC_BITS:
             raise ValueError("encoder: output not clamped")
@@ -457,7 +466,9 @@ class IntegerModel:
         if len(self.latent_weights) != self.latent_dim:
             raise ValueError("one latent table per channel")
         for w in self.latent_weights:
-            if len(w) < 2 or (w < 0).any() or int(w.sum()) != (1 << PRECISION) - len(w):
+            if len(w) < 2 or (w < 0).any() or (w > 1 << PRECISION).any():
+                raise ValueError("latent tables must sum to 2**24 less their length")
+            if int(w.sum()) != (1 << PRECISION) - len(w):
                 raise ValueError("latent tables must sum to 2**24 less their length")
         self.state.check()
         x_max = check_layers(self.body, self.input_bounds(), "decoder")
