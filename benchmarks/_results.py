@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -17,3 +18,14 @@ def write_results(name: str, results: dict[str, Any]) -> Path:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(ROOT)}")
     return path
+
+
+def new_results(args: Any) -> dict[str, Any]:
+    """A results dict: the machine (torch threads, platform), the arguments, no data yet."""
+    import torch
+
+    return {
+        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
+        "args": vars(args),
+        "data": {},
+    }

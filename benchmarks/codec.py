@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import sqlite3
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _results import new_results, write_results  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from agentfarm_db import write_agentfarm_db  # noqa: E402  (the tests' AgentFarm-db writer)
@@ -225,11 +224,7 @@ def main() -> None:
     args = p.parse_args()
     logging.getLogger("meaning_transform").setLevel(logging.WARNING)
     torch.set_num_threads(1)
-    results: dict[str, Any] = {
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
-        "args": vars(args),
-        "data": {},
-    }
+    results = new_results(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in args.data:

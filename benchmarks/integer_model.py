@@ -31,7 +31,6 @@ import io
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _results import new_results, write_results  # noqa: E402
 from codec import REAL, train  # noqa: E402
 
 from meaning_transform.api import load_config  # noqa: E402
@@ -221,21 +220,15 @@ def main() -> None:
     args = p.parse_args()
     logging.getLogger("meaning_transform").setLevel(logging.WARNING)
     torch.set_num_threads(1)
-    results: dict[str, Any] = {
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform()},
-        "args": vars(args),
-        "data": {},
-    }
+    results = new_results(args)
+    found = {name: REAL[name] for name in args.data if REAL[name].exists()}
+    for name in sorted(set(args.data) - set(found)):
+        print(f"skipping {name}: {REAL[name]} not found")
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        src = float_reference_source(args.float_ref, work)
-        for name in args.data:
-            db = REAL[name]
-            if not db.exists():
-                print(f"skipping {name}: {db} not found")
-                continue
+        src = float_reference_source(args.float_ref, Path(tmp))
+        for name, db in found.items():
             print(f"{name}: training and coding ...", flush=True)
-            results["data"][name] = bench(name, db, args, work, src)
+            results["data"][name] = bench(name, db, args, Path(tmp), src)
     print(table(results, args.bits))
     write_results(args.out, results)
 

@@ -81,6 +81,14 @@ class _Writer:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
 
+    @classmethod
+    def start(cls, context: str | None, state: StateInput) -> _Writer:
+        """A body that opens, as models' and encoders' do, with the context and state input."""
+        w = cls()
+        w.uint(CONTEXTS.index(context))
+        w.state(state)
+        return w
+
     def uint(self, value: int) -> None:
         value = int(value)
         assert value >= 0
@@ -156,9 +164,7 @@ class _Writer:
 
 def model_to_bytes(model: IntegerModel) -> bytes:
     """The serialized model (see the module docstring)."""
-    w = _Writer()
-    w.uint(CONTEXTS.index(model.context))
-    w.state(model.state)
+    w = _Writer.start(model.context, model.state)
     w.uint(model.latent_dim)
     w.array(model.latent_lowest)
     for table in model.latent_weights:
@@ -172,9 +178,7 @@ def model_to_bytes(model: IntegerModel) -> bytes:
 
 def encoder_to_bytes(encoder: IntegerEncoder) -> bytes:
     """The serialized encoder (same layout as a model's, its own magic)."""
-    w = _Writer()
-    w.uint(CONTEXTS.index(encoder.context))
-    w.state(encoder.state)
+    w = _Writer.start(encoder.context, encoder.state)
     w.layers(encoder.body)
     w.layer(encoder.out)
     w.array(encoder.centers)
