@@ -52,9 +52,26 @@ def test_integer_softmax_with_a_floor_by_hand() -> None:
     # a far-below logit gets the floor alone: frequency 4, 22 bits
     q = frequencies(np.array([[0, -(1 << 20)]]), floor=4)
     assert q.tolist() == [[2**24 - 2 - 3, 3]] and code_lengths(q, np.array([1])) == [22.0]
-    # padded rows: per-row sizes, the padding column dropped by the caller
+    # a padded row (2 real bins of 3): the pad gets weight 0 (frequency 1), the real bins share
+    # 2**24 - 3 - 2 * 3 = 16777207 past their floors, its odd unit on the first maximum
     q = frequencies(np.array([[[0, 0, -(1 << 40)]]]), floor=4, sizes=np.array([2]))
-    assert q[0, 0, :2].tolist() == [(2**24 - 8) // 2 + 3] * 2
+    assert q.tolist() == [[[8388604 + 3, 8388603 + 3, 0]]] and q.sum() == 2**24 - 3
+
+
+def test_weights_sum_exactly_whatever_the_batch_and_layout() -> None:
+    """Every row sums to 2**24 - N (what constriction keeps as it is), and a row's weights do
+    not depend on the rows beside it: a gathered, non-contiguous batch of 600 rows gives the
+    same integers as each row alone (encoder and decoder batch rows differently)."""
+    rng = np.random.default_rng(0)
+    flat = rng.integers(-(1 << 14), 1 << 14, size=(600, 40))
+    index = rng.integers(0, 40, size=(9, 14))
+    logits = flat[:, index]  # [600, 9, 14], as a head gathers its features' logits
+    sizes = rng.integers(2, 15, size=9)
+    logits = np.where(np.arange(14) < sizes[:, None], logits, -(1 << 30))
+    q = frequencies(logits, 4, sizes)
+    assert (q.sum(-1) == 2**24 - 14).all() and (q >= 0).all()
+    for row in (0, 299, 599):
+        assert np.array_equal(frequencies(logits[row : row + 1], 4, sizes)[0], q[row])
 
 
 def test_cosine_table_by_hand() -> None:

@@ -9,8 +9,9 @@ same agent's previous state (always false without context). Its code is
 - the grid symbols, ANS-coded under the integer model's weights given z (and the previous
   row's symbols), decoded in **waves**: wave w holds every run's w-th row (wave 0: first rows,
   absolute head; later waves: delta head given the row before), so each wave is one batched
-  network call across agents. Waves are cut into blocks of at most ``BLOCK`` rows (the order of
-  the stream: block by block, feature by feature).
+  network call across agents. Waves are cut into blocks of at most ``BLOCK`` rows; the stream
+  holds, block by block, each coding group's symbols (a narrow head's features together, row by
+  row; a wide head's one feature at a time), then that group's escapes feature by feature.
 
 Every number that reaches the entropy coder comes from ``IntegerModel`` and ``IntegerEncoder``
 (integer arithmetic, ``models/integer_model.py``): other CPU kernels, thread counts, batch
@@ -164,6 +165,21 @@ def _runs(model: IntegerModel, symbols: np.ndarray, flag: np.ndarray) -> np.ndar
     return np.zeros(symbols.shape, np.int64)
 
 
+def _batches(flag: np.ndarray) -> list[tuple[bool, np.ndarray, list[tuple[int, int]]]]:
+    """``blocks`` gathered into batches for the encoder, whose rows are all known: (delta head?,
+    the batch's rows, each block's [start, end) in them); consecutive blocks of one head, at
+    most BLOCK rows (a batch's numbers are those of its blocks: integers do not depend on it)."""
+    out: list[tuple[bool, list[np.ndarray], list[tuple[int, int]]]] = []
+    for wave, rows in blocks(flag):
+        delta = wave > 0
+        if not out or out[-1][0] != delta or out[-1][2][-1][1] + len(rows) > BLOCK:
+            out.append((delta, [], []))
+        start = out[-1][2][-1][1] if out[-1][2] else 0
+        out[-1][1].append(rows)
+        out[-1][2].append((start, start + len(rows)))
+    return [(delta, np.concatenate(rows), spans) for delta, rows, spans in out]
+
+
 def encode_chunk(
     model: IntegerModel, symbols: np.ndarray, flag: np.ndarray, offsets: np.ndarray
 ) -> EncodedChunk:
@@ -179,23 +195,23 @@ def encode_chunk(
     runs = _runs(model, symbols, flag)
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(np.array([1], dtype=np.int32), _SENTINEL)
-    for wave, rows in reversed(blocks(flag)):
-        delta = wave > 0
+    for delta, rows, spans in reversed(_batches(flag)):  # a stack: the last block first
         prev = _previous(symbols, rows, delta)
         head = model.head(delta)
-        weights = head.weights(head.coef(model.hidden(offsets[rows], prev, flag[rows], runs[rows])))
+        groups = head.groups(head.coef(model.hidden(offsets[rows], prev, flag[rows], runs[rows])))
         layout = head.layout
         index, escaped, rel = layout.index(symbols[rows] - prev if delta else symbols[rows])
-        for f in reversed(range(symbols.shape[1])):
-            if layout.size[f] < 2:  # one bin: nothing to code
-                continue
-            q = weights[f]
-            estimated += float(code_lengths(q, index[:, f]).sum())
-            esc = escaped[:, f]
-            if esc.any():
-                encode_escapes(coder, rel[esc, f], int(layout.n[f]))
-                estimated += float(escape_bits(rel[esc, f], int(layout.n[f])).sum())
-            coder.encode_reverse(index[:, f].astype(np.int32), _CATEGORICAL, _float32(q))
+        for a, b in reversed(spans):
+            for features, q in reversed(groups):
+                for f in reversed(features):  # decoded after the group's symbols, in order
+                    esc = np.flatnonzero(escaped[a:b, f]) + a
+                    if len(esc):
+                        encode_escapes(coder, rel[esc, f], int(layout.n[f]))
+                        estimated += float(escape_bits(rel[esc, f], int(layout.n[f])).sum())
+                picked = index[a:b, features].ravel()
+                qb = q[a:b].reshape(-1, q.shape[-1])
+                estimated += float(code_lengths(qb, picked).sum())
+                coder.encode_reverse(picked.astype(np.int32), _CATEGORICAL, _float32(qb))
     return EncodedChunk(n, z_words, coder.get_compressed(), estimated, symbols_crc(symbols))
 
 
@@ -223,17 +239,15 @@ def decode_chunk(
                 prev, symbols[rows - 2], runs[rows - 1], flag[rows - 1]
             )
         head = model.head(delta)
-        weights = head.weights(head.coef(model.hidden(offsets[rows], prev, flag[rows], runs[rows])))
+        groups = head.groups(head.coef(model.hidden(offsets[rows], prev, flag[rows], runs[rows])))
         sizes, escapes, lo, modulo = _tables(head.layout)
         value = np.zeros((len(rows), f_count), dtype=np.int64)
-        for f in range(f_count):
-            if sizes[f] + escapes[f] < 2:
-                continue
-            index = coder.decode(_CATEGORICAL, _float32(weights[f]))
-            value[:, f] = index
-            if escapes[f]:
-                escaped = index == sizes[f]
-                if escaped.any():
+        for features, q in groups:
+            index = coder.decode(_CATEGORICAL, _float32(q.reshape(-1, q.shape[-1])))
+            value[:, features] = index.reshape(len(rows), len(features))
+            for f in features:
+                escaped = value[:, f] == sizes[f]
+                if escapes[f] and escaped.any():
                     count = int(escaped.sum())
                     value[escaped, f] = decode_escapes(coder, count, sizes[f])
         value += lo

@@ -154,25 +154,29 @@ def check_requantize(
 
 def frequencies(logits: np.ndarray, floor: int, sizes: np.ndarray | None = None) -> np.ndarray:
     """Integer logits [..., N] (units of 2**-LOGIT_BITS bits) -> int64 weights q [..., N] with
-    ``q >= floor - 1`` and each row summing to ``2**PRECISION - size``: constriction codes
-    symbol i with frequency ``q_i + 1``, i.e. ``floor / 2**24 + (1 - size floor / 2**24)
-    softmax`` in integers (the float model's FLOOR formula), the rounding remainder on the
-    row's (first) maximum. ``sizes`` (broadcast over the rows, default N): each row's real
-    length; logits past it must be below the maximum by more than 62 * 2**LOGIT_BITS (padding),
-    so their entries are 0 (their weights are to be dropped)."""
+    each row summing to ``2**PRECISION - N``: constriction codes bin i with frequency
+    ``q_i + 1``, i.e. ``floor / 2**24 + (1 - ... ) softmax`` in integers (the float model's FLOOR
+    formula), the rounding remainder on the row's (first) maximum.
+
+    ``sizes`` (broadcast over the rows; default N): each row's real bins; the others are
+    padding, whose logits must lie more than 62 * 2**LOGIT_BITS below the row's maximum: they get
+    weight 0 (frequency 1, never coded), so padded rows of one width are valid distributions.
+    """
     table = exp2_table()
+    n = logits.shape[-1]
     d = logits.max(axis=-1, keepdims=True) - logits  # >= 0; 0 at the maximum
     e = table[d & ((1 << LOGIT_BITS) - 1)] >> np.minimum(d >> LOGIT_BITS, 62)
     total = e.sum(axis=-1)  # >= 2**EXP_ONE_BITS (the maximum's own entry)
-    size = logits.shape[-1] if sizes is None else np.asarray(sizes, dtype=np.int64)
-    free = (1 << PRECISION) - size * floor
+    size = n if sizes is None else np.asarray(sizes, dtype=np.int64)
+    free = (1 << PRECISION) - n - size * (floor - 1)  # what the real bins share past the floor
     inv = (free << _INV_BITS) // total  # e * inv <= 2**(PRECISION + _INV_BITS)
-    q = (e * inv[..., None]) >> _INV_BITS  # sums to at most free
-    first = np.argmax(logits, axis=-1)[..., None]
-    np.put_along_axis(
-        q, first, np.take_along_axis(q, first, -1) + (free - q.sum(-1))[..., None], -1
-    )
-    return q + (floor - 1)
+    # C order, so the flat view below is q itself (a gathered ``x[:, index]`` may not be)
+    q = np.ascontiguousarray((e * inv[..., None]) >> _INV_BITS)  # sums to at most free
+    first = np.argmax(logits, axis=-1).ravel() + np.arange(0, q.size, n)  # flat index per row
+    q.reshape(-1)[first] += (free - q.sum(-1)).ravel()
+    if sizes is None:
+        return q + (floor - 1)
+    return q + (floor - 1) * (np.arange(n) < size[..., None])
 
 
 def code_lengths(q: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -245,10 +245,10 @@ class IntHead:
         escape; past its size: a padding column), or None when the head has smooth bins or
         padding would more than double the work (then one feature at a time)."""
         sizes = self.layout.size
-        width = int(sizes.max(initial=1))
+        width = max(int(sizes.max(initial=1)), 2)
         if any(b is not None for b in self._bases) or len(sizes) * width > 2 * sizes.sum():
             return None
-        pad = len(self.coef.bias)  # the column ``weights`` appends
+        pad = len(self.coef.bias)  # the column ``groups`` appends
         index = np.full((len(sizes), width), pad, dtype=np.int64)
         for f, (start, m, esc) in enumerate(self._columns):
             index[f, :m] = np.arange(start, start + m)
@@ -266,17 +266,22 @@ class IntHead:
             bins = (acc + (1 << (COS_BITS - 1))) >> COS_BITS
         return np.concatenate([bins, c[:, esc : esc + 1]], axis=1) if esc >= 0 else bins
 
-    def weights(self, c: np.ndarray) -> list[np.ndarray]:
-        """Coefficients [B, out] (``coef(h)``) -> per feature, int64 weights [B, size]
-        (constriction codes bin i with frequency q_i + 1 out of 2**24). Narrow heads take one
-        padded softmax, the others one per feature: the same integers either way."""
+    def groups(self, c: np.ndarray) -> list[tuple[list[int], np.ndarray]]:
+        """Coefficients [B, out] (``coef(h)``) -> the head's coding groups: (features, int64
+        weights [B, len(features), width]); constriction codes bin i with frequency q_i + 1 out
+        of 2**24. A narrow head is one group of all its features, padded to one width (one
+        coder call per block); a wide one a group per feature of two bins or more."""
         index = self._padded
         sizes = self.layout.size
         if index is None:
-            return [frequencies(self.logits(c, f), FLOOR_WEIGHT) for f in range(len(sizes))]
+            return [
+                ([f], frequencies(self.logits(c, f), FLOOR_WEIGHT)[:, None, :])
+                for f in range(len(sizes))
+                if sizes[f] >= 2
+            ]
         pad = np.full((len(c), 1), -(LOGIT_MAX << 2), dtype=np.int64)
         q = frequencies(np.concatenate([c, pad], axis=1)[:, index], FLOOR_WEIGHT, sizes)
-        return [q[:, f, :n] for f, n in enumerate(sizes.tolist())]
+        return [(list(range(len(sizes))), q)]
 
     def check(self, x_max: np.ndarray, what: str) -> None:
         """Raise ValueError unless the layout, the coefficient layer and the bases fit."""
