@@ -20,6 +20,7 @@ the machine is a shared 2-core one.
 
     python benchmarks/integer_model.py                   # both shared dbs, 40 epochs
     python benchmarks/integer_model.py --epochs 5 --bits 8/8/8 8/5/2
+    python benchmarks/integer_model.py --checkpoint run1=outputs/.../best.ckpt --data run1
 
 Prints a table and writes benchmarks/results/integer_model.json.
 """
@@ -144,8 +145,11 @@ def float_run(ckpt: str, work: Path, src: Path, n: int, repeats: int) -> dict[st
 def bench(name: str, db: Path, args: argparse.Namespace, work: Path, src: Path) -> dict:
     """Every row of one database."""
     t = time.perf_counter()
-    summary = train(db, "history", args.epochs, args.batch_size, work / f"{name}_run")
-    ckpt = summary["best_model_path"]
+    ckpt = args.checkpoint.get(name)
+    summary = {}
+    if ckpt is None:
+        summary = train(db, "history", args.epochs, args.batch_size, work / f"{name}_run")
+        ckpt = summary["best_model_path"]
     cfg = load_config(["data=sqlite", f"data.path={db}"])
     dm = instantiate_checked(cfg.data, "data", schema=cfg.schema)
     dm.setup()
@@ -217,7 +221,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--float-ref", default=FLOAT_REF)
     p.add_argument("--out", default="integer_model")
+    p.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        help="db=path: code with this history model instead of training one",
+    )
     args = p.parse_args()
+    args.checkpoint = dict(item.split("=", 1) for item in args.checkpoint)
     logging.getLogger("meaning_transform").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     results = new_results(args)

@@ -202,10 +202,11 @@ def encode_chunk(
         layout = head.layout
         index, escaped, rel = layout.index(symbols[rows] - prev if delta else symbols[rows])
         for a, b in reversed(spans):
+            has = escaped[a:b].any(axis=0).tolist()
             for features, q in reversed(groups):
                 for f in reversed(features):  # decoded after the group's symbols, in order
-                    esc = np.flatnonzero(escaped[a:b, f]) + a
-                    if len(esc):
+                    if has[f]:
+                        esc = escaped[a:b, f].nonzero()[0] + a
                         encode_escapes(coder, rel[esc, f], int(layout.n[f]))
                         estimated += float(escape_bits(rel[esc, f], int(layout.n[f])).sum())
                 picked = index[a:b, features].ravel()

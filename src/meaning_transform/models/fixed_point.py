@@ -172,7 +172,7 @@ def frequencies(logits: np.ndarray, floor: int, sizes: np.ndarray | None = None)
     inv = (free << _INV_BITS) // total  # e * inv <= 2**(PRECISION + _INV_BITS)
     # C order, so the flat view below is q itself (a gathered ``x[:, index]`` may not be)
     q = np.ascontiguousarray((e * inv[..., None]) >> _INV_BITS)  # sums to at most free
-    first = np.argmax(logits, axis=-1).ravel() + np.arange(0, q.size, n)  # flat index per row
+    first = logits.argmax(axis=-1).ravel() + np.arange(0, q.size, n)  # flat index per row
     q.reshape(-1)[first] += (free - q.sum(-1)).ravel()
     if sizes is None:
         return q + (floor - 1)

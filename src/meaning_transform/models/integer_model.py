@@ -167,15 +167,15 @@ class StateInput:
         src = self.source
         out[:, onehot] = (symbols[:, src[onehot]] == self.a[onehot]).astype(np.int64) << INPUT_BITS
         cells = symbols.copy()
-        for f in keyed:
-            cells[:, f] -= np.searchsorted(self.keys[f], symbols[:, f], side="right")
+        for f in keyed:  # (array methods: the numpy functions' wrappers cost per wave)
+            cells[:, f] -= self.keys[f].searchsorted(symbols[:, f], side="right")
         cells = np.minimum(np.maximum(cells[:, src[linear]], -CELL_MAX), CELL_MAX)
         x = (cells * self.a[linear] + self.b[linear]) >> self.shift[linear]
         out[:, linear] = np.minimum(np.maximum(x, -INPUT_MAX), INPUT_MAX)
         for f, c in split:  # cells a predicate threshold splits: their own inputs
             table, s = self.split[f], symbols[:, f]
-            at = np.minimum(np.searchsorted(table, s), len(table) - 1)
-            rows = np.flatnonzero(table[at] == s)
+            at = np.minimum(table.searchsorted(s), len(table) - 1)
+            rows = (table[at] == s).nonzero()[0]
             out[rows, c] = self.split_x[f][at[rows]]
         return out
 
