@@ -175,17 +175,18 @@ def bench(name: str, db: Path, args: argparse.Namespace, work: Path, src: Path) 
 def table(results: dict[str, Any], bits: list[str]) -> str:
     """The printed table."""
     lines = [
-        "test agents of each db as one chunk; bits/state (estimate, coded); model bytes (bytes per "
-        "parameter); states/s (encode / decode)",
-        f"{'db':<12} {'path':<10} {'estimate':>9} {'coded':>7} {'vs float':>8} "
+        "test agents of each db as one chunk; bits/state (estimate, coded: 32-bit words, so "
+        "steps of 32 bits per chunk); model bytes (bytes per parameter); total: model + "
+        "streams; states/s (encode / decode)",
+        f"{'db':<12} {'path':<10} {'estimate':>9} {'vs float':>8} {'coded':>7} {'vs float':>8} "
         f"{'model bytes':>15} {'total':>7} {'encode/s':>9} {'decode/s':>9}",
     ]
     for name, r in results["data"].items():
         f = r["float"]
-        ref = f["coded_bits_per_state"]
+        ref, own = f["coded_bits_per_state"], r["float_model_estimate_bits_per_state"]
         lines.append(
-            f"{name:<12} {'float':<10} {f['estimated_bits_per_state']:>9.4f} {ref:>7.4f} "
-            f"{'':>8} {'':>15} {'':>7} {f['encode_states_per_s']:>9,.0f} "
+            f"{name:<12} {'float':<10} {f['estimated_bits_per_state']:>9.4f} {'':>8} "
+            f"{ref:>7.4f} {'':>8} {'':>15} {'':>7} {f['encode_states_per_s']:>9,.0f} "
             f"{f['decode_states_per_s']:>9,.0f}"
         )
         for b in bits:
@@ -193,6 +194,7 @@ def table(results: dict[str, Any], bits: list[str]) -> str:
             size = f"{i['model_bytes']:,} ({i['bytes_per_parameter']:.2f})"
             lines.append(
                 f"{'':<12} {'int' + b:<10} {i['estimated_bits_per_state']:>9.4f} "
+                f"{100 * (i['estimated_bits_per_state'] / own - 1):>+7.2f}% "
                 f"{i['coded_bits_per_state']:>7.4f} "
                 f"{100 * (i['coded_bits_per_state'] / ref - 1):>+7.2f}% {size:>15} "
                 f"{i['total_bytes']:>7,} {i['encode_states_per_s']:>9,.0f} "
