@@ -1,0 +1,779 @@
+"""Anchors: what real compressors make of the agent_states rows our codec codes.
+
+Each anchor codes the features of the same rows (``StateRows``: (agent, step) order, the
+meaning grid at k = 1 of the codec's fitted schema), decodes them, and checks every value:
+grid coders must give the symbols back exactly (hence every value within tolerance and every
+predicate kept); error-bounded coders must give every continuous value within its tolerance
+(the slack ``verify`` allows) and every binary/categorical value exactly. An anchor returns
+bytes, bits per state and the measured compress/decompress seconds of its chosen settings.
+
+- ``openzl_anchor``: OpenZL's standard graphs (``openzl.ext.graphs``, alone or after one
+  standard node: zigzag, delta) on the grid symbols, as they are (``grid``) and as per-agent
+  differences (``deltas``: an agent's first state absolute, then the difference from its
+  previous state; binary/categorical columns mod their vocabulary, as ``baselines.deltas``).
+  Per layout: the best single graph for every column, and the best graph per column; and the
+  best (layout, graph) per column. All columns go into one OpenZL frame.
+- ``sz3_anchor``: SZ3 (``numcodecs-wasm-sz3``), absolute error bound = each feature's
+  tolerance, the ``lorenzo`` predictor; and the best predictor per column.
+- ``pcodec_anchor``: pcodec on the grid symbols (either layout): the best single setting
+  (layout, level, delta spec, mode spec) and the best setting per column.
+- ``zfp_anchor``: ZFP (``zfpy``) in fixed-accuracy mode at each tolerance.
+- ``keys_anchor``: the keys (agent_id, step_number) as the agent ids of the runs, each run's
+  first step and length (and the rows whose steps are not consecutive), under zstd -19.
+- ``zstd_grid_anchor``: zstd -19 of the grid symbols column by column (the classical row).
+
+SZ3 and ZFP code binary/categorical columns exactly by the smaller of (the same coder at an
+absolute bound of 0.49 on the integer codes, then rounding) and zstd -19 of the int8 codes;
+which one is recorded. Tolerance bounds say nothing of predicates: how many predicate truths
+their decoded states flip is reported (``predicate_mismatches``), not counted as a failure.
+
+A package that is not installed makes its anchor raise ``AnchorSkipped`` (one line);
+``measure_anchors`` records it as skipped. Install them with ``pip install -e .[bench]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import zstandard
+
+from meaning_transform.baselines import deltas, first_of_agent
+from meaning_transform.codec.commands import TOLERANCE_SLACK
+from meaning_transform.grid import MeaningGrid
+from meaning_transform.schema.layout import SchemaLayout
+
+LAYOUTS = ("grid", "deltas")
+EXACT_BOUND = 0.49  # an absolute bound below 0.5 on integer codes: rounding gives them back
+ZSTD_LEVEL = 19
+
+
+class AnchorSkipped(Exception):
+    """An anchor's package is not installed (or does not work here): one line saying which."""
+
+
+class CheckFailed(AssertionError):
+    """A decoded array differs from the original beyond what the anchor promises."""
+
+
+# ---------------------------------------------------------------------- the rows
+@dataclass(frozen=True)
+class StateRows:
+    """agent_states rows as the codec codes them, in (agent, step) order."""
+
+    grid: MeaningGrid  # the meaning grid at k = 1 of the fitted schema
+    x: torch.Tensor  # float32 data tensor [N, F]
+    symbols: np.ndarray  # int64 [N, F]: grid symbols
+    native: np.ndarray  # float64 [N, F]: values in native units (codes for discrete ones)
+    agent_ids: np.ndarray  # object [N]: agent_id text
+    steps: np.ndarray  # int64 [N]: step_number
+
+    @property
+    def n(self) -> int:
+        """Number of states."""
+        return len(self.steps)
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names, in column order."""
+        return [f.name for f in self.grid.schema.features]
+
+    @property
+    def continuous(self) -> np.ndarray:
+        """Per column, whether it is continuous (else binary/categorical: exact)."""
+        return np.array([f.kind == "continuous" for f in self.grid.schema.features])
+
+    @property
+    def tolerances(self) -> np.ndarray:
+        """Per column, the tolerance in native units (0 for exact columns)."""
+        return np.array([f.tolerance if c else 0.0 for f, c in self._features()])
+
+    def _features(self) -> Iterator[tuple[Any, bool]]:
+        return zip(self.grid.schema.features, self.continuous, strict=True)
+
+    def vocab_sizes(self) -> list[int]:
+        """Per column, the vocabulary size of discrete columns, 0 for continuous ones."""
+        return self.grid.vocab_sizes()
+
+
+def state_rows(dm: Any, split: str | None = None) -> StateRows:
+    """The rows of a set-up datamodule's ``split`` (None: every split) in (agent, step) order."""
+    splits = [split] if split else ["train", "val", "test"]
+    ids: dict[int, Any] = {}  # agent code -> agent_id text
+    for s in splits:
+        codes = np.unique(getattr(dm, f"{s}_agents"))
+        names = dm.split_agents[s]
+        if len(codes) != len(names):
+            raise ValueError(f"split {s!r}: {len(codes)} agents with rows, {len(names)} listed")
+        ids.update(zip(codes.tolist(), names.tolist(), strict=True))
+    x = torch.cat([getattr(dm, f"{s}_x") for s in splits])
+    agents = np.concatenate([getattr(dm, f"{s}_agents") for s in splits])
+    steps = np.concatenate([getattr(dm, f"{s}_steps") for s in splits])
+    order = np.lexsort((steps, agents))
+    x, agents, steps = x[torch.from_numpy(order)], agents[order], steps[order]
+    grid = MeaningGrid(dm.schema, 1)
+    agent_ids = np.empty(len(agents), dtype=object)
+    agent_ids[:] = [ids[a] for a in agents.tolist()]
+    return StateRows(grid, x, grid.encode(x), native_values(grid, x), agent_ids, steps)
+
+
+def native_values(grid: MeaningGrid, x: torch.Tensor) -> np.ndarray:
+    """Data tensor -> float64 native units (continuous columns), codes as they are otherwise."""
+    schema = grid.schema
+    mean = np.array(
+        [
+            schema.normalizers[f.name].mean if f.kind == "continuous" else 0.0
+            for f in schema.features
+        ]
+    )
+    std = np.array(
+        [schema.normalizers[f.name].std if f.kind == "continuous" else 1.0 for f in schema.features]
+    )
+    return x.to(torch.float64).numpy() * std + mean
+
+
+# ---------------------------------------------------------------------- checks
+def check_equal(original: np.ndarray, decoded: np.ndarray, what: str) -> None:
+    """CheckFailed unless ``decoded`` holds exactly ``original``'s values (and shape)."""
+    decoded = np.asarray(decoded)
+    if decoded.shape != original.shape:
+        raise CheckFailed(f"{what}: decoded shape {decoded.shape}, expected {original.shape}")
+    if not np.array_equal(decoded, original):
+        wrong = np.flatnonzero(np.asarray(decoded != original).reshape(len(original), -1).any(1))
+        raise CheckFailed(f"{what}: {len(wrong)} rows differ, first at row {int(wrong[0])}")
+
+
+def column_errors(rows: StateRows, j: int, decoded: np.ndarray) -> tuple[int, float]:
+    """Column ``j`` decoded (native units): (values beyond tolerance, or not exact for a
+    binary/categorical column; the worst error in tolerances, 0 for exact columns)."""
+    decoded = np.asarray(decoded, dtype=np.float64)
+    if decoded.shape != (rows.n,):
+        return rows.n, float("inf")
+    if not rows.continuous[j]:
+        return int((decoded != rows.native[:, j]).sum()), 0.0
+    err = np.abs(decoded - rows.native[:, j]) / rows.tolerances[j]
+    bad = ~(err <= TOLERANCE_SLACK)  # NaN counts as bad
+    return int(bad.sum()), float(np.nanmax(err, initial=0.0))
+
+
+def check_within(rows: StateRows, decoded: np.ndarray, what: str) -> float:
+    """CheckFailed unless every continuous value of ``decoded`` (native units, [N, F]) is
+    within its tolerance of the original (the slack ``verify`` allows) and every other value
+    exact; the worst error in tolerances."""
+    decoded = np.asarray(decoded, dtype=np.float64)
+    if decoded.shape != rows.native.shape:
+        raise CheckFailed(f"{what}: decoded shape {decoded.shape}, expected {rows.native.shape}")
+    worst = 0.0
+    for j, name in enumerate(rows.names):
+        bad, err = column_errors(rows, j, decoded[:, j])
+        if bad:
+            how = f"up to {err:.4g} tolerances" if rows.continuous[j] else "not exact"
+            raise CheckFailed(f"{what}: {bad} values of {name} wrong ({how})")
+        worst = max(worst, err)
+    return worst
+
+
+def check_grid(rows: StateRows, symbols: np.ndarray, what: str) -> float:
+    """Decoded grid symbols: exactly the originals, and their values within tolerance."""
+    check_equal(rows.symbols, symbols, what)
+    return check_within(rows, rows.grid.native(symbols), what)
+
+
+def predicate_mismatches(rows: StateRows, decoded: np.ndarray) -> int:
+    """How many predicate truths differ between the original and decoded states."""
+    schema = rows.grid.schema
+    if not schema.predicates:
+        return 0
+    layout = SchemaLayout(schema)
+    x_hat = _data_tensor(rows, decoded)
+    a, b = layout.evaluate_predicates(rows.x), layout.evaluate_predicates(x_hat)
+    return int((a != b).sum())
+
+
+def _data_tensor(rows: StateRows, native: np.ndarray) -> torch.Tensor:
+    """Native values -> the float32 data tensor (the arithmetic of ``schema.table.encode``)."""
+    schema = rows.grid.schema
+    out = np.asarray(native, dtype=np.float64).copy()
+    for i, f in enumerate(schema.features):
+        if f.kind == "continuous":
+            norm = schema.normalizers[f.name]
+            out[:, i] = np.subtract(out[:, i], norm.mean) / norm.std
+    return torch.from_numpy(out.astype(np.float32))
+
+
+# ---------------------------------------------------------------------- layouts
+def agent_deltas(rows: StateRows, symbols: np.ndarray) -> np.ndarray:
+    """Per-agent differences of grid symbols (first state of each agent absolute)."""
+    return deltas(rows.grid, symbols, first_of_agent(rows.agent_ids))
+
+
+def undo_agent_deltas(rows: StateRows, values: np.ndarray) -> np.ndarray:
+    """Inverse of ``agent_deltas``: per-agent running sums (mod the vocabulary when discrete)."""
+    first = first_of_agent(rows.agent_ids)
+    total = np.cumsum(values, axis=0)
+    starts = np.flatnonzero(first)
+    before = np.zeros((len(starts), values.shape[1]), dtype=total.dtype)
+    before[1:] = total[starts[1:] - 1]
+    out = total - np.repeat(before, np.diff(np.append(starts, len(values))), axis=0)
+    for i, v in enumerate(rows.vocab_sizes()):
+        if v:
+            out[:, i] = np.mod(out[:, i], v)
+    return out
+
+
+def layout_of(rows: StateRows, layout: str) -> np.ndarray:
+    """The symbols in ``layout`` (``grid`` or ``deltas``)."""
+    return rows.symbols if layout == "grid" else agent_deltas(rows, rows.symbols)
+
+
+def from_layout(rows: StateRows, layout: str, values: np.ndarray) -> np.ndarray:
+    """Inverse of ``layout_of``."""
+    return values if layout == "grid" else undo_agent_deltas(rows, values)
+
+
+def smallest_int(col: np.ndarray) -> np.ndarray:
+    """``col`` (integers) as the smallest signed integer type that holds it, contiguous."""
+    lo, hi = (int(col.min()), int(col.max())) if len(col) else (0, 0)
+    for dtype in (np.int8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.ascontiguousarray(col, dtype=dtype)
+    raise ValueError("values beyond int64")
+
+
+def zstd_bytes(data: bytes) -> bytes:
+    """``data`` under zstd -19."""
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+def unzstd(blob: bytes, size: int) -> bytes:
+    """Inverse of ``zstd_bytes``, at most ``size`` bytes out."""
+    return zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
+
+
+def _result(rows: StateRows, nbytes: int, c_s: float, d_s: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "bytes": nbytes,
+        "bits_per_state": 8 * nbytes / rows.n,
+        "compress_seconds": c_s,
+        "decompress_seconds": d_s,
+        **extra,
+    }
+
+
+def _package(name: str) -> Any:
+    """Import an anchor's package, or AnchorSkipped saying it is missing."""
+    try:
+        return importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001  (a broken install is as missing as an absent one)
+        raise AnchorSkipped(
+            f"{name} not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "pip install -e .[bench]"
+        ) from None
+
+
+# ---------------------------------------------------------------------- zstd of the grid
+def zstd_grid_anchor(rows: StateRows) -> dict[str, Any]:
+    """zstd -19 of the grid symbols, column by column, each in its smallest integer type."""
+    cols = [smallest_int(c) for c in rows.symbols.T]
+    t = time.perf_counter()
+    blob = zstd_bytes(b"".join(c.tobytes() for c in cols))
+    c_s = time.perf_counter() - t
+    t = time.perf_counter()
+    raw = unzstd(blob, sum(c.nbytes for c in cols))
+    out, at = np.empty(rows.symbols.shape, dtype=np.int64), 0
+    for j, c in enumerate(cols):
+        out[:, j] = np.frombuffer(raw, c.dtype, len(c), at)
+        at += c.nbytes
+    d_s = time.perf_counter() - t
+    check_grid(rows, out, "zstd grid")
+    return _result(rows, len(blob), c_s, d_s)
+
+
+# ---------------------------------------------------------------------- OpenZL
+def openzl_graphs(zl: Any) -> dict[str, Callable[[Any], Any]]:
+    """Standard OpenZL graphs for a numeric column: name -> builder(compressor) -> GraphID."""
+    g, n = zl.graphs, zl.nodes
+    plain = {
+        "compress": lambda c: g.Compress()(c),
+        "zstd": lambda c: g.Zstd()(c),
+        "zstd19": lambda c: g.Zstd(compression_level=ZSTD_LEVEL)(c),
+        "field_lz": lambda c: g.FieldLz()(c),
+        "entropy": lambda c: g.Entropy()(c),
+        "huffman": lambda c: g.Huffman()(c),
+        "fse": lambda c: g.Fse()(c),
+        "bitpack": lambda c: g.Bitpack()(c),
+        "flatpack": lambda c: g.Flatpack()(c),
+        "constant": lambda c: g.Constant()(c),
+        "store": lambda c: g.Store()(c),
+    }
+    after = {"zigzag": n.Zigzag, "delta_int": n.DeltaInt}
+    chained = {
+        f"{node}>{name}": (lambda c, node=make, name=name: node()(c, plain[name](c)))
+        for (node, make), name in itertools.product(
+            after.items(), ("compress", "zstd19", "field_lz", "entropy", "huffman", "fse")
+        )
+    }
+    return {**plain, **chained}
+
+
+def _openzl_frame(zl: Any, builders: list[Callable[[Any], Any]], cols: list[np.ndarray]) -> bytes:
+    """One OpenZL frame holding every column, column j through the graph ``builders[j]``."""
+
+    class PerColumn(zl.FunctionGraph):
+        """Sends input j to its own graph (the standard graphs, one per column)."""
+
+        def __init__(self, graphs: list[Any]) -> None:
+            super().__init__()
+            self.graphs = graphs
+
+        def function_graph_description(self) -> Any:
+            return zl.FunctionGraphDescription(
+                name="per_column",
+                input_type_masks=[zl.TypeMask.Numeric],
+                last_input_is_variable=True,
+                custom_graphs=self.graphs,
+            )
+
+        def graph(self, state: Any) -> None:
+            for graph, edge in zip(state.custom_graphs, state.edges, strict=True):
+                edge.set_destination(graph)
+
+    compressor = zl.Compressor()
+    compressor.set_parameter(zl.CParam.FormatVersion, zl.MAX_FORMAT_VERSION)
+    if len(cols) == 1:
+        start = builders[0](compressor)
+    else:
+        start = compressor.register_function_graph(PerColumn([b(compressor) for b in builders]))
+    compressor.select_starting_graph(start)
+    cctx = zl.CCtx()
+    cctx.ref_compressor(compressor)
+    return cctx.compress([zl.Input(zl.Type.Numeric, c) for c in cols])
+
+
+def _openzl_unframe(zl: Any, blob: bytes, dtypes: list[np.dtype]) -> list[np.ndarray]:
+    """The columns of an OpenZL frame (a frame describes itself: no graph needed)."""
+    outs = zl.DCtx().decompress(blob)
+    if len(outs) != len(dtypes):
+        raise CheckFailed(f"OpenZL frame holds {len(outs)} columns, expected {len(dtypes)}")
+    return [np.frombuffer(o.content.as_bytes(), dtype=d) for o, d in zip(outs, dtypes, strict=True)]
+
+
+def _openzl_size(zl: Any, builder: Callable[[Any], Any], col: np.ndarray) -> int | None:
+    """Bytes of one column in its own frame through ``builder``; None when the graph refuses
+    it (wrong type or width) or does not give it back."""
+    try:
+        blob = _openzl_frame(zl, [builder], [col])
+        (back,) = _openzl_unframe(zl, blob, [col.dtype])
+    except (RuntimeError, CheckFailed):
+        return None
+    return len(blob) if np.array_equal(back, col) else None
+
+
+def openzl_anchor(rows: StateRows) -> dict[str, Any]:
+    """OpenZL's standard graphs on the grid symbols and their per-agent differences."""
+    zl = _package("openzl.ext")
+    graphs = openzl_graphs(zl)
+    cols = {lay: [smallest_int(c) for c in layout_of(rows, lay).T] for lay in LAYOUTS}
+    sizes: Sizes = {}
+    for lay, name in itertools.product(LAYOUTS, graphs):
+        for j, col in enumerate(cols[lay]):
+            size = _openzl_size(zl, graphs[name], col)
+            if size is not None:
+                sizes[((lay, name), j)] = size
+
+    def code(choice: list[Setting]) -> dict[str, Any]:
+        """Every column as ``choice`` says, in one frame: timed, decoded, checked."""
+        t = time.perf_counter()
+        coded = [smallest_int(c) for c in _layout_columns(rows, choice)]
+        blob = _openzl_frame(zl, [graphs[g] for _, g in choice], coded)
+        c_s = time.perf_counter() - t
+        t = time.perf_counter()
+        back = _openzl_unframe(zl, blob, [c.dtype for c in coded])
+        symbols = _symbols_from(rows, choice, back)
+        d_s = time.perf_counter() - t
+        worst = check_grid(rows, symbols, "OpenZL")
+        return _result(
+            rows,
+            len(blob),
+            c_s,
+            d_s,
+            **_described(rows, choice, sizes),
+            max_error_in_tolerances=worst,
+        )
+
+    return _grid_rows(rows, sizes, code)
+
+
+# ---------------------------------------------------------------------- grid coders, shared
+Setting = tuple[str, str]  # (layout, the coder's settings by name)
+Sizes = dict[tuple[Setting, int], int]  # (setting, column) -> bytes of that column alone
+
+
+def _grid_rows(
+    rows: StateRows, sizes: Sizes, code: Callable[[list[Setting]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Per layout the best single setting and the best per column; then the best per column
+    over both layouts: each coded by ``code`` (which measures and checks it)."""
+    ncols = len(rows.names)
+    out: dict[str, Any] = {}
+    for lay in LAYOUTS:
+        single = _best_single(sizes, ncols, lay)
+        out[f"{lay}_best_single"] = {**code([single] * ncols), "setting": single[1]}
+        out[f"{lay}_per_column"] = code(_per_column(sizes, ncols, (lay,)))
+    out["any_layout_per_column"] = code(_per_column(sizes, ncols, LAYOUTS))
+    return out
+
+
+def _best_single(sizes: Sizes, ncols: int, layout: str) -> Setting:
+    """The setting of ``layout`` that codes every column, smallest in total."""
+    totals: dict[Setting, int] = {}
+    count: dict[Setting, int] = {}
+    for (setting, _), size in sizes.items():
+        if setting[0] == layout:
+            totals[setting] = totals.get(setting, 0) + size
+            count[setting] = count.get(setting, 0) + 1
+    usable = [s for s in totals if count[s] == ncols]
+    return min(usable, key=totals.__getitem__)
+
+
+def _per_column(sizes: Sizes, ncols: int, layouts: tuple[str, ...]) -> list[Setting]:
+    """Per column, the setting (of ``layouts``) that codes it smallest alone."""
+    choice = []
+    for j in range(ncols):
+        mine = {s: size for (s, jj), size in sizes.items() if jj == j and s[0] in layouts}
+        choice.append(min(mine, key=mine.__getitem__))
+    return choice
+
+
+def _layout_columns(rows: StateRows, choice: list[Setting]) -> list[np.ndarray]:
+    """Column j of the symbols in the layout ``choice[j]`` names."""
+    per_layout = {lay: layout_of(rows, lay) for lay in {lay for lay, _ in choice}}
+    return [per_layout[lay][:, j] for j, (lay, _) in enumerate(choice)]
+
+
+def _symbols_from(rows: StateRows, choice: list[Setting], cols: list[np.ndarray]) -> np.ndarray:
+    """Inverse of ``_layout_columns``: decoded columns -> grid symbols [N, F]."""
+    values = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1)
+    symbols = values.copy()
+    for lay in {lay for lay, _ in choice}:
+        js = [j for j, (lj, _) in enumerate(choice) if lj == lay]
+        symbols[:, js] = from_layout(rows, lay, values)[:, js]
+    return symbols
+
+
+def _described(rows: StateRows, choice: list[Setting], sizes: Sizes) -> dict[str, Any]:
+    """Per feature: its layout, setting and bytes when coded alone."""
+    return {
+        "columns": {
+            name: {"layout": lay, "setting": s, "bytes_alone": sizes[((lay, s), j)]}
+            for j, (name, (lay, s)) in enumerate(zip(rows.names, choice, strict=True))
+        }
+    }
+
+
+# ---------------------------------------------------------------------- pcodec
+PCODEC_LEVELS = (8, 12)
+
+
+def pcodec_settings(pco: Any) -> dict[str, Any]:
+    """pcodec ChunkConfig keyword sets tried: name -> (level, delta spec, mode spec)."""
+    d, m = pco.DeltaSpec, pco.ModeSpec
+    deltas_ = {
+        "auto": d.auto,
+        "none": d.no_op,
+        "consecutive1": lambda: d.try_consecutive(1),
+        "consecutive2": lambda: d.try_consecutive(2),
+        "lookback": d.try_lookback,
+    }
+    modes = {"auto": m.auto, "classic": m.classic, "dict": m.try_dict}
+    return {
+        f"level={lvl} delta={dn} mode={mn}": (lvl, dm, mm)
+        for lvl, (dn, dm), (mn, mm) in itertools.product(
+            PCODEC_LEVELS, deltas_.items(), modes.items()
+        )
+    }
+
+
+def pcodec_anchor(rows: StateRows) -> dict[str, Any]:
+    """pcodec on the grid symbols (each column a standalone pcodec file), best settings."""
+    pco = _package("pcodec")
+    settings = pcodec_settings(pco)
+
+    def compress(col: np.ndarray, name: str) -> bytes:
+        level, delta, mode = settings[name]
+        config = pco.ChunkConfig(
+            compression_level=level,
+            delta_spec=delta(),
+            mode_spec=mode(),
+            enable_8_bit=col.dtype.itemsize == 1,
+        )
+        return pco.standalone.simple_compress(col, config)
+
+    sizes: Sizes = {}
+    for lay in LAYOUTS:
+        for j, col in enumerate(layout_of(rows, lay).T):
+            col = smallest_int(col)
+            for name in settings:
+                blob = compress(col, name)
+                if np.array_equal(pco.standalone.simple_decompress(blob), col):
+                    sizes[((lay, name), j)] = len(blob)
+
+    def code(choice: list[Setting]) -> dict[str, Any]:
+        t = time.perf_counter()
+        coded = [smallest_int(c) for c in _layout_columns(rows, choice)]
+        blobs = [compress(c, s) for c, (_, s) in zip(coded, choice, strict=True)]
+        c_s = time.perf_counter() - t
+        t = time.perf_counter()
+        back = [pco.standalone.simple_decompress(b) for b in blobs]
+        symbols = _symbols_from(rows, choice, back)
+        d_s = time.perf_counter() - t
+        worst = check_grid(rows, symbols, "pcodec")
+        nbytes = sum(len(b) for b in blobs)
+        return _result(
+            rows, nbytes, c_s, d_s, **_described(rows, choice, sizes), max_error_in_tolerances=worst
+        )
+
+    return _grid_rows(rows, sizes, code)
+
+
+# ---------------------------------------------------------------------- error-bounded coders
+Coder = tuple[Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray]]  # (encode, decode)
+
+
+def _exact_coders(lossy: Callable[[float], Coder]) -> dict[str, Coder]:
+    """Exact coders of a binary/categorical column: the lossy coder at a bound of 0.49 on the
+    codes and rounding; zstd -19 of the codes in their smallest integer type."""
+    enc, dec = lossy(EXACT_BOUND)
+
+    def zstd_enc(col: np.ndarray) -> bytes:
+        ints = smallest_int(np.rint(col).astype(np.int64))
+        return bytes([ints.dtype.itemsize]) + zstd_bytes(ints.tobytes())
+
+    def zstd_dec(blob: bytes) -> np.ndarray:
+        width = blob[0]
+        dtype = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}[width]
+        return np.frombuffer(unzstd(blob[1:], 1 << 34), dtype=dtype).astype(np.float64)
+
+    return {
+        f"bound {EXACT_BOUND}, rounded": (enc, lambda b: np.rint(dec(b))),
+        "zstd-19 of the codes": (zstd_enc, zstd_dec),
+    }
+
+
+def _bounded_rows(rows: StateRows, name: str, coders: list[dict[str, Coder]]) -> dict[str, Any]:
+    """Per column the smallest of ``coders[j]`` whose decode checks; coded again, timed, and
+    the whole decode checked."""
+    choice: list[str] = []
+    sizes: list[int] = []
+    for j, options in enumerate(coders):
+        col = np.ascontiguousarray(rows.native[:, j])
+        ok = {}
+        for label, (enc, dec) in options.items():
+            blob = enc(col)
+            if column_errors(rows, j, dec(blob))[0] == 0:
+                ok[label] = len(blob)
+        if not ok:
+            raise CheckFailed(f"{name}: no setting keeps {rows.names[j]} within tolerance")
+        choice.append(min(ok, key=ok.__getitem__))
+        sizes.append(ok[choice[-1]])
+    cols = [np.ascontiguousarray(c) for c in rows.native.T]
+    t = time.perf_counter()
+    blobs = [coders[j][c][0](cols[j]) for j, c in enumerate(choice)]
+    c_s = time.perf_counter() - t
+    t = time.perf_counter()
+    decoded = np.stack(
+        [coders[j][c][1](b) for j, (c, b) in enumerate(zip(choice, blobs, strict=True))], axis=1
+    )
+    d_s = time.perf_counter() - t
+    worst = check_within(rows, decoded, name)
+    columns = {
+        n: {"setting": c, "bytes": len(b)}
+        for n, c, b in zip(rows.names, choice, blobs, strict=True)
+    }
+    return _result(
+        rows,
+        sum(len(b) for b in blobs),
+        c_s,
+        d_s,
+        columns=columns,
+        max_error_in_tolerances=worst,
+        predicate_mismatches=predicate_mismatches(rows, decoded),
+    )
+
+
+def _dtypes(encode: Callable[[np.ndarray], bytes], dtype: type) -> Callable[[np.ndarray], bytes]:
+    return lambda col: encode(col.astype(dtype))
+
+
+SZ3_PREDICTORS = (
+    "lorenzo",
+    "lorenzo2",
+    "lorenzo-lorenzo2",
+    "regression",
+    "lorenzo-regression",
+    "interpolation",
+    "interpolation-lorenzo",
+)
+
+
+def sz3_anchor(rows: StateRows) -> dict[str, Any]:
+    """SZ3 at an absolute bound = each tolerance: the lorenzo predictor; the best per column."""
+    sz3 = _package("numcodecs_wasm_sz3")
+
+    def coder(bound: float, predictor: str, dtype: type) -> Coder:
+        codec = sz3.Sz3(eb_mode="abs", eb_abs=float(bound), predictor=predictor)
+        return (
+            lambda col: bytes(codec.encode(np.ascontiguousarray(col, dtype=dtype))),
+            lambda blob: np.asarray(
+                codec.decode(np.frombuffer(blob, np.uint8)), dtype=np.float64
+            ).reshape(-1),
+        )
+
+    try:
+        coder(1.0, "lorenzo", np.float64)[0](np.zeros(8))  # compiles the WebAssembly once
+    except Exception as e:  # noqa: BLE001
+        raise AnchorSkipped(f"numcodecs_wasm_sz3 does not run here: {e}") from None
+
+    def options(predictors: tuple[str, ...]) -> list[dict[str, Coder]]:
+        out = []
+        for j, tol in enumerate(rows.tolerances):
+            made = {}
+            for p, dtype in itertools.product(predictors, (np.float64, np.float32)):
+                label = f"{p} {np.dtype(dtype).name}"
+                if rows.continuous[j]:
+                    made[label] = coder(tol, p, dtype)
+                else:
+                    for k, v in _exact_coders(lambda b, p=p, d=dtype: coder(b, p, d)).items():
+                        made[f"{k} ({label})" if k.startswith("bound") else k] = v
+            out.append(made)
+        return out
+
+    return {
+        "lorenzo": _bounded_rows(rows, "SZ3 lorenzo", options(("lorenzo",))),
+        "best_per_column": _bounded_rows(rows, "SZ3", options(SZ3_PREDICTORS)),
+    }
+
+
+def zfp_anchor(rows: StateRows) -> dict[str, Any]:
+    """ZFP in fixed-accuracy mode at each tolerance (float64 or float32 input, per column)."""
+    zfpy = _package("zfpy")
+
+    def coder(bound: float, dtype: type) -> Coder:
+        return (
+            lambda col: zfpy.compress_numpy(
+                np.ascontiguousarray(col, dtype=dtype), tolerance=float(bound)
+            ),
+            lambda blob: np.asarray(zfpy.decompress_numpy(blob), dtype=np.float64),
+        )
+
+    options = []
+    for j, tol in enumerate(rows.tolerances):
+        made = {}
+        for dtype in (np.float64, np.float32):
+            name = np.dtype(dtype).name
+            if rows.continuous[j]:
+                made[f"tolerance {tol:g} {name}"] = coder(tol, dtype)
+            else:
+                for k, v in _exact_coders(lambda b, d=dtype: coder(b, d)).items():
+                    made[f"{k} ({name})" if k.startswith("bound") else k] = v
+        options.append(made)
+    return {"fixed_accuracy": _bounded_rows(rows, "ZFP", options)}
+
+
+# ---------------------------------------------------------------------- keys
+def keys_anchor(rows: StateRows) -> dict[str, Any]:
+    """The keys under zstd -19: per agent run its agent_id, first step and length (and the
+    rows whose step is not the previous one + 1); also without the id texts."""
+    first = first_of_agent(rows.agent_ids)
+    starts = np.flatnonzero(first)
+    lengths = np.diff(np.append(starts, rows.n))
+    ids = [str(a) for a in rows.agent_ids[starts]]
+    if any("\0" in a for a in ids):
+        raise ValueError("an agent_id holds a NUL character")
+    expected = np.repeat(rows.steps[starts], lengths) + _offsets(lengths)
+    odd = np.flatnonzero(rows.steps != expected)  # rows that are not consecutive steps
+    t = time.perf_counter()
+    numbers = [smallest_int(a) for a in (rows.steps[starts], lengths, odd, rows.steps[odd])]
+    text = "\0".join(ids).encode()
+    head = np.array(
+        [len(text), len(starts), len(odd)] + [a.dtype.itemsize for a in numbers], dtype=np.int64
+    )
+    body = b"".join(a.tobytes() for a in numbers)
+    with_ids, without = zstd_bytes(head.tobytes() + text + body), zstd_bytes(head.tobytes() + body)
+    c_s = time.perf_counter() - t
+    t = time.perf_counter()
+    agent_ids, steps = _decode_keys(unzstd(with_ids, 1 << 34))
+    d_s = time.perf_counter() - t
+    check_equal(
+        np.array([str(a) for a in rows.agent_ids], dtype=object), agent_ids, "keys: agent_id"
+    )
+    check_equal(rows.steps, steps, "keys: step_number")
+    return _result(
+        rows,
+        len(with_ids),
+        c_s,
+        d_s,
+        agents=len(starts),
+        rows_not_consecutive=len(odd),
+        without_ids_bytes=len(without),
+        without_ids_bits_per_state=8 * len(without) / rows.n,
+    )
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """0, 1, ..., length - 1 for each run, concatenated."""
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(int(lengths.sum())) - starts
+
+
+def _decode_keys(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of ``keys_anchor``'s packing: per-row agent ids and steps."""
+    head = np.frombuffer(raw, np.int64, 7)
+    text_len, runs, odd = (int(v) for v in head[:3])
+    widths = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+    at = head.nbytes
+    ids = raw[at : at + text_len].decode().split("\0")
+    at += text_len
+    arrays = []
+    for count, width in zip((runs, runs, odd, odd), head[3:].tolist(), strict=True):
+        arrays.append(np.frombuffer(raw, widths[width], count, at).astype(np.int64))
+        at += count * width
+    first_steps, lengths, odd_rows, odd_steps = arrays
+    agent_ids = np.empty(int(lengths.sum()), dtype=object)
+    agent_ids[:] = np.repeat(np.array(ids, dtype=object), lengths)
+    steps = np.repeat(first_steps, lengths) + _offsets(lengths)
+    steps[odd_rows] = odd_steps
+    return agent_ids, steps
+
+
+# ---------------------------------------------------------------------- all of them
+ANCHORS: dict[str, Callable[[StateRows], dict[str, Any]]] = {
+    "zstd_grid": zstd_grid_anchor,
+    "openzl": openzl_anchor,
+    "sz3": sz3_anchor,
+    "pcodec": pcodec_anchor,
+    "zfp": zfp_anchor,
+    "keys": keys_anchor,
+}
+
+
+def measure_anchors(rows: StateRows, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every anchor on ``rows``; a missing package gives ``{"skipped": reason}`` and one line."""
+    out: dict[str, Any] = {"states": rows.n, "agents": int(first_of_agent(rows.agent_ids).sum())}
+    for name, anchor in ANCHORS.items():
+        t = time.perf_counter()
+        try:
+            out[name] = anchor(rows)
+        except AnchorSkipped as e:
+            say(f"  {name}: skipped, {e}")
+            out[name] = {"skipped": str(e)}
+            continue
+        out[name]["measure_seconds"] = time.perf_counter() - t
+    return out
