@@ -1,7 +1,8 @@
 """Anchors: what real compressors make of the agent_states rows our codec codes.
 
-Each anchor codes the features of the same rows (``StateRows``: (agent, step) order, the
-meaning grid at k = 1 of the codec's fitted schema), decodes them, and checks every value:
+Each anchor codes the features of the same rows (``anchor_rows.StateRows``: (agent, step)
+order, the meaning grid at k = 1 of the codec's fitted schema), decodes them, and checks every
+value (``anchor_rows``' checks):
 grid coders must give the symbols back exactly (hence every value within tolerance and every
 predicate kept); error-bounded coders must give every continuous value within its tolerance
 (the slack ``verify`` allows) and every binary/categorical value exactly. An anchor returns
@@ -33,249 +34,40 @@ A package that is not installed makes its anchor raise ``AnchorSkipped`` (one li
 
 from __future__ import annotations
 
-import importlib
 import itertools
+import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import zstandard
 
-from meaning_transform.baselines import deltas, first_of_agent
-from meaning_transform.codec.commands import TOLERANCE_SLACK
-from meaning_transform.grid import MeaningGrid
-from meaning_transform.schema.layout import SchemaLayout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchor_rows import (  # noqa: E402
+    LAYOUTS,
+    ZSTD_LEVEL,
+    AnchorSkipped,
+    CheckFailed,
+    StateRows,
+    check_equal,
+    check_grid,
+    check_within,
+    column_errors,
+    from_layout,
+    layout_of,
+    measured,
+    predicate_mismatches,
+    require,
+    smallest_int,
+    unzstd,
+    zstd_bytes,
+)
 
-LAYOUTS = ("grid", "deltas")
+from meaning_transform.baselines import first_of_agent  # noqa: E402
+from meaning_transform.messages import one_line  # noqa: E402
+
 EXACT_BOUND = 0.49  # an absolute bound below 0.5 on integer codes: rounding gives them back
-ZSTD_LEVEL = 19
-
-
-class AnchorSkipped(Exception):
-    """An anchor's package is not installed (or does not work here): one line saying which."""
-
-
-class CheckFailed(AssertionError):
-    """A decoded array differs from the original beyond what the anchor promises."""
-
-
-# ---------------------------------------------------------------------- the rows
-@dataclass(frozen=True)
-class StateRows:
-    """agent_states rows as the codec codes them, in (agent, step) order."""
-
-    grid: MeaningGrid  # the meaning grid at k = 1 of the fitted schema
-    x: torch.Tensor  # float32 data tensor [N, F]
-    symbols: np.ndarray  # int64 [N, F]: grid symbols
-    native: np.ndarray  # float64 [N, F]: values in native units (codes for discrete ones)
-    agent_ids: np.ndarray  # object [N]: agent_id text
-    steps: np.ndarray  # int64 [N]: step_number
-
-    @property
-    def n(self) -> int:
-        """Number of states."""
-        return len(self.steps)
-
-    @property
-    def names(self) -> list[str]:
-        """Feature names, in column order."""
-        return [f.name for f in self.grid.schema.features]
-
-    @property
-    def continuous(self) -> np.ndarray:
-        """Per column, whether it is continuous (else binary/categorical: exact)."""
-        return np.array([f.kind == "continuous" for f in self.grid.schema.features])
-
-    @property
-    def tolerances(self) -> np.ndarray:
-        """Per column, the tolerance in native units (0 for exact columns)."""
-        return np.array([f.tolerance if c else 0.0 for f, c in self._features()])
-
-    def _features(self) -> Iterator[tuple[Any, bool]]:
-        return zip(self.grid.schema.features, self.continuous, strict=True)
-
-    def vocab_sizes(self) -> list[int]:
-        """Per column, the vocabulary size of discrete columns, 0 for continuous ones."""
-        return self.grid.vocab_sizes()
-
-
-def state_rows(dm: Any, split: str | None = None) -> StateRows:
-    """The rows of a set-up datamodule's ``split`` (None: every split) in (agent, step) order."""
-    splits = [split] if split else ["train", "val", "test"]
-    ids: dict[int, Any] = {}  # agent code -> agent_id text
-    for s in splits:
-        codes = np.unique(getattr(dm, f"{s}_agents"))
-        names = dm.split_agents[s]
-        if len(codes) != len(names):
-            raise ValueError(f"split {s!r}: {len(codes)} agents with rows, {len(names)} listed")
-        ids.update(zip(codes.tolist(), names.tolist(), strict=True))
-    x = torch.cat([getattr(dm, f"{s}_x") for s in splits])
-    agents = np.concatenate([getattr(dm, f"{s}_agents") for s in splits])
-    steps = np.concatenate([getattr(dm, f"{s}_steps") for s in splits])
-    order = np.lexsort((steps, agents))
-    x, agents, steps = x[torch.from_numpy(order)], agents[order], steps[order]
-    grid = MeaningGrid(dm.schema, 1)
-    agent_ids = np.empty(len(agents), dtype=object)
-    agent_ids[:] = [ids[a] for a in agents.tolist()]
-    return StateRows(grid, x, grid.encode(x), native_values(grid, x), agent_ids, steps)
-
-
-def native_values(grid: MeaningGrid, x: torch.Tensor) -> np.ndarray:
-    """Data tensor -> float64 native units (continuous columns), codes as they are otherwise."""
-    schema = grid.schema
-    mean = np.array(
-        [
-            schema.normalizers[f.name].mean if f.kind == "continuous" else 0.0
-            for f in schema.features
-        ]
-    )
-    std = np.array(
-        [schema.normalizers[f.name].std if f.kind == "continuous" else 1.0 for f in schema.features]
-    )
-    return x.to(torch.float64).numpy() * std + mean
-
-
-# ---------------------------------------------------------------------- checks
-def check_equal(original: np.ndarray, decoded: np.ndarray, what: str) -> None:
-    """CheckFailed unless ``decoded`` holds exactly ``original``'s values (and shape)."""
-    decoded = np.asarray(decoded)
-    if decoded.shape != original.shape:
-        raise CheckFailed(f"{what}: decoded shape {decoded.shape}, expected {original.shape}")
-    if not np.array_equal(decoded, original):
-        wrong = np.flatnonzero(np.asarray(decoded != original).reshape(len(original), -1).any(1))
-        raise CheckFailed(f"{what}: {len(wrong)} rows differ, first at row {int(wrong[0])}")
-
-
-def column_errors(rows: StateRows, j: int, decoded: np.ndarray) -> tuple[int, float]:
-    """Column ``j`` decoded (native units): (values beyond tolerance, or not exact for a
-    binary/categorical column; the worst error in tolerances, 0 for exact columns)."""
-    decoded = np.asarray(decoded, dtype=np.float64)
-    if decoded.shape != (rows.n,):
-        return rows.n, float("inf")
-    if not rows.continuous[j]:
-        return int((decoded != rows.native[:, j]).sum()), 0.0
-    err = np.abs(decoded - rows.native[:, j]) / rows.tolerances[j]
-    bad = ~(err <= TOLERANCE_SLACK)  # NaN counts as bad
-    return int(bad.sum()), float(np.nanmax(err, initial=0.0))
-
-
-def check_within(rows: StateRows, decoded: np.ndarray, what: str) -> float:
-    """CheckFailed unless every continuous value of ``decoded`` (native units, [N, F]) is
-    within its tolerance of the original (the slack ``verify`` allows) and every other value
-    exact; the worst error in tolerances."""
-    decoded = np.asarray(decoded, dtype=np.float64)
-    if decoded.shape != rows.native.shape:
-        raise CheckFailed(f"{what}: decoded shape {decoded.shape}, expected {rows.native.shape}")
-    worst = 0.0
-    for j, name in enumerate(rows.names):
-        bad, err = column_errors(rows, j, decoded[:, j])
-        if bad:
-            how = f"up to {err:.4g} tolerances" if rows.continuous[j] else "not exact"
-            raise CheckFailed(f"{what}: {bad} values of {name} wrong ({how})")
-        worst = max(worst, err)
-    return worst
-
-
-def check_grid(rows: StateRows, symbols: np.ndarray, what: str) -> float:
-    """Decoded grid symbols: exactly the originals, and their values within tolerance."""
-    check_equal(rows.symbols, symbols, what)
-    return check_within(rows, rows.grid.native(symbols), what)
-
-
-def predicate_mismatches(rows: StateRows, decoded: np.ndarray) -> int:
-    """How many predicate truths differ between the original and decoded states."""
-    schema = rows.grid.schema
-    if not schema.predicates:
-        return 0
-    layout = SchemaLayout(schema)
-    x_hat = _data_tensor(rows, decoded)
-    a, b = layout.evaluate_predicates(rows.x), layout.evaluate_predicates(x_hat)
-    return int((a != b).sum())
-
-
-def _data_tensor(rows: StateRows, native: np.ndarray) -> torch.Tensor:
-    """Native values -> the float32 data tensor (the arithmetic of ``schema.table.encode``)."""
-    schema = rows.grid.schema
-    out = np.asarray(native, dtype=np.float64).copy()
-    for i, f in enumerate(schema.features):
-        if f.kind == "continuous":
-            norm = schema.normalizers[f.name]
-            out[:, i] = np.subtract(out[:, i], norm.mean) / norm.std
-    return torch.from_numpy(out.astype(np.float32))
-
-
-# ---------------------------------------------------------------------- layouts
-def agent_deltas(rows: StateRows, symbols: np.ndarray) -> np.ndarray:
-    """Per-agent differences of grid symbols (first state of each agent absolute)."""
-    return deltas(rows.grid, symbols, first_of_agent(rows.agent_ids))
-
-
-def undo_agent_deltas(rows: StateRows, values: np.ndarray) -> np.ndarray:
-    """Inverse of ``agent_deltas``: per-agent running sums (mod the vocabulary when discrete)."""
-    first = first_of_agent(rows.agent_ids)
-    total = np.cumsum(values, axis=0)
-    starts = np.flatnonzero(first)
-    before = np.zeros((len(starts), values.shape[1]), dtype=total.dtype)
-    before[1:] = total[starts[1:] - 1]
-    out = total - np.repeat(before, np.diff(np.append(starts, len(values))), axis=0)
-    for i, v in enumerate(rows.vocab_sizes()):
-        if v:
-            out[:, i] = np.mod(out[:, i], v)
-    return out
-
-
-def layout_of(rows: StateRows, layout: str) -> np.ndarray:
-    """The symbols in ``layout`` (``grid`` or ``deltas``)."""
-    return rows.symbols if layout == "grid" else agent_deltas(rows, rows.symbols)
-
-
-def from_layout(rows: StateRows, layout: str, values: np.ndarray) -> np.ndarray:
-    """Inverse of ``layout_of``."""
-    return values if layout == "grid" else undo_agent_deltas(rows, values)
-
-
-def smallest_int(col: np.ndarray) -> np.ndarray:
-    """``col`` (integers) as the smallest signed integer type that holds it, contiguous."""
-    lo, hi = (int(col.min()), int(col.max())) if len(col) else (0, 0)
-    for dtype in (np.int8, np.int16, np.int32, np.int64):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return np.ascontiguousarray(col, dtype=dtype)
-    raise ValueError("values beyond int64")
-
-
-def zstd_bytes(data: bytes) -> bytes:
-    """``data`` under zstd -19."""
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
-
-
-def unzstd(blob: bytes, size: int) -> bytes:
-    """Inverse of ``zstd_bytes``, at most ``size`` bytes out."""
-    return zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
-
-
-def _result(rows: StateRows, nbytes: int, c_s: float, d_s: float, **extra: Any) -> dict[str, Any]:
-    return {
-        "bytes": nbytes,
-        "bits_per_state": 8 * nbytes / rows.n,
-        "compress_seconds": c_s,
-        "decompress_seconds": d_s,
-        **extra,
-    }
-
-
-def _package(name: str) -> Any:
-    """Import an anchor's package, or AnchorSkipped saying it is missing."""
-    try:
-        return importlib.import_module(name)
-    except Exception as e:  # noqa: BLE001  (a broken install is as missing as an absent one)
-        raise AnchorSkipped(
-            f"{name} not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "pip install -e .[bench]"
-        ) from None
 
 
 # ---------------------------------------------------------------------- zstd of the grid
@@ -293,7 +85,74 @@ def zstd_grid_anchor(rows: StateRows) -> dict[str, Any]:
         at += c.nbytes
     d_s = time.perf_counter() - t
     check_grid(rows, out, "zstd grid")
-    return _result(rows, len(blob), c_s, d_s)
+    return measured(rows, len(blob), c_s, d_s)
+
+
+# ---------------------------------------------------------------------- grid coders, shared
+Setting = tuple[str, str]  # (layout, the coder's settings by name)
+Sizes = dict[tuple[Setting, int], int]  # (setting, column) -> bytes of that column alone
+
+
+def _grid_rows(
+    rows: StateRows, sizes: Sizes, code: Callable[[list[Setting]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Per layout the best single setting and the best per column; then the best per column
+    over both layouts: each coded by ``code`` (which measures and checks it)."""
+    ncols = len(rows.names)
+    out: dict[str, Any] = {}
+    for lay in LAYOUTS:
+        single = _best_single(sizes, ncols, lay)
+        out[f"{lay}_best_single"] = {**code([single] * ncols), "setting": single[1]}
+        out[f"{lay}_per_column"] = code(_per_column(sizes, ncols, (lay,)))
+    out["any_layout_per_column"] = code(_per_column(sizes, ncols, LAYOUTS))
+    return out
+
+
+def _best_single(sizes: Sizes, ncols: int, layout: str) -> Setting:
+    """The setting of ``layout`` that codes every column, smallest in total."""
+    totals: dict[Setting, int] = {}
+    count: dict[Setting, int] = {}
+    for (setting, _), size in sizes.items():
+        if setting[0] == layout:
+            totals[setting] = totals.get(setting, 0) + size
+            count[setting] = count.get(setting, 0) + 1
+    usable = [s for s in totals if count[s] == ncols]
+    return min(usable, key=totals.__getitem__)
+
+
+def _per_column(sizes: Sizes, ncols: int, layouts: tuple[str, ...]) -> list[Setting]:
+    """Per column, the setting (of ``layouts``) that codes it smallest alone."""
+    choice = []
+    for j in range(ncols):
+        mine = {s: size for (s, jj), size in sizes.items() if jj == j and s[0] in layouts}
+        choice.append(min(mine, key=mine.__getitem__))
+    return choice
+
+
+def _layout_columns(rows: StateRows, choice: list[Setting]) -> list[np.ndarray]:
+    """Column j of the symbols in the layout ``choice[j]`` names."""
+    per_layout = {lay: layout_of(rows, lay) for lay in {lay for lay, _ in choice}}
+    return [per_layout[lay][:, j] for j, (lay, _) in enumerate(choice)]
+
+
+def _symbols_from(rows: StateRows, choice: list[Setting], cols: list[np.ndarray]) -> np.ndarray:
+    """Inverse of ``_layout_columns``: decoded columns -> grid symbols [N, F]."""
+    values = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1)
+    symbols = values.copy()
+    for lay in {lay for lay, _ in choice}:
+        js = [j for j, (lj, _) in enumerate(choice) if lj == lay]
+        symbols[:, js] = from_layout(rows, lay, values)[:, js]
+    return symbols
+
+
+def _described(rows: StateRows, choice: list[Setting], sizes: Sizes) -> dict[str, Any]:
+    """Per feature: its layout, setting and bytes when coded alone."""
+    return {
+        "columns": {
+            name: {"layout": lay, "setting": s, "bytes_alone": sizes[((lay, s), j)]}
+            for j, (name, (lay, s)) in enumerate(zip(rows.names, choice, strict=True))
+        }
+    }
 
 
 # ---------------------------------------------------------------------- OpenZL
@@ -378,7 +237,7 @@ def _openzl_size(zl: Any, builder: Callable[[Any], Any], col: np.ndarray) -> int
 
 def openzl_anchor(rows: StateRows) -> dict[str, Any]:
     """OpenZL's standard graphs on the grid symbols and their per-agent differences."""
-    zl = _package("openzl.ext")
+    zl = require("openzl.ext")
     graphs = openzl_graphs(zl)
     cols = {lay: [smallest_int(c) for c in layout_of(rows, lay).T] for lay in LAYOUTS}
     sizes: Sizes = {}
@@ -399,7 +258,7 @@ def openzl_anchor(rows: StateRows) -> dict[str, Any]:
         symbols = _symbols_from(rows, choice, back)
         d_s = time.perf_counter() - t
         worst = check_grid(rows, symbols, "OpenZL")
-        return _result(
+        return measured(
             rows,
             len(blob),
             c_s,
@@ -409,73 +268,6 @@ def openzl_anchor(rows: StateRows) -> dict[str, Any]:
         )
 
     return _grid_rows(rows, sizes, code)
-
-
-# ---------------------------------------------------------------------- grid coders, shared
-Setting = tuple[str, str]  # (layout, the coder's settings by name)
-Sizes = dict[tuple[Setting, int], int]  # (setting, column) -> bytes of that column alone
-
-
-def _grid_rows(
-    rows: StateRows, sizes: Sizes, code: Callable[[list[Setting]], dict[str, Any]]
-) -> dict[str, Any]:
-    """Per layout the best single setting and the best per column; then the best per column
-    over both layouts: each coded by ``code`` (which measures and checks it)."""
-    ncols = len(rows.names)
-    out: dict[str, Any] = {}
-    for lay in LAYOUTS:
-        single = _best_single(sizes, ncols, lay)
-        out[f"{lay}_best_single"] = {**code([single] * ncols), "setting": single[1]}
-        out[f"{lay}_per_column"] = code(_per_column(sizes, ncols, (lay,)))
-    out["any_layout_per_column"] = code(_per_column(sizes, ncols, LAYOUTS))
-    return out
-
-
-def _best_single(sizes: Sizes, ncols: int, layout: str) -> Setting:
-    """The setting of ``layout`` that codes every column, smallest in total."""
-    totals: dict[Setting, int] = {}
-    count: dict[Setting, int] = {}
-    for (setting, _), size in sizes.items():
-        if setting[0] == layout:
-            totals[setting] = totals.get(setting, 0) + size
-            count[setting] = count.get(setting, 0) + 1
-    usable = [s for s in totals if count[s] == ncols]
-    return min(usable, key=totals.__getitem__)
-
-
-def _per_column(sizes: Sizes, ncols: int, layouts: tuple[str, ...]) -> list[Setting]:
-    """Per column, the setting (of ``layouts``) that codes it smallest alone."""
-    choice = []
-    for j in range(ncols):
-        mine = {s: size for (s, jj), size in sizes.items() if jj == j and s[0] in layouts}
-        choice.append(min(mine, key=mine.__getitem__))
-    return choice
-
-
-def _layout_columns(rows: StateRows, choice: list[Setting]) -> list[np.ndarray]:
-    """Column j of the symbols in the layout ``choice[j]`` names."""
-    per_layout = {lay: layout_of(rows, lay) for lay in {lay for lay, _ in choice}}
-    return [per_layout[lay][:, j] for j, (lay, _) in enumerate(choice)]
-
-
-def _symbols_from(rows: StateRows, choice: list[Setting], cols: list[np.ndarray]) -> np.ndarray:
-    """Inverse of ``_layout_columns``: decoded columns -> grid symbols [N, F]."""
-    values = np.stack([np.asarray(c, dtype=np.int64) for c in cols], axis=1)
-    symbols = values.copy()
-    for lay in {lay for lay, _ in choice}:
-        js = [j for j, (lj, _) in enumerate(choice) if lj == lay]
-        symbols[:, js] = from_layout(rows, lay, values)[:, js]
-    return symbols
-
-
-def _described(rows: StateRows, choice: list[Setting], sizes: Sizes) -> dict[str, Any]:
-    """Per feature: its layout, setting and bytes when coded alone."""
-    return {
-        "columns": {
-            name: {"layout": lay, "setting": s, "bytes_alone": sizes[((lay, s), j)]}
-            for j, (name, (lay, s)) in enumerate(zip(rows.names, choice, strict=True))
-        }
-    }
 
 
 # ---------------------------------------------------------------------- pcodec
@@ -503,7 +295,7 @@ def pcodec_settings(pco: Any) -> dict[str, Any]:
 
 def pcodec_anchor(rows: StateRows) -> dict[str, Any]:
     """pcodec on the grid symbols (each column a standalone pcodec file), best settings."""
-    pco = _package("pcodec")
+    pco = require("pcodec")
     settings = pcodec_settings(pco)
 
     def compress(col: np.ndarray, name: str) -> bytes:
@@ -536,7 +328,7 @@ def pcodec_anchor(rows: StateRows) -> dict[str, Any]:
         d_s = time.perf_counter() - t
         worst = check_grid(rows, symbols, "pcodec")
         nbytes = sum(len(b) for b in blobs)
-        return _result(
+        return measured(
             rows, nbytes, c_s, d_s, **_described(rows, choice, sizes), max_error_in_tolerances=worst
         )
 
@@ -597,7 +389,7 @@ def _bounded_rows(rows: StateRows, name: str, coders: list[dict[str, Coder]]) ->
         n: {"setting": c, "bytes": len(b)}
         for n, c, b in zip(rows.names, choice, blobs, strict=True)
     }
-    return _result(
+    return measured(
         rows,
         sum(len(b) for b in blobs),
         c_s,
@@ -606,10 +398,6 @@ def _bounded_rows(rows: StateRows, name: str, coders: list[dict[str, Coder]]) ->
         max_error_in_tolerances=worst,
         predicate_mismatches=predicate_mismatches(rows, decoded),
     )
-
-
-def _dtypes(encode: Callable[[np.ndarray], bytes], dtype: type) -> Callable[[np.ndarray], bytes]:
-    return lambda col: encode(col.astype(dtype))
 
 
 SZ3_PREDICTORS = (
@@ -625,7 +413,7 @@ SZ3_PREDICTORS = (
 
 def sz3_anchor(rows: StateRows) -> dict[str, Any]:
     """SZ3 at an absolute bound = each tolerance: the lorenzo predictor; the best per column."""
-    sz3 = _package("numcodecs_wasm_sz3")
+    sz3 = require("numcodecs_wasm_sz3")
 
     def coder(bound: float, predictor: str, dtype: type) -> Coder:
         codec = sz3.Sz3(eb_mode="abs", eb_abs=float(bound), predictor=predictor)
@@ -639,7 +427,7 @@ def sz3_anchor(rows: StateRows) -> dict[str, Any]:
     try:
         coder(1.0, "lorenzo", np.float64)[0](np.zeros(8))  # compiles the WebAssembly once
     except Exception as e:  # noqa: BLE001
-        raise AnchorSkipped(f"numcodecs_wasm_sz3 does not run here: {e}") from None
+        raise AnchorSkipped(f"numcodecs_wasm_sz3 does not run here: {one_line(e)}") from None
 
     def options(predictors: tuple[str, ...]) -> list[dict[str, Coder]]:
         out = []
@@ -663,7 +451,7 @@ def sz3_anchor(rows: StateRows) -> dict[str, Any]:
 
 def zfp_anchor(rows: StateRows) -> dict[str, Any]:
     """ZFP in fixed-accuracy mode at each tolerance (float64 or float32 input, per column)."""
-    zfpy = _package("zfpy")
+    zfpy = require("zfpy")
 
     def coder(bound: float, dtype: type) -> Coder:
         return (
@@ -715,7 +503,7 @@ def keys_anchor(rows: StateRows) -> dict[str, Any]:
         np.array([str(a) for a in rows.agent_ids], dtype=object), agent_ids, "keys: agent_id"
     )
     check_equal(rows.steps, steps, "keys: step_number")
-    return _result(
+    return measured(
         rows,
         len(with_ids),
         c_s,

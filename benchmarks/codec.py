@@ -47,7 +47,8 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
-from anchors import measure_anchors, state_rows  # noqa: E402
+from anchor_rows import state_rows  # noqa: E402
+from anchors import measure_anchors  # noqa: E402
 from db_anchors import db_anchors  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -300,7 +301,7 @@ def table(results: dict[str, Any]) -> str:
         *_aligned(headings, speeds),
         "",
         "OpenZL, best (layout g: grid, d: deltas; graph) per column: bytes when coded alone",
-        *_aligned(headings, graphs),
+        *(_aligned(headings, graphs) if graphs else ["(not measured)"]),
         "",
         _whole_db_table(results),
     ]

@@ -21,6 +21,7 @@ from meaning_transform.api import load_config
 from meaning_transform.config import instantiate_checked
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+import anchor_rows as ar  # noqa: E402
 import anchors  # noqa: E402
 import db_anchors  # noqa: E402
 
@@ -36,15 +37,15 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rows(db: Path) -> anchors.StateRows:
+def rows(db: Path) -> ar.StateRows:
     """Every agent's rows, as the codec's datamodule reads them."""
     cfg = load_config(["data=sqlite", f"data.path={db}"])
     dm = instantiate_checked(cfg.data, "data", schema=cfg.schema)
     dm.setup()
-    return anchors.state_rows(dm)
+    return ar.state_rows(dm)
 
 
-def _hand_rows(rows: anchors.StateRows, agents: list[str], steps: list[int]) -> anchors.StateRows:
+def _hand_rows(rows: ar.StateRows, agents: list[str], steps: list[int]) -> ar.StateRows:
     """The first len(agents) rows of ``rows`` relabelled with ``agents`` and ``steps``."""
     n = len(agents)
     ids = np.empty(n, dtype=object)
@@ -60,69 +61,79 @@ def _hand_rows(rows: anchors.StateRows, agents: list[str], steps: list[int]) -> 
 
 
 # ---------------------------------------------------------------------- units
-def test_rows_are_in_agent_step_order(rows: anchors.StateRows) -> None:
+def test_rows_are_in_agent_step_order(rows: ar.StateRows) -> None:
     assert rows.n == 600
     key = list(zip(rows.agent_ids.tolist(), rows.steps.tolist(), strict=True))
     assert key == sorted(key)
     assert rows.symbols.shape == rows.native.shape == (600, len(rows.names))
 
 
-def test_agent_deltas_by_hand(rows: anchors.StateRows) -> None:
+def test_agent_deltas_by_hand(rows: ar.StateRows) -> None:
     hand = _hand_rows(rows, ["a", "a", "a", "b", "b"], [0, 1, 2, 0, 1])
     cont = rows.names.index("position_x")
     binary = rows.names.index("is_defending")
     hand.symbols[:, cont] = [3, 4, 4, 7, 6]
     hand.symbols[:, binary] = [1, 0, 0, 1, 1]
-    d = anchors.agent_deltas(hand, hand.symbols)
+    d = ar.agent_deltas(hand, hand.symbols)
     assert d[:, cont].tolist() == [3, 1, 0, 7, -1]  # first of each agent absolute
     assert d[:, binary].tolist() == [1, 1, 0, 1, 0]  # binary: difference mod 2
-    assert np.array_equal(anchors.undo_agent_deltas(hand, d), hand.symbols)
+    assert np.array_equal(ar.undo_agent_deltas(hand, d), hand.symbols)
 
 
 def test_smallest_int() -> None:
-    assert anchors.smallest_int(np.array([-128, 127])).dtype == np.int8
-    assert anchors.smallest_int(np.array([0, 128])).dtype == np.int16
-    assert anchors.smallest_int(np.array([-40000, 0])).dtype == np.int32
-    assert anchors.smallest_int(np.array([2**40])).dtype == np.int64
+    assert ar.smallest_int(np.array([-128, 127])).dtype == np.int8
+    assert ar.smallest_int(np.array([0, 128])).dtype == np.int16
+    assert ar.smallest_int(np.array([-40000, 0])).dtype == np.int32
+    assert ar.smallest_int(np.array([2**40])).dtype == np.int64
 
 
-def test_keys_round_trip_with_a_gap(rows: anchors.StateRows) -> None:
+def test_keys_round_trip_with_a_gap(rows: ar.StateRows) -> None:
     hand = _hand_rows(rows, ["a", "a", "b", "b", "b"], [5, 6, 0, 1, 3])
     out = anchors.keys_anchor(hand)
     assert out["agents"] == 2 and out["rows_not_consecutive"] == 1  # step 3 after 1
     assert 0 < out["without_ids_bytes"] < out["bytes"]
 
 
-def test_check_within_fails_on_a_wrong_decode(rows: anchors.StateRows) -> None:
-    assert anchors.check_within(rows, rows.native, "same") == 0.0
+def test_check_within_fails_on_a_wrong_decode(rows: ar.StateRows) -> None:
+    assert ar.check_within(rows, rows.native, "same") == 0.0
     j = rows.names.index("current_health")
     tol = rows.tolerances[j]
     inside = rows.native.copy()
     inside[7, j] += tol  # exactly one tolerance off: within
-    assert anchors.check_within(rows, inside, "edge") == pytest.approx(1.0)
+    assert ar.check_within(rows, inside, "edge") == pytest.approx(1.0)
     outside = rows.native.copy()
     outside[7, j] += 1.01 * tol
-    with pytest.raises(anchors.CheckFailed, match="current_health"):
-        anchors.check_within(rows, outside, "off")
+    with pytest.raises(ar.CheckFailed, match="current_health"):
+        ar.check_within(rows, outside, "off")
     flipped = rows.native.copy()
     k = rows.names.index("is_defending")
     flipped[3, k] = 1 - flipped[3, k]  # an exact column off by one code
-    with pytest.raises(anchors.CheckFailed, match="is_defending"):
-        anchors.check_within(rows, flipped, "flip")
-    with pytest.raises(anchors.CheckFailed, match="shape"):
-        anchors.check_within(rows, rows.native[:-1], "short")
+    with pytest.raises(ar.CheckFailed, match="is_defending"):
+        ar.check_within(rows, flipped, "flip")
+    with pytest.raises(ar.CheckFailed, match="shape"):
+        ar.check_within(rows, rows.native[:-1], "short")
 
 
-def test_check_grid_fails_on_a_wrong_symbol(rows: anchors.StateRows) -> None:
-    assert anchors.check_grid(rows, rows.symbols, "same") <= 1.0 + 1e-4
+def test_native_values_and_predicates(rows: ar.StateRows) -> None:
+    assert np.array_equal(ar.data_tensor(rows, rows.native).numpy(), rows.x.numpy())
+    assert ar.predicate_mismatches(rows, rows.native) == 0
+    j = rows.names.index("current_health")
+    i = int(np.argmax(rows.native[:, j] >= 80.5))  # low_health (< 80) false here
+    moved = rows.native.copy()
+    moved[i, j] = 79.0  # below the low_health threshold (< 80): that predicate flips
+    assert ar.predicate_mismatches(rows, moved) == 1
+
+
+def test_check_grid_fails_on_a_wrong_symbol(rows: ar.StateRows) -> None:
+    assert ar.check_grid(rows, rows.symbols, "same") <= 1.0 + 1e-4
     wrong = rows.symbols.copy()
     wrong[11, 0] += 1
-    with pytest.raises(anchors.CheckFailed, match="1 rows differ, first at row 11"):
-        anchors.check_grid(rows, wrong, "wrong")
+    with pytest.raises(ar.CheckFailed, match="1 rows differ, first at row 11"):
+        ar.check_grid(rows, wrong, "wrong")
 
 
 def test_a_corrupted_stream_inside_an_anchor_is_caught(
-    rows: anchors.StateRows, monkeypatch: pytest.MonkeyPatch
+    rows: ar.StateRows, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = anchors.unzstd
 
@@ -132,11 +143,11 @@ def test_a_corrupted_stream_inside_an_anchor_is_caught(
         return bytes(raw)
 
     monkeypatch.setattr(anchors, "unzstd", corrupt)
-    with pytest.raises(anchors.CheckFailed):
+    with pytest.raises(ar.CheckFailed):
         anchors.zstd_grid_anchor(rows)
 
 
-def test_bounded_coders_pick_only_checked_settings(rows: anchors.StateRows) -> None:
+def test_bounded_coders_pick_only_checked_settings(rows: ar.StateRows) -> None:
     exact = (lambda col: col.tobytes(), lambda blob: np.frombuffer(blob, np.float64))
     tol = rows.tolerances
 
@@ -148,18 +159,16 @@ def test_bounded_coders_pick_only_checked_settings(rows: anchors.StateRows) -> N
     out = anchors._bounded_rows(rows, "test", coders)
     assert {c["setting"] for c in out["columns"].values()} == {"exact"}
     assert out["bytes"] == rows.native.nbytes and out["predicate_mismatches"] == 0
-    with pytest.raises(anchors.CheckFailed, match="no setting keeps"):
+    with pytest.raises(ar.CheckFailed, match="no setting keeps"):
         anchors._bounded_rows(rows, "test", [{"off": off(j)} for j in range(len(rows.names))])
 
 
-def test_missing_package_is_one_line(
-    rows: anchors.StateRows, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with pytest.raises(anchors.AnchorSkipped, match="not importable"):
-        anchors._package("no_such_package_for_anchors")
+def test_missing_package_is_one_line(rows: ar.StateRows, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ar.AnchorSkipped, match="not importable"):
+        ar.require("no_such_package_for_anchors")
 
-    def missing(_: anchors.StateRows) -> dict:
-        anchors._package("no_such_package_for_anchors")
+    def missing(_: ar.StateRows) -> dict:
+        ar.require("no_such_package_for_anchors")
         return {}
 
     monkeypatch.setattr(anchors, "ANCHORS", {"gone": missing, "keys": anchors.keys_anchor})
@@ -171,7 +180,7 @@ def test_missing_package_is_one_line(
 
 # ---------------------------------------------------------------------- every anchor
 @pytest.mark.parametrize("name", list(anchors.ANCHORS))
-def test_anchor_codes_and_checks(rows: anchors.StateRows, name: str) -> None:
+def test_anchor_codes_and_checks(rows: ar.StateRows, name: str) -> None:
     if name in PACKAGES:
         pytest.importorskip(PACKAGES[name])
     out = anchors.ANCHORS[name](rows)
