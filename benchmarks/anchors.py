@@ -97,9 +97,13 @@ def _grid_rows(
     rows: StateRows, sizes: Sizes, code: Callable[[list[Setting]], dict[str, Any]]
 ) -> dict[str, Any]:
     """Per layout the best single setting and the best per column; then the best per column
-    over both layouts: each coded by ``code`` (which measures and checks it)."""
+    over both layouts: each coded by ``code`` (which measures and checks it). ``bytes_alone``:
+    every setting tried, per layout and column, with its bytes when coding that column alone."""
     ncols = len(rows.names)
-    out: dict[str, Any] = {}
+    alone: dict[str, dict[str, dict[str, int]]] = {}
+    for ((lay, setting), j), size in sizes.items():
+        alone.setdefault(lay, {}).setdefault(rows.names[j], {})[setting] = size
+    out: dict[str, Any] = {"bytes_alone": alone}
     for lay in LAYOUTS:
         single = _best_single(sizes, ncols, lay)
         out[f"{lay}_best_single"] = {**code([single] * ncols), "setting": single[1]}
