@@ -57,7 +57,7 @@ from rate_drift import QUIET, SHARED  # noqa: E402
 
 from meaning_transform.api import load_config  # noqa: E402
 from meaning_transform.codec import commands  # noqa: E402
-from meaning_transform.codec.model import load_model  # noqa: E402
+from meaning_transform.codec.model import build_model, read_model  # noqa: E402
 from meaning_transform.config import instantiate_checked  # noqa: E402
 from meaning_transform.training import run  # noqa: E402
 
@@ -112,7 +112,7 @@ def zstd_bytes(data: bytes) -> int:
 
 def codec_run(ckpt: str, db: Path, work: Path, name: str) -> dict[str, Any]:
     """Compress, decompress and verify ``db``; sizes and speeds."""
-    load_model(ckpt)  # warm imports: speeds measure coding, not loading torch/Lightning
+    build_model(read_model(ckpt)[0], ckpt)  # warm imports: speeds measure coding, not loading
     out, restored = work / f"{name}.mtc", work / f"{name}.db"
     c = commands.compress(ckpt, str(db), str(out))
     d = commands.decompress(str(out), str(restored))
