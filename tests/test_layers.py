@@ -91,7 +91,19 @@ LAYERS = [
             "checkpoint_reader",
         ),
     ),
-    ("commands", ("cli", "api", "evaluate", "codec", "report", "sweep_callback", "test_training")),
+    (
+        "commands",
+        (
+            "cli",
+            "api",
+            "train",
+            "evaluate",
+            "codec",
+            "report",
+            "sweep_callback",
+            "test_training",
+        ),
+    ),
 ]
 
 

@@ -1,6 +1,7 @@
 """Semantic-drift report of a checkpoint on any dataset: a table on stdout and a JSON file.
 
-``python -m meaning_transform.evaluate ckpt_path=PATH [split=val] [data=sqlite data.path=DB]``
+``meaning-evaluate ckpt_path=PATH [split=val] [data=sqlite data.path=DB]`` (or
+``python -m meaning_transform.evaluate ...``)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from meaning_transform.cli import compose_checked
+from meaning_transform.cli import HELP_FLAGS, compose_checked, config_help
 from meaning_transform.config import instantiate_checked
 from meaning_transform.errors import USER_ERRORS, ConfigError
 from meaning_transform.io import atomic_write
@@ -23,6 +24,10 @@ if TYPE_CHECKING:  # torch and Lightning are imported where used: bad arguments 
     import torch
 
 SPLITS = ("train", "val", "test", "all")
+USAGE = """\
+usage: meaning-evaluate ckpt_path=PATH [split=val|test|train|all] [data=sqlite data.path=DB]
+       [output=REPORT.json]   (also: python -m meaning_transform.evaluate ...)
+Prints the drift table and writes <run dir>/eval/<checkpoint>_<split>.json."""
 
 
 def _data_config(data_cfg: Any, ckpt: dict[str, Any], path: str) -> Any:
@@ -153,8 +158,12 @@ def compose_eval_config(overrides: list[str]) -> DictConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = compose_eval_config(list(sys.argv[1:] if argv is None else argv))
+        if HELP_FLAGS & set(argv):
+            print(config_help("eval", USAGE))
+            return 0
+        cfg = compose_eval_config(argv)
         report = evaluate_checkpoint(str(cfg.ckpt_path), cfg.get("data"), cfg.split)
         out = Path(cfg.output) if cfg.output else default_output(str(cfg.ckpt_path), cfg.split)
         atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
