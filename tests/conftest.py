@@ -95,3 +95,21 @@ def tiny_cfg(tmp_path: Path):
         return load_config([*base, "logger=none", f"paths.output_dir={tmp_path / out}", *overrides])
 
     return make
+
+
+# ---------------------------------------------------------------- MLflow (logger=mlflow)
+def mlflow_client(uri: str):
+    """MLflow's own client for the store at ``uri`` (reads back what a run logged)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store to copy where a run will log (a new one runs ~3 s of
+    database migrations in every process that creates it)."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    mlflow_client(f"sqlite:///{path}").search_experiments()
+    return path

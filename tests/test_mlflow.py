@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, only_run_dir, train_cli
+from conftest import TINY, mlflow_client, only_run_dir, train_cli
 
 from meaning_transform.callbacks.mlflow_tracking import (
     PARENT_RUN_FILE,
@@ -67,32 +67,20 @@ def test_a_parent_run_file_that_is_not_ours_names_no_parent(tmp_path, content):
     assert read_parent_run(tmp_path) is None
 
 
-def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory) -> Path:
-    """An empty MLflow SQLite store: each test copies it (a new one runs ~3 s of migrations)."""
-    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
-    _client(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 def _csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
 
 
 @pytest.mark.slow
-def test_a_run_logs_params_every_epoch_metric_and_its_outputs(tmp_path, empty_store):
-    shutil.copy(empty_store, tmp_path / "mlflow.db")  # the default store: <paths.log_dir>/mlflow.db
+def test_a_run_logs_params_every_epoch_metric_and_its_outputs(tmp_path, mlflow_empty_store):
+    shutil.copy(
+        mlflow_empty_store, tmp_path / "mlflow.db"
+    )  # the default store: <paths.log_dir>/mlflow.db
     proc = train_cli(*TINY, "logger=mlflow", "experiment_name=tracked", f"paths.log_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(tmp_path, "tracked")
-    client = _client(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow_client(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("tracked")
     assert experiment.artifact_location == (tmp_path / "mlartifacts").resolve().as_uri()
     (run,) = client.search_runs([experiment.experiment_id])
@@ -127,10 +115,12 @@ def test_a_run_logs_params_every_epoch_metric_and_its_outputs(tmp_path, empty_st
 
 
 @pytest.mark.slow
-def test_sweep_jobs_are_nested_runs_of_one_parent_in_the_environments_store(tmp_path, empty_store):
+def test_sweep_jobs_are_nested_runs_of_one_parent_in_the_environments_store(
+    tmp_path, mlflow_empty_store
+):
     store = tmp_path / "elsewhere" / "runs.db"
     store.parent.mkdir()
-    shutil.copy(empty_store, store)
+    shutil.copy(mlflow_empty_store, store)
     proc = train_cli(
         "-m",
         "model.latent_dim=3,4,0",  # 0 fails: the job records it, the parent run ends FAILED
@@ -142,7 +132,7 @@ def test_sweep_jobs_are_nested_runs_of_one_parent_in_the_environments_store(tmp_
     )
     assert proc.returncode == 1, proc.stderr[-3000:]  # a failed job: the sweep exits 1
     assert not (tmp_path / "mlflow.db").exists()
-    client = _client(f"sqlite:///{store}")
+    client = mlflow_client(f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("swept")
     runs = client.search_runs([experiment.experiment_id])
     (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
