@@ -155,7 +155,7 @@ def test_bad_files_and_inputs_are_one_line_errors(tiny, tmp_path, capsys) -> Non
         work,
     )
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={tmp_path}/no.ckpt", f"data.path={db}",
-                              f"out={out}"], "does not exist", work)  # fmt: skip
+                              f"out={out}"], "no such checkpoint file", work)  # fmt: skip
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={tmp_path}/no.db",
                               f"out={out}"], "file not found", work)  # fmt: skip
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={db}",

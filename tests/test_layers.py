@@ -72,6 +72,7 @@ LAYERS = [
             "console",
             "kl_schedule",
             "config",
+            "registry",
             "",
         ),
     ),
@@ -89,6 +90,7 @@ LAYERS = [
             "run_summary",
             "failures",
             "checkpoint_reader",
+            "model_loading",
         ),
     ),
     (
@@ -96,6 +98,7 @@ LAYERS = [
         (
             "cli",
             "api",
+            "entry",
             "train",
             "evaluate",
             "codec",

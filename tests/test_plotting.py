@@ -72,7 +72,7 @@ def test_training_curves_have_a_panel_per_shown_term_and_name_the_others():
     assert "not shown: kl (weight 0), semantic (0 at every epoch)" in fig._suptitle.get_text()
     aux = next(ax for ax in fig.axes if ax.get_title().startswith("bottleneck_aux"))
     assert [t.get_text() for t in aux.texts] == [
-        "optimized, not in the loss: places the coding support"
+        "not in the loss: places the coding support (docs/bottleneck_aux.md)"
     ]
     plt.close(fig)
 

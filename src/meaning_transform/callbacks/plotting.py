@@ -20,7 +20,9 @@ CURVE_TERMS = ("loss", "recon", "kl", "semantic", "grid", "rate")
 #: per-term columns of the history that are not loss terms
 _NOT_TERMS = ("rate_bits", "weight/")
 #: what a term that is in the optimized but not the reported loss is labelled with
-_NOT_REPORTED = {"bottleneck_aux": "optimized, not in the loss: places the coding support"}
+_NOT_REPORTED = {
+    "bottleneck_aux": "not in the loss: places the coding support (docs/bottleneck_aux.md)"
+}
 
 
 def _series(rows: list[Row], key: str) -> tuple[list[float], list[float]]:
