@@ -165,7 +165,7 @@ def _drift_panel(ax: plt.Axes, rows: list[Row]) -> None:
     ax.set_ylabel("fraction outside tolerance / mismatched")
     _epoch_axis(ax)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="best")
 
 
 def semantic_drift_figure(rows: list[Row]) -> plt.Figure:
