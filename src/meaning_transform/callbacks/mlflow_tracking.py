@@ -99,6 +99,8 @@ def open_store(uri: str) -> MlflowClient:
     require_mlflow()
     from mlflow.tracking import MlflowClient
 
+    # "Creating initial MLflow database tables..." is not the user's to act on
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     parsed = urlparse(uri)
     if parsed.scheme == "sqlite" and parsed.path not in ("", "/:memory:"):
         Path(unquote(parsed.path)).parent.mkdir(parents=True, exist_ok=True)
