@@ -2,7 +2,7 @@
 stderr and an exit code, and a signal ends the command cleanly.
 
 - a user error (``USER_ERRORS``) or a failed read/write (a read-only folder, a full disk, a
-  file-size limit): ``error: <one line>``, exit 2;
+  file-size limit; as an OSError or as SQLite's error): ``error: <one line>``, exit 2;
 - SIGINT (Ctrl-C) and SIGTERM: the temp file of an output being written is removed (they are
   raised as exceptions, so ``io.atomic_write`` cleans up), then ``error: interrupted``, exit
   130 / 143;
@@ -13,6 +13,7 @@ stderr and an exit code, and a signal ends the command cleanly.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,8 @@ def run_command(
     except OSError as e:
         what = f" {e.filename}" if e.filename else ""
         return _fail(f"cannot read or write{what}: {e.strerror or one_line(e)}", 2)
+    except sqlite3.Error as e:  # e.g. "disk I/O error" when a write hits a full disk
+        return _fail(f"cannot read or write a database: SQLite says {one_line(e)}", 2)
     except tuple(extra or {}) as e:
         prefix = getattr(e, "prefix", "")
         return _fail(f"{prefix}{one_line(e)}", (extra or {})[type(e)])

@@ -183,7 +183,11 @@ def _signature(cls: Any) -> inspect.Signature:
     try:
         return inspect.signature(cls, eval_str=True)
     except (NameError, TypeError, SyntaxError):  # annotations that cannot be evaluated: names
+        pass
+    try:
         return inspect.signature(cls)
+    except ValueError:  # a builtin without one (a trusted class): keys cannot be checked
+        return inspect.Signature([inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
 
 
 def _limit_check(key: str, value: Any, where: str) -> None:

@@ -227,12 +227,26 @@ class Reader:
         if self.num_states > self.num_chunks * self.header["chunk_size"]:
             raise CodecFileError(f"{self.name} is corrupted (end marker counts)")
         self.fh.seek(here)
+        self._check_frames()
 
-    def chunks(self) -> Iterator[Chunk]:
-        """Every chunk, CRC-checked; CodecFileError on any inconsistency."""
-        crcs, states = [], 0
+    def _check_frames(self) -> None:
+        """Walk every chunk's frame and CRC once before anything is decoded, so a truncated or
+        corrupted file is refused at once, not after most of its output was written (the
+        payloads are read again, one at a time, by ``chunks``)."""
+        here, crcs = self.fh.tell(), []
+        for _, crc in self._frames():
+            crcs.append(crc)
+        total = zlib.crc32(struct.pack(f"<{len(crcs)}I", *crcs))
+        if (len(crcs), total) != (self.num_chunks, self.crc):
+            raise CodecFileError(f"{self.name} is corrupted (chunks do not match the end marker)")
+        self.fh.seek(here)
+
+    def _frames(self) -> Iterator[tuple[bytes, int]]:
+        """(payload, CRC) of each chunk, checked; CodecFileError on a bad frame."""
+        number = 0
         while self.fh.tell() < self.end:
-            where = f"{self.name}: chunk {len(crcs) + 1}"
+            number += 1
+            where = f"{self.name}: chunk {number}"
             if self._read(len(CHUNK), "chunk marker") != CHUNK:
                 raise CodecFileError(f"{where} is corrupted (bad chunk marker)")
             n, crc = self._unpack("<II", "chunk header")
@@ -241,10 +255,14 @@ class Reader:
             payload = self._read(n, "chunk")
             if zlib.crc32(payload) != crc:
                 raise CodecFileError(f"{where} is corrupted (CRC mismatch)")
-            crcs.append(crc)
-            chunk = Chunk.parse(payload, where, self.header)
+            yield payload, crc
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every chunk, CRC-checked and parsed; CodecFileError on any inconsistency."""
+        states = 0
+        for number, (payload, _) in enumerate(self._frames(), start=1):
+            chunk = Chunk.parse(payload, f"{self.name}: chunk {number}", self.header)
             states += int(chunk.meta["n"])
             yield chunk
-        total = zlib.crc32(struct.pack(f"<{len(crcs)}I", *crcs))
-        if (len(crcs), states, total) != (self.num_chunks, self.num_states, self.crc):
+        if states != self.num_states:
             raise CodecFileError(f"{self.name} is corrupted (chunks do not match the end marker)")
