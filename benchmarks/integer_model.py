@@ -49,7 +49,7 @@ from codec import REAL, train  # noqa: E402
 
 from meaning_transform.api import load_config  # noqa: E402
 from meaning_transform.codec.chunks import decode_chunk, encode_chunk, float_bits  # noqa: E402
-from meaning_transform.codec.model import load_model  # noqa: E402
+from meaning_transform.codec.model import build_model, read_model  # noqa: E402
 from meaning_transform.config import instantiate_checked  # noqa: E402
 from meaning_transform.data.context import has_previous  # noqa: E402
 from meaning_transform.models.integer_export import (  # noqa: E402
@@ -153,7 +153,7 @@ def bench(name: str, db: Path, args: argparse.Namespace, work: Path, src: Path) 
     cfg = load_config(["data=sqlite", f"data.path={db}"])
     dm = instantiate_checked(cfg.data, "data", schema=cfg.schema)
     dm.setup()
-    module = load_model(ckpt)
+    module = build_model(read_model(ckpt)[0], ckpt)
     symbols = module.codec.symbols(dm.test_x)
     flag = has_previous(dm.test_agents)
     chunk_dir = work / name

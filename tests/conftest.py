@@ -43,6 +43,7 @@ def real_db() -> Path:
 
 # ---------------------------------------------------------------- end-to-end helpers
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -57,14 +58,18 @@ TINY_MODEL = [
 TINY = ["data.num_states=600", "data.num_agents=30", *TINY_MODEL]
 
 
-def train_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run ``python train.py ARGS`` as a user would, from the repo root."""
+def train_cli(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python train.py ARGS`` as a user would, from the repo root (``env``: variables to
+    set on top of this process's environment)."""
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -92,21 +97,36 @@ def tiny_cfg(tmp_path: Path):
     return make
 
 
-def train_lossless(tmp: Path, *overrides: str) -> str:
-    """best.ckpt of a 2-epoch lossless model (tiny)."""
-    from meaning_transform import MeaningTrainer, load_config
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny synthetic db (with NULLs in a coded feature) and a lossless model with context:
+    (folder, db, best.ckpt), trained once for every codec and safety test."""
+    from agentfarm_db import write_agentfarm_db
+    from codec_helpers import train_lossless
 
-    cfg = load_config(
-        [
-            "compression=lossless",
-            "model.hidden_dims=[16]",
-            "model.latent_dim=2",
-            "trainer.max_epochs=2",
-            "logger=none",
-            "torch_threads=1",
-            "callbacks.progress_bar.refresh_rate=0",
-            f"paths.output_dir={tmp}",
-            *overrides,
-        ]
-    )
-    return MeaningTrainer(cfg).train()["best_model_path"]
+    tmp = tmp_path_factory.mktemp("codec")
+    db = tmp / "sim.db"
+    write_agentfarm_db(db, 1500, num_agents=25, nulls={"resource_level": 4})
+    ckpt = train_lossless(
+        tmp / "run", "model.context=previous", "data=sqlite", f"data.path={db}",
+        "data.drop_invalid=true",
+    )  # fmt: skip
+    return tmp, db, ckpt
+
+
+# ---------------------------------------------------------------- MLflow (logger=mlflow)
+def mlflow_client(uri: str):
+    """MLflow's own client for the store at ``uri`` (reads back what a run logged)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store to copy where a run will log (a new one runs ~3 s of
+    database migrations in every process that creates it)."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    mlflow_client(f"sqlite:///{path}").search_experiments()
+    return path

@@ -16,54 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from agentfarm_db import write_agentfarm_db
-from conftest import REPO, train_lossless
+from codec_helpers import assert_same_meaning, train_lossless
+from conftest import REPO
 
 from meaning_transform.codec.__main__ import main as codec_main
-from meaning_transform.codec.container import Reader, Writer
-from meaning_transform.codec.model import load_model
-from meaning_transform.models.integer_export import export
 
 pytestmark = pytest.mark.slow  # trains models and runs the codec as a subprocess
-
-TOLERANCE = {
-    "position_x": 0.5, "position_y": 0.5, "resource_level": 1.0, "starvation_counter": 0.5,
-    "current_health": 2.0, "starting_health": 2.0, "total_reward": 5.0, "age": 5.0,
-}  # fmt: skip
-KEYS = ("id", "agent_id", "step_number", "simulation_id")
-
-
-def assert_same_meaning(original: Path, restored: Path) -> int:
-    """Every key exact, every feature within tolerance, NULLs kept, agent types kept."""
-    with closing(sqlite3.connect(original)) as a, closing(sqlite3.connect(restored)) as b:
-        cols = [r[1] for r in a.execute("PRAGMA table_info(agent_states)")]
-        assert [r[1] for r in b.execute("PRAGMA table_info(agent_states)")] == cols
-        sql = f"SELECT {', '.join(cols)} FROM agent_states ORDER BY id"
-        rows_a, rows_b = a.execute(sql).fetchall(), b.execute(sql).fetchall()
-        assert len(rows_a) == len(rows_b) > 0
-        for ra, rb in zip(rows_a, rows_b, strict=True):
-            for c, va, vb in zip(cols, ra, rb, strict=True):
-                if c in KEYS or va is None or c not in TOLERANCE:
-                    assert va == vb, (c, va, vb)
-                else:
-                    assert vb is not None and abs(va - vb) <= TOLERANCE[c] * (1 + 1e-4), (c, va, vb)
-        types_a = dict(a.execute("SELECT agent_id, agent_type FROM agents"))
-        types_b = dict(b.execute("SELECT agent_id, agent_type FROM agents"))
-        assert types_b == {k: types_a[k] for k in types_b} and len(types_b) > 0
-    return len(rows_a)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny synthetic db (with NULLs in a coded feature) and a lossless model with context."""
-    tmp = tmp_path_factory.mktemp("codec")
-    db = tmp / "sim.db"
-    write_agentfarm_db(db, 1500, num_agents=25, nulls={"resource_level": 4})
-    ckpt = train_lossless(
-        tmp / "run", "model.context=previous", "data=sqlite", f"data.path={db}",
-        "data.drop_invalid=true",
-    )  # fmt: skip
-    return tmp, db, ckpt
 
 
 def _codec(*args: str) -> subprocess.CompletedProcess[str]:
@@ -88,14 +46,14 @@ def test_compress_decompress_verify_as_a_user(tiny, capsys) -> None:
     assert db.read_bytes() == before  # the input is never modified
 
 
-def test_the_file_alone_decodes_with_small_chunks(tiny, tmp_path) -> None:
+def test_embedded_model_and_small_chunks(tiny, tmp_path) -> None:
     _, db, ckpt = tiny
     moved = tmp_path / "model.ckpt"
     shutil.copy(ckpt, moved)
     out, restored = tmp_path / "e.mtc", tmp_path / "e.db"
     args = [f"ckpt_path={moved}", f"data.path={db}", f"out={out}"]
-    assert codec_main(["compress", *args, "chunk_size=100"]) == 0
-    moved.unlink()  # decompress needs nothing but the file (its integer coding model)
+    assert codec_main(["compress", *args, "embed_model=true", "chunk_size=100"]) == 0
+    moved.unlink()  # decompress needs nothing but the file
     assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
     assert assert_same_meaning(db, restored) == 1500
 
@@ -125,20 +83,20 @@ def test_bad_files_and_inputs_are_one_line_errors(tiny, tmp_path, capsys) -> Non
         bad = tmp_path / f"{name}.mtc"
         bad.write_bytes(content)
         _one_line_exit_2(capsys, ["decompress", f"in={bad}", f"out={out}"], match, work)
-    # another model than the header names: same architecture, one weight changed
-    module = load_model(ckpt)
-    with torch.no_grad():
-        module.codec.decoder_body[0].weight.add_(1.0)
-    other = tmp_path / "other.mtc"
-    with open(good, "rb") as src, open(other, "wb") as dst:
-        reader = Reader(src, "good")
-        writer = Writer(dst, reader.header, export(module.codec, module.bottleneck).to_bytes())
-        for chunk in reader.chunks():
-            writer.chunk(chunk)
-        writer.close()
-    _one_line_exit_2(capsys, ["decompress", f"in={other}", f"out={out}"], "another model", work)
+    # another model: same architecture, one weight changed
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k in state["state_dict"] if k.endswith("weight"))
+    state["state_dict"][key] = state["state_dict"][key] + 1
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    _one_line_exit_2(
+        capsys,
+        ["decompress", f"in={good}", f"out={out}", f"ckpt_path={other}"],
+        "another model",
+        work,
+    )
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={tmp_path}/no.ckpt", f"data.path={db}",
-                              f"out={out}"], "does not exist", work)  # fmt: skip
+                              f"out={out}"], "no such checkpoint file", work)  # fmt: skip
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={tmp_path}/no.db",
                               f"out={out}"], "file not found", work)  # fmt: skip
     _one_line_exit_2(capsys, ["compress", f"ckpt_path={ckpt}", f"data.path={db}",
@@ -222,3 +180,58 @@ def test_mixed_storage_classes_round_trip_exactly(tiny, tmp_path, monkeypatch) -
     with closing(sqlite3.connect(mixed)) as a, closing(sqlite3.connect(restored)) as b:
         assert sorted(a.execute(sql)) == sorted(b.execute(sql))
     assert codec_main(["verify", f"in={out}", f"data.path={mixed}"]) == 0
+
+
+def test_a_database_written_during_compress_is_read_as_one_snapshot(tiny, tmp_path, monkeypatch):
+    """Rows another process commits while compress reads (WAL mode, a writer attached) are
+    not half seen: the file holds the database as it was when compress began reading."""
+    import meaning_transform.codec.commands as commands
+
+    _, db, ckpt = tiny
+    live = tmp_path / "live.db"
+    shutil.copy(db, live)
+    writer = sqlite3.connect(live)
+    writer.execute("PRAGMA journal_mode = WAL")
+    counted = commands.count_states
+
+    def count_then_write(con):  # another process commits right after the count
+        n = counted(con)
+        cols = [r[1] for r in writer.execute("PRAGMA table_info(agent_states)")]
+        picked = [f"{c} || 'x'" if c in ("id", "agent_id") else c for c in cols]
+        writer.execute(
+            f"INSERT INTO agent_states SELECT {', '.join(picked)} FROM agent_states LIMIT 50"
+        )
+        writer.commit()
+        return n
+
+    monkeypatch.setattr(commands, "count_states", count_then_write)
+    out, restored = tmp_path / "s.mtc", tmp_path / "s.db"
+    assert codec_main(["compress", f"ckpt_path={ckpt}", f"data.path={live}", f"out={out}"]) == 0
+    writer.close()
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    with closing(sqlite3.connect(restored)) as con:
+        assert con.execute("SELECT COUNT(*) FROM agent_states").fetchone()[0] == 1500
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_kill_9_during_compress_leaves_no_file_and_a_second_try_works(tiny, tmp_path):
+    import os
+    import signal
+    import time
+
+    _, db, ckpt = tiny
+    out = tmp_path / "k.mtc"
+    args = ["compress", f"ckpt_path={ckpt}", f"data.path={db}", f"out={out}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meaning_transform.codec", *args, "chunk_size=1"]
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".k.mtc.*")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None, "compress finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not out.exists()  # no partial output under the name a user would open
+    assert codec_main(args) == 0  # the second try removes the killed writer's temp file
+    assert [p.name for p in tmp_path.iterdir()] == ["k.mtc"]

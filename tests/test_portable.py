@@ -19,7 +19,8 @@ from pathlib import Path
 import constriction
 import numpy as np
 import pytest
-from conftest import REPO, TINY, train_lossless
+from codec_helpers import train_lossless
+from conftest import REPO, TINY
 
 from meaning_transform.models import integer_format
 from meaning_transform.models.fixed_point import (
@@ -195,14 +196,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
     import torch
 
     from meaning_transform.api import load_config
-    from meaning_transform.codec.model import load_model
+    from meaning_transform.codec.model import build_model, read_model
     from meaning_transform.config import instantiate_checked
     from meaning_transform.data.context import has_previous
     from meaning_transform.models.integer_export import export, export_encoder
 
     tmp = tmp_path_factory.mktemp("portable")
     ckpt = train_lossless(tmp / "run", "model.context=history", *TINY[:2])
-    module = load_model(ckpt)
+    module = build_model(read_model(ckpt)[0], ckpt)
     cfg = load_config(list(TINY[:2]))  # the data the model was trained on
     dm = instantiate_checked(cfg.data, "data", schema=cfg.schema)
     dm.setup()

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from meaning_transform.config import CONF_DIR, validate_config
+from meaning_transform.config import CONF_DIR, check_paths, validate_config
 from meaning_transform.errors import ConfigError
 from meaning_transform.messages import few, one_line
 from meaning_transform.rundir import check_experiment_name
@@ -178,10 +178,31 @@ def check_args(argv: Sequence[str], config_name: str = "train") -> None:
         cfg = compose_checked(name, variant)
         if "experiment_name" in cfg:
             check_experiment_name(cfg.experiment_name)
+        check_paths(cfg)
         # Bad values too, before torch and Lightning are imported. Not in a multirun: there a
         # job with a bad value fails on its own (failed.json) and the sweep goes on.
         if name == config_name and not multirun:
             validate_config(cfg)
+
+
+#: what asks a command for its help text
+HELP_FLAGS = {"-h", "--help"}
+
+
+def config_help(config_name: str, usage: str) -> str:
+    """``usage``, the config groups ``conf/<config_name>.yaml`` composes with their options, and
+    the file itself (its keys, defaults and comments): a command's ``--help``."""
+    cfg = compose_checked(config_name, [], return_hydra_config=True)
+    groups = sorted(str(g) for g in cfg.hydra.runtime.choices if not str(g).startswith("hydra"))
+    lines = [usage, "", "== Configuration groups (group=option) =="]
+    for group in groups:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"{group}: {', '.join(options)}")
+    if not groups:
+        lines.append("(none)")
+    path = CONF_DIR / f"{config_name}.yaml"
+    lines += ["", f"== {path.name}: override any key with key=value ==", path.read_text().rstrip()]
+    return "\n".join(lines)
 
 
 def preflight(argv: Sequence[str], config_name: str = "train") -> None:

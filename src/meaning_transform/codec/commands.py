@@ -7,6 +7,7 @@ renamed when complete (``io.atomic_write``), so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -26,56 +27,40 @@ from meaning_transform.codec.chunks import (
     workers_for,
 )
 from meaning_transform.codec.columns import decode_columns, encode_columns
-from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
-from meaning_transform.codec.model import load_model
+from meaning_transform.codec.container import MAX_CHUNK, Chunk, CodecFileError, Reader, Writer
+from meaning_transform.codec.model import build_model, read_model
 from meaning_transform.codec.source import (
     AGENTS,
+    STATES,
+    Layout,
     SlowPath,
     StatesWriter,
     connect,
+    consistent_source,
     count_states,
     create_output,
     feature_table,
     layout_of,
     read_arrays,
     read_chunks,
+    read_states,
+    table_columns,
 )
+from meaning_transform.codec.sql_guard import quote
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
 from meaning_transform.grid import MeaningGrid
-from meaning_transform.io import atomic_write
+from meaning_transform.io import atomic_write, check_input, check_output
+from meaning_transform.model_loading import checked_schema
 from meaning_transform.models.integer_export import export, export_encoder
 from meaning_transform.models.integer_model import IntegerEncoder, IntegerModel
 from meaning_transform.schema import FeatureSchema
+from meaning_transform.schema.declaration import MAX_MAGNITUDE
 from meaning_transform.schema.table import encode
 
 NULL_PREFIX = "null:"  # other-column name of a coded feature's NULL mask
 
 
 # ---------------------------------------------------------------------- arguments
-def check_output(out: str | None, overwrite: bool, what: str = "out") -> Path:
-    """The output path, or a ConfigError if it is missing, a folder, exists or has no folder."""
-    if not out:
-        raise ConfigError(f"{what}= is required: the file to write")
-    path = Path(out).expanduser()
-    if path.is_dir():
-        raise ConfigError(f"{what}={out!r} is a directory; give a file path")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{what}={out!r} exists; remove it or pass overwrite=true")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{what}={out!r}: folder {str(path.parent)!r} does not exist")
-    return path
-
-
-def check_input(path: str | None, what: str) -> Path:
-    """An existing input file, or a one-line error."""
-    if not path:
-        raise ConfigError(f"{what}= is required")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{what}={path!r}: file not found")
-    return p
-
-
 class Progress:
     """One stderr line per chunk when stderr is a terminal (a rewritten line), else silent."""
 
@@ -103,10 +88,11 @@ class Progress:
             print(file=sys.stderr)
 
 
-def _write(target: Path, write: Any, progress: Progress) -> None:
-    """``write(tmp)`` then rename onto ``target`` (nothing is left on failure); end the bar."""
+def _write(target: Path, write: Any, progress: Progress, overwrite: bool) -> None:
+    """``write(tmp)`` then rename onto ``target`` (nothing is left on failure; without
+    ``overwrite`` the target is created exclusively); end the bar."""
     try:
-        atomic_write(target, write)
+        atomic_write(target, write, exclusive=not overwrite)
     finally:
         progress.close()
 
@@ -116,38 +102,53 @@ def compress(
     ckpt_path: str,
     data_path: str,
     out: str,
+    embed_model: bool = False,
     chunk_size: int = 131072,
     overwrite: bool = False,
+    trusted: Any = (),
 ) -> dict[str, Any]:
     """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics.
 
-    The file carries the checkpoint's integer coding model (``integer_export.export``), which
-    is what decodes it on any machine; its integer encoder computes the latents."""
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    target = check_output(out, overwrite)
+    The states are coded with the checkpoint's integer coding model (``integer_export``: the
+    same integers on every machine); ``embed_model`` carries it in the file (about 8 KB), so the
+    file decodes with nothing else, on any machine. Without it the file names the checkpoint and
+    the integer model by their SHA-256 and decoding exports the model again from the checkpoint,
+    refusing other bytes."""
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
+        raise ConfigError(f"chunk_size must be an integer, got {chunk_size!r}")
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise ConfigError(f"chunk_size={chunk_size} is invalid: expected 1..{MAX_CHUNK}")
     if not ckpt_path:
         raise ConfigError("ckpt_path= is required: a checkpoint trained with compression=lossless")
-    module = load_model(ckpt_path)
+    check_input(data_path, "data.path")
+    check_input(ckpt_path, "ckpt_path")
+    target = check_output(out, overwrite, {"data.path": data_path, "ckpt_path": ckpt_path})
+    ckpt, sha256 = read_model(ckpt_path)
+    module = build_model(ckpt, f"checkpoint {str(ckpt_path)!r}", trusted)
     model = export(module.codec, module.bottleneck)
     encoder = export_encoder(module.codec, module.bottleneck)
     schema = module.schema
     start = time.perf_counter()
     stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "model_bytes": 0}
-    with closing(connect(data_path)) as con:
+    with consistent_source(data_path) as snapshot, closing(connect(snapshot)) as con:
         layout = layout_of(con, data_path, schema)
         total = count_states(con)
         if total == 0:
             raise DataError(f"{data_path}: agent_states has no rows")
         header = {
-            "model": {"sha256": model.sha256, "ckpt_path": str(Path(ckpt_path).resolve())},
+            "model": {
+                "sha256": sha256,
+                "integer_sha256": model.sha256,
+                "ckpt_path": str(Path(ckpt_path).resolve()),
+                "embedded": bool(embed_model),
+            },
             "schema": schema.to_dict(),
             "context": module.context,
             "layout": layout.to_dict(),
             "chunk_size": chunk_size,
             "source": {"path": str(Path(data_path).resolve()), "states": total},
         }
-        blob = model.to_bytes()
+        blob = model.to_bytes() if embed_model else b""
         stats["model_bytes"] = len(blob)
         progress = Progress("compress", total)
 
@@ -168,11 +169,11 @@ def compress(
 
         def write(tmp: str) -> None:
             try:  # Arrow columns; the sqlite3 rows when a column's values need it
-                write_from(tmp, read_arrays(con, data_path, layout, schema, chunk_size))
+                write_from(tmp, read_arrays(con, snapshot, layout, schema, chunk_size))
             except SlowPath:
                 write_from(tmp, read_chunks(con, layout, chunk_size))
 
-        _write(target, write, progress)
+        _write(target, write, progress, overwrite)
     stats["seconds"] = time.perf_counter() - start
     stats["bytes"] = target.stat().st_size
     return stats
@@ -191,12 +192,23 @@ def _encode(
     symbols = grid.encode(encode(schema, table))
     agents = rows["agent_id"]
     flag = _same_agent(agents)
-    coded = encode_chunk(model, symbols, flag, encoder.offsets(symbols, flag))
+    try:
+        coded = encode_chunk(model, symbols, flag, encoder.offsets(symbols, flag))
+    except ValueError as e:  # escapes or latents too far out to code
+        raise DataError(
+            f"states cannot be coded by this model ({str(e).splitlines()[0]}): values far "
+            "outside the range it was trained on"
+        ) from None
     others = {c: rows[c] for c in layout.others}
     for name, mask in nulls.items():
         others[NULL_PREFIX + name] = mask.astype(int).tolist()
     columns = encode_columns({k: rows[k] for k in layout.keys}, others)
-    meta = {"n": len(agents), "symbols_crc": coded.symbols_crc, "estimated": coded.estimated_bits}
+    meta = {
+        "n": len(agents),
+        "symbols_crc": coded.symbols_crc,
+        "estimated": coded.estimated_bits,
+        "ranges": np.stack([symbols.min(axis=0), symbols.max(axis=0)], axis=1).tolist(),
+    }
     return Chunk(meta, coded.z_words, coded.x_words, columns), coded.estimated_bits
 
 
@@ -213,26 +225,61 @@ def _same_agent(agents: list[Any]) -> np.ndarray:
 # ---------------------------------------------------------------------- decompress
 @dataclass(frozen=True)
 class FileModel:
-    """What decodes a file: its integer coding model, and the schema and grid of its header."""
+    """What decodes a file: its integer coding model, and the schema and grid of its states."""
 
     model: IntegerModel
     schema: FeatureSchema
     grid: MeaningGrid
 
 
-def _open_model(reader: Reader) -> FileModel:
-    """The file's integer coding model (hash-checked against the header) and its grid."""
+def _open_model(reader: Reader, ckpt_path: str | None, trusted: Any = ()) -> FileModel:
+    """The file's integer coding model: embedded, or exported again from ``ckpt_path``
+    (default: the recorded path; its hash compared before anything is built from it); refused
+    unless its SHA-256 is the one the header records."""
     recorded = reader.header["model"]
-    model = IntegerModel.from_bytes(reader.model)
-    if model.sha256 != recorded["sha256"]:
+    if reader.model and not ckpt_path:
+        model = IntegerModel.from_bytes(reader.model)
+        where = f"{reader.name}: header"
+        schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
+    else:
+        path = ckpt_path or recorded["ckpt_path"]
+        if not Path(path).is_file():
+            raise CheckpointError(
+                f"{reader.name} was coded with model {path!r}, which does not exist: pass "
+                "ckpt_path=<that checkpoint> (or compress with embed_model=true)"
+            )
+        where = f"checkpoint {str(path)!r}"
+        ckpt, sha256 = read_model(path)
+        if sha256 != recorded["sha256"]:
+            raise CheckpointError(
+                f"{reader.name} was coded with another model (SHA-256 "
+                f"{recorded['sha256'][:12]}...); decompress with the checkpoint it was "
+                "compressed with"
+            )
+        module = build_model(ckpt, where, trusted)
+        model, schema = export(module.codec, module.bottleneck), module.schema
+    if model.sha256 != recorded["integer_sha256"]:
         raise CheckpointError(
-            f"{reader.name} carries another model (SHA-256 {model.sha256[:12]}...) than its "
-            f"header names ({recorded['sha256'][:12]}...): the file is corrupted"
+            f"{reader.name} was coded with another integer model (SHA-256 "
+            f"{recorded['integer_sha256'][:12]}...) than this one: the file is corrupted, or the "
+            "model was exported on another machine (compress with embed_model=true)"
         )
-    schema = FeatureSchema.from_config(reader.header["schema"])
-    if len(schema.features) != model.num_features:
-        raise CodecFileError(f"{reader.name}: its model and its schema differ in features")
+    _check_header_fits(reader, schema, model)
     return FileModel(model, schema, MeaningGrid(schema, 1))
+
+
+def _check_header_fits(reader: Reader, schema: FeatureSchema, model: IntegerModel) -> None:
+    """CodecFileError unless the header's context and layout agree with the model."""
+    header, layout = reader.header, reader.header["layout"]
+    names = [f.name for f in schema.features]
+    if (
+        header["context"] != model.context
+        or model.num_features != len(names)
+        or layout["features"] + layout["agent_features"]
+        != [n for n in names if n in layout["features"] + layout["agent_features"]]
+        or sorted(layout["features"] + layout["agent_features"]) != sorted(names)
+    ):
+        raise CodecFileError(f"{reader.name}: its header does not match the model's features")
 
 
 def decoded_chunks(
@@ -252,22 +299,26 @@ def _decoded(
     reader: Reader, file_model: FileModel, i: int, chunk: Chunk, arrow: bool
 ) -> dict[str, list[Any]]:
     """Chunk ``i`` as ``decoded_chunks`` gives it."""
-    schema = file_model.schema
+    schema, grid = file_model.schema, file_model.grid
     layout = reader.header["layout"]
     n = int(chunk.meta["n"])
     where = f"{reader.name}: chunk {i}"
     try:
         keys, others = decode_columns(chunk.columns, n)
+    except CodecFileError as e:
+        raise CodecFileError(f"{where}: {e}") from None
+    try:
         flag = _same_agent(keys["agent_id"])
         symbols = decode_chunk(file_model.model, chunk.z_words, chunk.x_words, flag)
-    except (ValueError, KeyError, IndexError) as e:
-        raise CodecFileError(f"{where} does not decode ({e})") from None
+    except (ValueError, KeyError, IndexError, OverflowError) as e:
+        raise CodecFileError(f"{where} does not decode ({str(e).splitlines()[0]})") from None
     if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
         raise CodecFileError(
             f"{where} decodes to other states than were coded (checksum mismatch): the file is "
             "corrupted"
         )
-    native = file_model.grid.native(symbols)
+    _check_ranges(symbols, chunk.meta["ranges"], grid, where)
+    native = grid.native(symbols)
     rows: dict[str, list[Any]] = {**keys}
     rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
     for j, f in enumerate(schema.features):
@@ -290,6 +341,24 @@ def _decoded(
     return rows
 
 
+def _check_ranges(
+    symbols: np.ndarray, ranges: list[list[int]], grid: MeaningGrid, where: str
+) -> None:
+    """CodecFileError unless every decoded symbol is in its declared range, and every declared
+    range decodes to values a database can hold (categories of the vocabulary, 0/1, finite
+    numbers of at most MAX_MAGNITUDE)."""
+    lo, hi = np.asarray(ranges, dtype=np.int64).T
+    if ((symbols < lo) | (symbols > hi)).any():
+        raise CodecFileError(f"{where} decodes to values outside the ranges it declares")
+    vocab = np.asarray(grid.vocab_sizes(), dtype=np.int64)
+    discrete = vocab > 0
+    if ((lo < 0) & discrete).any() or ((hi >= vocab) & discrete).any():
+        raise CodecFileError(f"{where} declares categories beyond the model's vocabularies")
+    ends = grid.native(np.stack([lo, hi]))
+    if not np.isfinite(ends).all() or (np.abs(ends) > MAX_MAGNITUDE).any():
+        raise CodecFileError(f"{where} declares values beyond what a database holds")
+
+
 def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
     """One decoded feature column as the Arrow array of the values ``decoded_chunks`` lists."""
     null = None if mask is None else np.asarray(mask, dtype=bool)
@@ -304,15 +373,22 @@ def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
     return pa.array(np.asarray(col, dtype=np.float64), mask=null)
 
 
-def decompress(src: str, out: str, overwrite: bool = False) -> dict[str, Any]:
-    """Restore ``src`` (.mtc) into a new SQLite database ``out`` with nothing but the file;
-    returns statistics."""
+def decompress(
+    src: str,
+    out: str,
+    ckpt_path: str | None = None,
+    overwrite: bool = False,
+    trusted: Any = (),
+) -> dict[str, Any]:
+    """Restore ``src`` (.mtc) into a new SQLite database ``out``; returns statistics."""
     path = check_input(src, "in")
-    target = check_output(out, overwrite)
+    if ckpt_path:
+        check_input(ckpt_path, "ckpt_path")
+    target = check_output(out, overwrite, {"in": src, "ckpt_path": ckpt_path})
     stats: dict[str, Any] = {"states": 0}
     with open(path, "rb") as fh:
         reader = Reader(fh, str(src))
-        file_model = _open_model(reader)
+        file_model = _open_model(reader, ckpt_path, trusted)
         start = time.perf_counter()  # coding speed: after the model is loaded
         layout = reader.header["layout"]
         progress = Progress("decompress", reader.num_states)
@@ -320,7 +396,7 @@ def decompress(src: str, out: str, overwrite: bool = False) -> dict[str, Any]:
         def write(tmp: str) -> None:
             agents: dict[Any, Any] = {}
             with (
-                closing(create_output(tmp, layout)) as con,
+                closing(create_output(tmp, layout, reader.name)) as con,
                 closing(StatesWriter(con, tmp, layout["columns"])) as states,
             ):
                 for rows in decoded_chunks(reader, file_model, arrow=True):
@@ -333,7 +409,7 @@ def decompress(src: str, out: str, overwrite: bool = False) -> dict[str, Any]:
                     con.executemany(f"INSERT INTO {AGENTS} VALUES (?, ?)", agents.items())
                 con.commit()
 
-        _write(target, write, progress)
+        _write(target, write, progress, overwrite)
     stats["seconds"] = time.perf_counter() - start
     return stats
 
@@ -348,26 +424,33 @@ def _collect_agents(agents: dict[Any, Any], rows: dict[str, list[Any]], layout: 
 
 
 # ---------------------------------------------------------------------- verify
-def verify(src: str, data_path: str) -> dict[str, Any]:
+def verify(
+    src: str, data_path: str, ckpt_path: str | None = None, trusted: Any = ()
+) -> dict[str, Any]:
     """Decode ``src`` and compare it with ``data_path`` row by row: keys and other columns
-    exact, NULLs kept, continuous features within tolerance, the rest exact. Raises
-    VerifyError naming the first difference."""
+    exact, NULLs kept, continuous features within tolerance, the rest exact. The source is read
+    on its own (``agent_states`` alone, agent features looked up in ``agents``), not through
+    the codec's reader. Raises VerifyError naming the first difference."""
     path = check_input(src, "in")
     with open(path, "rb") as fh, closing(connect(data_path)) as con:
         reader = Reader(fh, str(src))
-        file_model = _open_model(reader)
+        file_model = _open_model(reader, ckpt_path, trusted)
         schema = file_model.schema
-        layout = layout_of(con, data_path, schema)
-        if layout.to_dict() != reader.header["layout"]:
+        layout = Layout(**{k: reader.header["layout"][k] for k in Layout.__dataclass_fields__})
+        columns = table_columns(con, STATES)
+        if columns != layout.columns:
             raise VerifyError(f"{data_path} has other columns than {src} was coded from")
+        lookup = _agent_lookup(con, data_path, layout.agent_features)
         worst = {f.name: 0.0 for f in schema.of_kind("continuous")}
         states = 0
-        chunks = read_chunks(con, layout, int(reader.header["chunk_size"]))
-        with closing(chunks) as source:  # closed before the db
+        source = read_states(con, layout.columns, int(reader.header["chunk_size"]))
+        with closing(source):  # closed before the db
             for decoded in decoded_chunks(reader, file_model):
                 original = next(source, None)
                 if original is None or len(original["agent_id"]) != len(decoded["agent_id"]):
                     raise VerifyError(f"{src} and {data_path} hold different numbers of states")
+                for name, values in lookup.items():
+                    original[name] = [values.get(a) for a in original["agent_id"]]
                 _compare(schema, layout, original, decoded, worst, states)
                 states += len(decoded["agent_id"])
             if next(source, None) is not None:
@@ -375,8 +458,27 @@ def verify(src: str, data_path: str) -> dict[str, Any]:
     return {"states": states, "max_error_in_tolerances": worst}
 
 
+def _agent_lookup(
+    con: sqlite3.Connection, path: str, features: list[str]
+) -> dict[str, dict[Any, Any]]:
+    """Per agent feature, agent_id -> value from ``agents`` (VerifyError if it lists an agent
+    twice: a restored database has one row per agent)."""
+    if not features:
+        return {}
+    cols = ", ".join(quote(c) for c in features)
+    lookup: dict[str, dict[Any, Any]] = {c: {} for c in features}
+    for agent, *values in con.execute(f"SELECT agent_id, {cols} FROM {AGENTS}"):
+        if agent in lookup[features[0]]:
+            raise VerifyError(f"{path}: table {AGENTS!r} lists agent {str(agent)[:80]!r} twice")
+        for c, v in zip(features, values, strict=True):
+            lookup[c][agent] = v
+    return lookup
+
+
 class VerifyError(ValueError):
     """A decoded file differs from the database beyond what the codec guarantees."""
+
+    prefix = "verify failed: "  # how the command line reports it
 
 
 #: a value exactly on a cell edge decodes one tolerance away; float32 noise may add 1e-4 of it,
