@@ -253,6 +253,13 @@ def test_every_corrupted_byte_is_an_error() -> None:
             _read_all(bytes(bad))
 
 
+def test_a_file_of_an_older_version_says_which() -> None:
+    data = _file()
+    old = data[:8] + (2).to_bytes(2, "little") + data[10:]  # version 2: float probabilities
+    with pytest.raises(CodecFileError, match="has format version 2; this reads 3"):
+        _read_all(old)
+
+
 def test_a_removed_chunk_is_an_error() -> None:
     one, two = _file(1), _file(2)
     head = len(one) - 24  # the chunk part of a 1-chunk file ends before its 24-byte trailer

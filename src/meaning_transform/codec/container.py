@@ -34,7 +34,7 @@ import numpy as np
 from meaning_transform.codec.bounded import CodecFileError, field, inflate, int_in, names
 
 MAGIC = b"MTCODEC\0"
-VERSION = 2  # 2: chunks declare each feature's symbol range
+VERSION = 3  # 2: chunks declare each feature's symbol range; 3: integer coding model
 CHUNK = b"CHNK"
 END = b"MTCEND\0\0"
 _END_SIZE = len(END) + 4 + 8 + 4
