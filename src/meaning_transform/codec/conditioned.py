@@ -21,10 +21,11 @@ import numpy as np
 from meaning_transform.codec.block_io import Sink, Source
 from meaning_transform.codec.conditional import cost_bits, put_conditional, take_conditional
 from meaning_transform.codec.context import Context, Factors
+from meaning_transform.codec.lags import key_columns, lag_prediction, previous_rows
 from meaning_transform.codec.numbers import put_ints, take_ints
 from meaning_transform.codec.typed import Fields, put_values, take_values
 
-OWN, SAME, CODED = range(3)
+OWN, SAME, CODED, LAG = range(4)
 
 
 def put_column(
@@ -43,7 +44,9 @@ def put_column(
     options = [own]
     mine = Factors(values)
     if tolerance is None and len(values) > 1 and context.columns:
-        options += _same(values, mine, context) + _coded(mine, context)
+        theirs = [mine.codes_of(f) for f in context.columns]  # in this column's numbering
+        options += _same(values, mine, theirs) + _coded(mine, context)
+        options += _lag(values, mine, context, theirs)
     sink.extend(min(options, key=Sink.estimate))
     return mine
 
@@ -53,7 +56,7 @@ def take_column(
 ) -> list[Any]:
     """``n`` values written by ``put_column`` with the same ``context``."""
     context = context if context is not None else Context(n)
-    mode = src.plan.uint(CODED, "a column coding")
+    mode = src.plan.uint(LAG, "a column coding")
     if mode == OWN:
         return take_values(src, n, context, _FIELDS if json_ok else None, json_leaf=leaf)
     if mode == SAME:
@@ -61,13 +64,12 @@ def take_column(
         if not context.columns:
             raise src.fail("a column refers to one that does not exist")
         out = list(context.columns[j].values)
-        m = src.plan.uint(n, "the number of exceptions")
-        rows = take_ints(src, m) if m else np.zeros(0, dtype=np.int64)
-        if m and (rows.min() < 0 or rows.max() >= n):
-            raise src.fail("an exception's row is out of range")
-        for i, v in zip(rows.tolist(), take_values(src, m, json_leaf=leaf), strict=True):
+        rows, values = _take_exceptions(src, n, leaf)
+        for i, v in zip(rows.tolist(), values, strict=True):
             out[i] = v
         return out
+    if mode == LAG:
+        return _take_lag(src, n, context, leaf)
     ctx = _context_codes(src, context)
     k = src.plan.uint(n, "the number of distinct values")
     firsts = take_values(src, k, json_leaf=leaf)
@@ -75,11 +77,11 @@ def take_column(
     return [firsts[c] for c in codes.tolist()]
 
 
-def _same(values: Sequence[Any], mine: Factors, context: Context) -> list[Sink]:
+def _same(values: Sequence[Any], mine: Factors, theirs: list[np.ndarray]) -> list[Sink]:
     """The ``SAME`` option for the earlier column equal to this one in the most rows."""
     best, best_j = None, -1
-    for j, other in enumerate(context.columns):
-        eq = mine.same(other)
+    for j, codes in enumerate(theirs):
+        eq = codes == mine.codes
         if best is None or eq.sum() > best.sum():
             best, best_j = eq, j
     if best is None or 2 * best.sum() < len(values):
@@ -87,12 +89,72 @@ def _same(values: Sequence[Any], mine: Factors, context: Context) -> list[Sink]:
     option = Sink()
     option.plan.uint(SAME)
     option.plan.uint(best_j)
-    rows = np.flatnonzero(~best)
+    _exceptions(option, values, ~best)
+    return [option]
+
+
+def _exceptions(option: Sink, values: Sequence[Any], wrong: np.ndarray) -> None:
+    """The rows a prediction gets wrong, and their values."""
+    rows = np.flatnonzero(wrong)
     option.plan.uint(len(rows))
     if len(rows):
         put_ints(option, rows)
     put_values(option, [values[i] for i in rows.tolist()])
+
+
+def _take_exceptions(src: Source, n: int, leaf: bool) -> tuple[np.ndarray, list[Any]]:
+    m = src.plan.uint(n, "the number of exceptions")
+    rows = take_ints(src, m) if m else np.zeros(0, dtype=np.int64)
+    if m and (rows.min() < 0 or rows.max() >= n or (np.diff(rows) <= 0).any()):
+        raise src.fail("an exception's row is out of range")
+    return rows, take_values(src, m, json_leaf=leaf)
+
+
+def _lag(
+    values: Sequence[Any], mine: Factors, context: Context, theirs: list[np.ndarray]
+) -> list[Sink]:
+    """The ``LAG`` option: the value an earlier column (or this one) had at the previous row of
+    the same entity, for the entity column and source that are right most often."""
+    best, best_at = None, (0, 0)
+    keys = key_columns(context.columns)
+    if not keys:
+        return []
+    sources = [mine.codes, *theirs]
+    for k in keys:
+        prev = previous_rows(context.columns[k].codes)
+        for j, theirs in enumerate(sources):
+            right = lag_prediction(theirs, prev) == mine.codes
+            if best is None or right.sum() > best.sum():
+                best, best_at = right, (k, j)
+    if best is None or 2 * best.sum() < len(values):
+        return []
+    option = Sink()
+    option.plan.uint(LAG)
+    option.plan.uint(best_at[0])
+    option.plan.uint(best_at[1])
+    _exceptions(option, values, ~best)
     return [option]
+
+
+def _take_lag(src: Source, n: int, context: Context, leaf: bool) -> list[Any]:
+    last = max(len(context.columns) - 1, 0)
+    k = src.plan.uint(last, "an entity column")
+    j = src.plan.uint(last + 1, "a source column")
+    if not context.columns:
+        raise src.fail("a column refers to one that does not exist")
+    prev = previous_rows(context.columns[k].codes).tolist()
+    rows, values = _take_exceptions(src, n, leaf)
+    out: list[Any] = [None] * n
+    given = np.zeros(n, dtype=bool)
+    given[rows] = True
+    for i, v in zip(rows.tolist(), values, strict=True):
+        out[i] = v
+    source = context.columns[j - 1].values if j else out
+    for i in np.flatnonzero(~given).tolist():
+        if prev[i] < 0:
+            raise src.fail("a row has no earlier row to repeat")
+        out[i] = source[prev[i]]
+    return out
 
 
 def _coded(mine: Factors, context: Context) -> list[Sink]:

@@ -19,6 +19,8 @@ import numpy as np
 #: conditional counts would cost more than it could save)
 MAX_CONTEXT_VALUES = 1 << 12
 _PACK = struct.Struct("<d").pack
+#: types that are their own key (no two of them are equal across types)
+_PLAIN = {int, str, bytes, type(None)}
 
 
 def key(v: Any) -> Any:
@@ -39,22 +41,42 @@ class Factors:
 
     def __init__(self, values: Sequence[Any]) -> None:
         self.values = list(values)
-        self.index: dict[Any, int] = {}
-        self.firsts: list[Any] = []
-        self.codes = np.empty(len(values), dtype=np.int64)
-        index, firsts, codes = self.index, self.firsts, self.codes
-        for i, v in enumerate(values):
-            k = key(v)
-            c = index.get(k)
-            if c is None:
-                c = index[k] = len(firsts)
-                firsts.append(v)
-            codes[i] = c
+        index: dict[Any, int] = {}
+        if set(map(type, self.values)) <= _PLAIN:  # their own keys: no call per value
+            codes = [index.setdefault(v, len(index)) for v in self.values]
+        else:
+            codes = [index.setdefault(key(v), len(index)) for v in self.values]
+        self.index = index
+        self.codes = np.array(codes, dtype=np.int64)
+        self.keys = list(index)
+        first_rows = np.full(len(index), 0, dtype=np.int64)
+        first_rows[self.codes[::-1]] = np.arange(len(codes))[::-1]
+        self.firsts = [self.values[i] for i in first_rows.tolist()]
 
-    def same(self, other: Factors) -> np.ndarray:
-        """Per row, whether this column's value is ``other``'s (same key)."""
-        theirs = np.array([other.index.get(key(v), -1) for v in self.firsts], dtype=np.int64)
-        return theirs[self.codes] == other.codes if len(self.codes) else np.zeros(0, bool)
+    @classmethod
+    def _of(cls, values: list[Any], codes: np.ndarray, firsts: list, keys: list) -> Factors:
+        f = cls.__new__(cls)
+        f.values, f.codes, f.firsts, f.keys = values, codes, firsts, keys
+        f.index = {k: i for i, k in enumerate(keys)}
+        return f
+
+    def subset(self, rows: np.ndarray) -> Factors:
+        """The same column at ``rows`` only, renumbered as values first appear there."""
+        sub = self.codes[rows]
+        present, first = np.unique(sub, return_index=True)
+        old = present[np.argsort(first)]  # old codes in order of first appearance
+        new = np.empty(len(self.firsts), dtype=np.int64)
+        new[old] = np.arange(len(old))
+        order = old.tolist()
+        values = [self.values[i] for i in rows.tolist()]
+        return Factors._of(
+            values, new[sub], [self.firsts[c] for c in order], [self.keys[c] for c in order]
+        )
+
+    def codes_of(self, other: Factors) -> np.ndarray:
+        """Per row of ``other``, the code of its value in this column's numbering, or -1."""
+        lookup = np.array([self.index.get(k, -1) for k in other.keys], dtype=np.int64)
+        return lookup[other.codes] if len(other.codes) else other.codes
 
 
 class Context:
@@ -72,9 +94,7 @@ class Context:
     def subset(self, rows: np.ndarray) -> Context:
         """The same columns restricted to ``rows`` (renumbered as they first appear there)."""
         out = Context(len(rows))
-        take = rows.tolist()
-        for f in self.columns:
-            out.add([f.values[i] for i in take])
+        out.columns = [f.subset(rows) for f in self.columns]
         return out
 
     def candidates(self) -> list[int]:

@@ -1,20 +1,23 @@
 """JSON text columns as columns of their fields, byte-exact.
 
-A JSON text is parsed and written back as a *template* -- the literal text around its scalar
-values (braces, keys, separators, exactly as the writer spaced them) -- and the scalars
-(null, true, false, integers, floats, strings). ``{"amount": 10, "before": 4.85}`` is the
-template ``['{"amount": ', ', "before": ', '}']`` with the values 10 and 4.85. Rows that share a
+A JSON text is cut into a *template* -- the literal text around its scalar values (braces,
+keys, separators and spacing exactly as the writer wrote them) -- and the scalars (null, true,
+false, integers, floats, strings). ``{"amount": 10, "before": 4.85}`` is the template
+``['{"amount": ', ', "before": ', '}']`` with the values 10 and 4.85. Rows that share a
 template (in AgentFarm: one per ``action_type`` and outcome) have their values coded column by
-column like any table column (``typed``), so a float field gets the float coder, a repeated id
-the dictionary. A row is taken apart only if writing it back from its template and values gives
-the same bytes (key order, spacing, number format, escapes); the others are kept as text. The
-decoder does not parse anything: it joins the template with the values written as JSON.
+column like any table column, so a float field gets the float coder, a repeated id the
+dictionary, a field another field or column predicts nearly nothing. A scalar is taken out only
+if writing it back as JSON (``scalar_text``: Python's ``json.dumps``) gives its exact text;
+one that would not (``1e-7``, ``2.50``, an integer beyond 64 bits, another escaping) stays in
+the template as text. So every row comes back byte for byte, whatever its spacing or key
+order, and the decoder parses nothing: it joins the template with the values written as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,22 +26,18 @@ import numpy as np
 from meaning_transform.codec.block_io import Sink, Source
 from meaning_transform.codec.context import Context
 
-#: separators tried: Python's json.dumps default, and compact
-STYLES = ((", ", ": "), (",", ":"))
 MAX_TEMPLATES = 4096
 MAX_FIELDS = 1024  # scalars in one template
 MAX_FRAGMENT = 1 << 16
 _SAMPLE = 64
 _INT64 = (-(2**63), 2**63 - 1)
 _SCALARS = {type(None), bool, int, float, str}
-
-
-class _Pairs(list):
-    """A JSON object as its (key, value) pairs, in the text's order, duplicates kept."""
-
-
-def _parse(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_Pairs)
+#: a string (a key when a colon follows), a number, or a literal
+_TOKEN = re.compile(
+    r'"(?:[^"\\]|\\.)*"(\s*:)?|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?'
+    r"|true|false|null"
+)
+_LITERALS = {"true": True, "false": False, "null": None}
 
 
 def scalar_text(v: Any, ascii_only: bool) -> str:
@@ -58,55 +57,38 @@ def scalar_text(v: Any, ascii_only: bool) -> str:
     return json.dumps(v, ensure_ascii=ascii_only)
 
 
-def _template(v: Any, seps: tuple[str, str], ascii_only: bool) -> tuple[list[str], list[Any]]:
-    """(template fragments, scalars) of a parsed value."""
-    item_sep, key_sep = seps
-    frags: list[str] = []
-    cur: list[str] = []
-    values: list[Any] = []
-
-    def walk(x: Any, depth: int) -> None:
-        if depth > 64:
-            raise ValueError("nested too deep")
-        if type(x) is _Pairs:
-            cur.append("{")
-            for i, (k, y) in enumerate(x):
-                if i:
-                    cur.append(item_sep)
-                cur.append(json.dumps(k, ensure_ascii=ascii_only))
-                cur.append(key_sep)
-                walk(y, depth + 1)
-            cur.append("}")
-        elif type(x) is list:
-            cur.append("[")
-            for i, y in enumerate(x):
-                if i:
-                    cur.append(item_sep)
-                walk(y, depth + 1)
-            cur.append("]")
-        else:
-            if type(x) is int and not _INT64[0] <= x <= _INT64[1]:
-                raise ValueError("integer beyond 64 bits")
-            if type(x) is str and not x.isascii():
-                x.encode()  # UnicodeEncodeError (a ValueError) on a lone surrogate
-            frags.append("".join(cur))
-            cur.clear()
-            values.append(x)
-
-    walk(v, 0)
-    frags.append("".join(cur))
-    return frags, values
+def _scalar(token: str, ascii_only: bool) -> tuple[bool, Any]:
+    """(whether ``token`` is written back exactly, its value)."""
+    first = token[0]
+    if first == '"':
+        try:
+            v = json.loads(token)
+            v.encode()  # a lone surrogate is not text SQLite can hold
+        except ValueError:
+            return False, None
+    elif first in "tfn":
+        return True, _LITERALS[token]
+    elif "." in token or "e" in token or "E" in token:
+        v = float(token)
+    else:
+        v = int(token)
+        if not _INT64[0] <= v <= _INT64[1]:
+            return False, None
+    return scalar_text(v, ascii_only) == token, v
 
 
-def _split(text: str, seps: tuple[str, str], ascii_only: bool) -> tuple[tuple[str, ...], list]:
-    """(template, values) of ``text``, or ValueError if they would not give the same bytes."""
-    if not text or text[0] not in "{[":
-        raise ValueError("not a JSON object or array")
-    frags, values = _template(_parse(text), seps, ascii_only)
-    if len(values) > MAX_FIELDS or max(map(len, frags)) > MAX_FRAGMENT:
-        raise ValueError("too large a template")
-    if join(frags, [scalar_text(v, ascii_only) for v in values]) != text:
-        raise ValueError("not written back byte for byte")
+def split(text: str, ascii_only: bool) -> tuple[tuple[str, ...], list[Any]]:
+    """(template, values) of ``text``: joining them gives ``text`` back."""
+    frags, values, start = [], [], 0
+    for m in _TOKEN.finditer(text):
+        if m.group(1) is not None:
+            continue  # a key: part of the template
+        ok, v = _scalar(m.group(0), ascii_only)
+        if ok and len(values) < MAX_FIELDS:
+            frags.append(text[start : m.start()])
+            values.append(v)
+            start = m.end()
+    frags.append(text[start:])
     return tuple(frags), values
 
 
@@ -119,30 +101,11 @@ def join(frags: Sequence[str], texts: Sequence[str]) -> str:
     return "".join(out)
 
 
-def _style(texts: Sequence[str]) -> tuple[tuple[str, str], bool, int]:
-    """The style that writes back most of a sample of ``texts``, and how many it did."""
-    sample = texts[:: max(1, len(texts) // _SAMPLE)][:_SAMPLE]
-    best: tuple[tuple[str, str], bool, int] = (STYLES[0], True, -1)
-    for seps in STYLES:
-        for ascii_only in (True, False):
-            ok = 0
-            for t in sample:
-                try:
-                    _split(t, seps, ascii_only)
-                    ok += 1
-                except (ValueError, RecursionError):
-                    pass
-            if ok > best[2]:
-                best = (seps, ascii_only, ok)
-    return best
-
-
 def looks_like_json(texts: Sequence[str]) -> bool:
-    """Whether at least half of a sample of ``texts`` are JSON objects or arrays that write back
-    exactly (a column is taken apart by content, not by its name)."""
-    if not texts:
-        return False
-    return 2 * _style(texts)[2] >= min(len(texts), _SAMPLE)
+    """Whether at least half of a sample of ``texts`` are JSON objects or arrays (a column is
+    taken apart by its content, not by its name)."""
+    sample = texts[:: max(1, len(texts) // _SAMPLE)][:_SAMPLE]
+    return bool(sample) and 2 * sum(t[:1] in ("{", "[") for t in sample) >= len(sample)
 
 
 PutField = Callable[[Sink, list, Context], Any]
@@ -159,14 +122,14 @@ def put_json(
     """``texts`` as templates and field columns: ``put_field`` codes the template numbers and
     each field given ``context`` (the earlier columns of these rows; a field also sees the
     fields before it), ``put_texts`` the rows kept as text."""
-    seps, ascii_only, _ = _style(texts)
+    sample = texts[:: max(1, len(texts) // _SAMPLE)][:_SAMPLE]
+    ascii_only = all(t.isascii() for t in sample)
     ids = [0] * len(texts)
     templates: dict[tuple[str, ...], int] = {}
     fields: list[list[list[Any]]] = []
     for i, t in enumerate(texts):
-        try:
-            frags, values = _split(t, seps, ascii_only)
-        except (ValueError, RecursionError):
+        frags, values = split(t, ascii_only)
+        if not values or max(map(len, frags)) > MAX_FRAGMENT:
             continue
         k = templates.get(frags)
         if k is None:

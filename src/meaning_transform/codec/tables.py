@@ -7,8 +7,9 @@ table's size: one block is read, coded and dropped at a time, and decoding one i
 the format's limits (``block_io.MAX_CELLS``, ``backend``'s size bounds) whatever the bytes
 claim.
 
-Plan of a block: format | rows | columns | has rowids | rowids | per column: whether it is on a
-tolerance grid, then its values.
+Plan of a block: format | rows | columns | has rowids | rowids | the order the columns are coded
+in (``lags.coding_order``) | per column in that order: whether it is on a tolerance grid, then
+its values.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 
 from meaning_transform.codec.block_io import MAX_CELLS, Sink, Source
 from meaning_transform.codec.conditioned import put_column, take_column
-from meaning_transform.codec.context import Context
+from meaning_transform.codec.context import Context, Factors
+from meaning_transform.codec.lags import coding_order
 from meaning_transform.codec.numbers import put_ints, take_ints
 from meaning_transform.codec.schema_objects import SQLITE_TABLES, prepare_sqlite_table
 from meaning_transform.codec.table_rows import TableLayout, read_batches, table_layout, write_rows
@@ -99,12 +101,16 @@ def encode_block(
     if has_rowid:
         put_ints(sink, np.array(columns[0], dtype=np.int64))
         context.add(columns[0])
-    for j, name in enumerate(layout.columns, start=int(has_rowid)):
-        tolerance = tolerances.get(name)
+    values = columns[int(has_rowid) :]
+    order = coding_order([Factors(v) for v in values]) if rows else []
+    for j in order:
+        sink.plan.uint(j)
+    for j in order:
+        tolerance = tolerances.get(layout.columns[j])
         sink.plan.uint(tolerance is not None)
-        factors = put_column(sink, columns[j], tolerance, context)
+        factors = put_column(sink, values[j], tolerance, context)
         if tolerance is None:
-            context.add(columns[j], factors)
+            context.add(values[j], factors)
         else:  # its decoded values differ from these: later columns must not be coded given it
             context.add([None] * len(rows))
     return sink.tobytes()
@@ -122,17 +128,22 @@ def decode_block(data: bytes, layout: TableLayout, where: str) -> list[tuple[Any
     if ncols != len(layout.columns) or has_rowid != (layout.rowid is not None):
         raise src.fail(f"its columns are not those of table {layout.name!r}")
     src.count(n * (ncols + has_rowid))
-    columns: list[list[Any]] = []
     context = Context(n)
+    rowids = []
     if has_rowid:
-        columns.append(take_ints(src, n).tolist())
-        context.add(columns[-1])
-    for _ in range(ncols):
+        rowids.append(take_ints(src, n).tolist())
+        context.add(rowids[0])
+    order = [plan.uint(max(ncols - 1, 0), "a column number") for _ in range(ncols if n else 0)]
+    if sorted(order) != list(range(len(order))):
+        raise src.fail("its column order is not a permutation")
+    values: list[list[Any]] = [[] for _ in range(ncols)]
+    for j in order:
         on_grid = plan.uint(1, "a tolerance flag")
-        columns.append(take_column(src, n, context))
-        context.add([None] * n if on_grid else columns[-1])
+        values[j] = take_column(src, n, context)
+        context.add([None] * n if on_grid else values[j])
     src.end()
-    return list(zip(*columns, strict=True)) if columns else []
+    columns = rowids + values
+    return list(zip(*columns, strict=True)) if n else []
 
 
 def restore_table(
