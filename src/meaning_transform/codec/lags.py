@@ -41,9 +41,7 @@ def key_columns(columns: Sequence[Factors]) -> list[int]:
     """Columns that can name an entity: repeated, but with more than one value."""
     n = len(columns[0].codes) if columns else 0
     return [
-        i
-        for i, f in enumerate(columns)
-        if 1 < len(f.firsts) <= min(MAX_CONTEXT_VALUES, n // 2)
+        i for i, f in enumerate(columns) if 1 < len(f.firsts) <= min(MAX_CONTEXT_VALUES, n // 2)
     ]
 
 
