@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from typing import Any
 
 from meaning_transform.codec.schema_objects import database_settings
@@ -80,7 +81,14 @@ def _compare_table(
     cells = [("rowid", "value")] * len(lead)
     cells += [(c, what) for c in names for what in ("storage class", "value")]
     tol = {i: tolerances[c] for i, (c, what) in enumerate(cells) if c in tolerances}
-    ca, cb = batches(a, sql, _BATCH, bytes), batches(b, sql, _BATCH, bytes)
+    with (
+        closing(batches(a, sql, _BATCH, bytes)) as ca,
+        closing(batches(b, sql, _BATCH, bytes)) as cb,
+    ):
+        return _compare_batches(table, cells, tol, ca, cb)
+
+
+def _compare_batches(table, cells, tol, ca, cb) -> int:
     done = 0
     while True:
         ra, rb = next(ca, []), next(cb, [])

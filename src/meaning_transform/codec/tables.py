@@ -37,18 +37,31 @@ MAX_BLOCK_ROWS = 1 << 20
 _READ_BATCH = 4096
 
 
-def column_tolerances(tolerances: Mapping[str, Any] | None, table: str) -> dict[str, float]:
-    """The declared tolerances (``{"table.column": t}``) of ``table``'s columns, checked."""
-    out = {}
+def flat_tolerances(tolerances: Mapping[str, Any] | None) -> dict[str, float]:
+    """Declared tolerances as ``{"table.column": t}``, from that form or the nested one
+    (``{table: {column: t}}``, as YAML writes it), every value checked (``ConfigError``)."""
+    out: dict[str, float] = {}
     for key, t in (tolerances or {}).items():
-        name, dot, column = str(key).rpartition(".")
-        if not dot or not name or not column:
-            raise ConfigError(f"tolerance key {key!r} is not 'table.column'")
+        if isinstance(t, Mapping):
+            for column, u in t.items():
+                out.update(flat_tolerances({f"{key}.{column}": u}))
+            continue
+        table, dot, column = str(key).rpartition(".")
+        if not dot or not table or not column:
+            raise ConfigError(f"tolerances: {key!r} is not table.column")
         if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
-            raise ConfigError(f"tolerance {key}={t!r} is not a positive number")
-        if name == table:
-            out[column] = float(t)
+            raise ConfigError(f"tolerances: {key}={t!r} is not a positive number")
+        out[str(key)] = float(t)
     return out
+
+
+def column_tolerances(tolerances: Mapping[str, Any] | None, table: str) -> dict[str, float]:
+    """The declared tolerances of ``table``'s columns: ``{column: t}``."""
+    return {
+        key.rpartition(".")[2]: t
+        for key, t in flat_tolerances(tolerances).items()
+        if key.rpartition(".")[0] == table
+    }
 
 
 def encode_table(
