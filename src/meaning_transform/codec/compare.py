@@ -51,7 +51,7 @@ def compare_databases(
     counts = {}
     for kind, name, _, _ in sorted(sa):
         if kind == "table" and name not in skip:
-            counts[name] = _compare_table(a, b, name, column_tolerances(tolerances, name))
+            counts[name] = compare_table(a, b, name, tolerances)
     return counts
 
 
@@ -65,9 +65,15 @@ def _columns(con: sqlite3.Connection, table: str) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
-def _compare_table(
-    a: sqlite3.Connection, b: sqlite3.Connection, table: str, tolerances: dict[str, float]
+def compare_table(
+    a: sqlite3.Connection,
+    b: sqlite3.Connection,
+    table: str,
+    tolerances: Mapping[str, Any] | None = None,
 ) -> int:
+    """Raise ``DatabasesDiffer`` at the first cell of ``table`` that differs between ``a`` and
+    ``b`` (declared tolerances: ``{"table.column": t}`` or nested); returns the rows compared."""
+    tolerances = column_tolerances(tolerances, table)
     cols = _columns(a, table)
     if cols != _columns(b, table):
         raise DatabasesDiffer(f"table {table!r}: columns differ")

@@ -42,7 +42,8 @@ class Factors:
     def __init__(self, values: Sequence[Any]) -> None:
         self.values = list(values)
         index: dict[Any, int] = {}
-        if set(map(type, self.values)) <= _PLAIN:  # their own keys: no call per value
+        self.types = set(map(type, self.values))
+        if self.types <= _PLAIN:  # their own keys: no call per value
             codes = [index.setdefault(v, len(index)) for v in self.values]
         else:
             codes = [index.setdefault(key(v), len(index)) for v in self.values]
@@ -57,6 +58,7 @@ class Factors:
     def _of(cls, values: list[Any], codes: np.ndarray, firsts: list, keys: list) -> Factors:
         f = cls.__new__(cls)
         f.values, f.codes, f.firsts, f.keys = values, codes, firsts, keys
+        f.types = set(map(type, firsts))
         f.index = {k: i for i, k in enumerate(keys)}
         return f
 
@@ -75,6 +77,8 @@ class Factors:
 
     def codes_of(self, other: Factors) -> np.ndarray:
         """Per row of ``other``, the code of its value in this column's numbering, or -1."""
+        if not self.types & other.types:
+            return np.full(len(other.codes), -1, dtype=np.int64)
         lookup = np.array([self.index.get(k, -1) for k in other.keys], dtype=np.int64)
         return lookup[other.codes] if len(other.codes) else other.codes
 

@@ -30,6 +30,7 @@ MAX_TEMPLATES = 4096
 MAX_FIELDS = 1024  # scalars in one template
 MAX_FRAGMENT = 1 << 16
 _SAMPLE = 64
+_MIN_ROWS = 8  # fewer rows share no templates worth their fields' overhead
 _INT64 = (-(2**63), 2**63 - 1)
 _SCALARS = {type(None), bool, int, float, str}
 #: a string (a key when a colon follows), a number, or a literal
@@ -77,13 +78,21 @@ def _scalar(token: str, ascii_only: bool) -> tuple[bool, Any]:
     return scalar_text(v, ascii_only) == token, v
 
 
-def split(text: str, ascii_only: bool) -> tuple[tuple[str, ...], list[Any]]:
-    """(template, values) of ``text``: joining them gives ``text`` back."""
+def split(
+    text: str, ascii_only: bool, seen: dict[str, tuple[bool, Any]] | None = None
+) -> tuple[tuple[str, ...], list[Any]]:
+    """(template, values) of ``text``: joining them gives ``text`` back (``seen``: tokens
+    already read, a cache)."""
+    seen = {} if seen is None else seen
     frags, values, start = [], [], 0
     for m in _TOKEN.finditer(text):
         if m.group(1) is not None:
             continue  # a key: part of the template
-        ok, v = _scalar(m.group(0), ascii_only)
+        token = m.group(0)
+        known = seen.get(token)
+        if known is None:
+            known = seen[token] = _scalar(token, ascii_only)
+        ok, v = known
         if ok and len(values) < MAX_FIELDS:
             frags.append(text[start : m.start()])
             values.append(v)
@@ -102,10 +111,11 @@ def join(frags: Sequence[str], texts: Sequence[str]) -> str:
 
 
 def looks_like_json(texts: Sequence[str]) -> bool:
-    """Whether at least half of a sample of ``texts`` are JSON objects or arrays (a column is
-    taken apart by its content, not by its name)."""
+    """Whether there are rows enough to share templates and at least half of a sample of
+    ``texts`` are JSON objects or arrays (a column is taken apart by its content, not by its
+    name)."""
     sample = texts[:: max(1, len(texts) // _SAMPLE)][:_SAMPLE]
-    return bool(sample) and 2 * sum(t[:1] in ("{", "[") for t in sample) >= len(sample)
+    return len(texts) >= _MIN_ROWS and 2 * sum(t[:1] in ("{", "[") for t in sample) >= len(sample)
 
 
 PutField = Callable[[Sink, list, Context], Any]
@@ -127,8 +137,13 @@ def put_json(
     ids = [0] * len(texts)
     templates: dict[tuple[str, ...], int] = {}
     fields: list[list[list[Any]]] = []
+    tokens: dict[str, tuple[bool, Any]] = {}
+    splits: dict[str, tuple[tuple[str, ...], list[Any]]] = {}  # repeated texts: split once
     for i, t in enumerate(texts):
-        frags, values = split(t, ascii_only)
+        cached = splits.get(t)
+        if cached is None:
+            cached = splits[t] = split(t, ascii_only, tokens)
+        frags, values = cached
         if not values or max(map(len, frags)) > MAX_FRAGMENT:
             continue
         k = templates.get(frags)
