@@ -1,11 +1,20 @@
 """A column coded on its own or given the columns of the same rows decoded before it.
 
 - ``OWN``: by type (``typed``);
-- ``SAME``: the value of an earlier column, except at listed rows (``resources_after`` of a
-  defend is its ``resources_before``; an INTEGER PRIMARY KEY is the rowid);
 - ``CODED``: a table of the distinct values, then each row's value entropy-coded given one
   earlier column or a pair of them (``conditional``): a JSON template given ``action_type`` and
-  ``module_type``, ``action_taken`` given ``action_type``.
+  ``module_type``, ``action_taken`` given ``action_type``;
+- predicted, the rows where the prediction is wrong listed and coded (given the same columns
+  at those rows):
+
+  - ``SAME``: the value of an earlier column (``resources_after`` of a defend is its
+    ``resources_before``; an INTEGER PRIMARY KEY is the rowid);
+  - ``LAG``: an earlier column's value (or this one's) at the previous row of the same entity
+    (``lags``: an incident's ``health_before`` is the agent's last ``health_after``; a DQN
+    row's reward is its action row's);
+  - ``SUM`` / ``DIFF``: two earlier numeric columns added or subtracted, in the arithmetic
+    the values had (``agent_resources_after`` = ``agent_resources_before`` +
+    ``amount_gathered``, float bits and all).
 
 The smallest by ``Sink.estimate`` is kept. Columns with a declared tolerance are coded on their
 own (on the grid).
@@ -13,7 +22,7 @@ own (on the grid).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +34,12 @@ from meaning_transform.codec.lags import key_columns, lag_prediction, previous_r
 from meaning_transform.codec.numbers import put_ints, take_ints
 from meaning_transform.codec.typed import Fields, put_values, take_values
 
-OWN, SAME, CODED, LAG = range(4)
+OWN, CODED, SAME, LAG, SUM, DIFF = range(6)
+#: a prediction is tried when it is right in at least this share of rows
+_MIN_RIGHT = 0.25
+_MAX_OPERANDS = 8  # the latest numeric columns tried as SUM / DIFF operands
+_EXACT_INT = 2.0**53
+_NUMBER = (int, float)
 
 
 def put_column(
@@ -34,9 +48,11 @@ def put_column(
     tolerance: float | None = None,
     context: Context | None = None,
     json_ok: bool = True,
+    predict: bool = True,
 ) -> Factors:
     """``values`` (their count is the reader's to know) given ``context``; returns their
-    ``Factors`` for the caller to add to the context."""
+    ``Factors`` for the caller to add to the context (``predict``: may be a prediction's
+    exceptions; not for exceptions themselves)."""
     context = context if context is not None else Context(len(values))
     own = Sink()
     own.plan.uint(OWN)
@@ -44,119 +60,192 @@ def put_column(
     options = [own]
     mine = Factors(values)
     if tolerance is None and len(values) > 1 and context.columns:
-        theirs = [mine.codes_of(f) for f in context.columns]  # in this column's numbering
-        options += _same(values, mine, theirs) + _coded(mine, context)
-        options += _lag(values, mine, context, theirs)
+        options += _coded(mine, context)
+        if predict:
+            theirs = [mine.codes_of(f) for f in context.columns]  # in this column's numbering
+            for head, right in _predictions(mine, context, theirs):
+                options.append(_predicted(values, head, right, context))
     sink.extend(min(options, key=Sink.estimate))
     return mine
 
 
 def take_column(
-    src: Source, n: int, context: Context | None = None, json_ok: bool = True, leaf: bool = False
+    src: Source,
+    n: int,
+    context: Context | None = None,
+    json_ok: bool = True,
+    leaf: bool = False,
+    predict: bool = True,
 ) -> list[Any]:
     """``n`` values written by ``put_column`` with the same ``context``."""
     context = context if context is not None else Context(n)
-    mode = src.plan.uint(LAG, "a column coding")
+    mode = src.plan.uint(DIFF if predict else CODED, "a column coding")
     if mode == OWN:
         return take_values(src, n, context, _FIELDS if json_ok else None, json_leaf=leaf)
-    if mode == SAME:
-        j = src.plan.uint(len(context.columns) - 1 if context.columns else 0, "a column")
-        if not context.columns:
-            raise src.fail("a column refers to one that does not exist")
-        out = list(context.columns[j].values)
-        rows, values = _take_exceptions(src, n, leaf)
-        for i, v in zip(rows.tolist(), values, strict=True):
-            out[i] = v
-        return out
-    if mode == LAG:
-        return _take_lag(src, n, context, leaf)
-    ctx = _context_codes(src, context)
-    k = src.plan.uint(n, "the number of distinct values")
-    firsts = take_values(src, k, json_leaf=leaf)
-    codes = take_conditional(src, ctx, k)
-    return [firsts[c] for c in codes.tolist()]
+    if mode == CODED:
+        ctx = _context_codes(src, context)
+        k = src.plan.uint(n, "the number of distinct values")
+        firsts = take_values(src, k, json_leaf=leaf)
+        codes = take_conditional(src, ctx, k)
+        return [firsts[c] for c in codes.tolist()]
+    return _take_predicted(src, mode, n, context, leaf)
 
 
-def _same(values: Sequence[Any], mine: Factors, theirs: list[np.ndarray]) -> list[Sink]:
-    """The ``SAME`` option for the earlier column equal to this one in the most rows."""
-    best, best_j = None, -1
-    for j, codes in enumerate(theirs):
-        eq = codes == mine.codes
-        if best is None or eq.sum() > best.sum():
-            best, best_j = eq, j
-    if best is None or 2 * best.sum() < len(values):
-        return []
+# ---------------------------------------------------------------- predictions
+def _predictions(
+    mine: Factors, context: Context, theirs: list[np.ndarray]
+) -> list[tuple[list[int], np.ndarray]]:
+    """(plan numbers, rows predicted right) of the best SAME, LAG and SUM / DIFF."""
+    n = len(mine.codes)
+    found = []
+    same = max(((t == mine.codes, j) for j, t in enumerate(theirs)), key=lambda x: x[0].sum())
+    found.append(([SAME, same[1]], same[0]))
+    keys = key_columns(context.columns)
+    best_lag = None
+    for k in keys:
+        prev = previous_rows(context.columns[k].codes)
+        for j, t in enumerate([mine.codes, *theirs]):
+            right = lag_prediction(t, prev) == mine.codes
+            if best_lag is None or right.sum() > best_lag[1].sum():
+                best_lag = ([LAG, k, j], right)
+    if best_lag is not None:
+        found.append(best_lag)
+    arith = _arithmetic(mine, context)
+    if arith is not None:
+        found.append(arith)
+    return [(head, right) for head, right in found if right.sum() >= _MIN_RIGHT * n]
+
+
+def _numeric(f: Factors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the value as float64, whether it is an int, whether it is a number at all
+    (bools are not)."""
+    kinds = [type(v) for v in f.firsts]
+    num = np.array([k in _NUMBER for k in kinds], dtype=bool)
+    ints = np.array([k is int for k in kinds], dtype=bool)
+    x = np.array([float(v) if k in _NUMBER else 0.0 for v, k in zip(f.firsts, kinds, strict=True)])
+    return x[f.codes], ints[f.codes], num[f.codes]
+
+
+def _arithmetic(mine: Factors, context: Context) -> tuple[list[int], np.ndarray] | None:
+    """The SUM or DIFF of two earlier numeric columns right in the most rows."""
+    if not mine.types & set(_NUMBER) or len(mine.firsts) < 3:
+        return None  # a column of few values is CODED given its context
+    x, x_int, x_num = _numeric(mine)
+    x_bits = x.view(np.uint64)
+    operands = [(j, *_numeric(f)) for j, f in enumerate(context.columns) if f.types & set(_NUMBER)][
+        -_MAX_OPERANDS:
+    ]
+    best = None
+    for ia, (a, av, a_int, a_num) in enumerate(operands):
+        for b, bv, b_int, b_num in operands[ia:] + operands[:ia]:
+            for op, fn in ((SUM, np.add), (DIFF, np.subtract)):
+                if op == SUM and b < a:
+                    continue
+                with np.errstate(all="ignore"):
+                    pred = fn(av, bv)
+                both_int = a_int & b_int
+                small = (
+                    (np.abs(av) < _EXACT_INT) & (np.abs(bv) < _EXACT_INT) & (np.abs(x) < _EXACT_INT)
+                )
+                right = (
+                    a_num
+                    & b_num
+                    & x_num
+                    & np.where(
+                        both_int,
+                        x_int & small & (pred == x),
+                        ~x_int & (pred.view(np.uint64) == x_bits),
+                    )
+                )
+                if best is None or right.sum() > best[1].sum():
+                    best = ([op, a, b], right)
+    return best
+
+
+def _predicted(values: Sequence[Any], head: list[int], right: np.ndarray, context: Context) -> Sink:
+    """An option: the prediction's numbers, then the rows it gets wrong and their values
+    (coded given the earlier columns at those rows)."""
     option = Sink()
-    option.plan.uint(SAME)
-    option.plan.uint(best_j)
-    _exceptions(option, values, ~best)
-    return [option]
-
-
-def _exceptions(option: Sink, values: Sequence[Any], wrong: np.ndarray) -> None:
-    """The rows a prediction gets wrong, and their values."""
-    rows = np.flatnonzero(wrong)
+    for v in head:
+        option.plan.uint(v)
+    rows = np.flatnonzero(~right)
     option.plan.uint(len(rows))
     if len(rows):
         put_ints(option, rows)
-    put_values(option, [values[i] for i in rows.tolist()])
+        put_column(
+            option, [values[i] for i in rows.tolist()], None, context.subset(rows), False, False
+        )
+    return option
 
 
-def _take_exceptions(src: Source, n: int, leaf: bool) -> tuple[np.ndarray, list[Any]]:
+def _take_predicted(src: Source, mode: int, n: int, context: Context, leaf: bool) -> list[Any]:
+    if not context.columns:
+        raise src.fail("a column refers to one that does not exist")
+    last = len(context.columns) - 1
+    if mode == SAME:
+        predict = _copy(context.columns[src.plan.uint(last, "a column")].values)
+    elif mode == LAG:
+        k = src.plan.uint(last, "an entity column")
+        j = src.plan.uint(last + 1, "a source column")
+        prev = previous_rows(context.columns[k].codes).tolist()
+        predict = _lagged(prev, context.columns[j - 1].values if j else None)
+    else:
+        a = context.columns[src.plan.uint(last, "an operand")].values
+        b = context.columns[src.plan.uint(last, "an operand")].values
+        predict = _arith(a, b, mode == SUM)
     m = src.plan.uint(n, "the number of exceptions")
     rows = take_ints(src, m) if m else np.zeros(0, dtype=np.int64)
     if m and (rows.min() < 0 or rows.max() >= n or (np.diff(rows) <= 0).any()):
         raise src.fail("an exception's row is out of range")
-    return rows, take_values(src, m, json_leaf=leaf)
-
-
-def _lag(
-    values: Sequence[Any], mine: Factors, context: Context, theirs: list[np.ndarray]
-) -> list[Sink]:
-    """The ``LAG`` option: the value an earlier column (or this one) had at the previous row of
-    the same entity, for the entity column and source that are right most often."""
-    best, best_at = None, (0, 0)
-    keys = key_columns(context.columns)
-    if not keys:
-        return []
-    sources = [mine.codes, *theirs]
-    for k in keys:
-        prev = previous_rows(context.columns[k].codes)
-        for j, theirs in enumerate(sources):
-            right = lag_prediction(theirs, prev) == mine.codes
-            if best is None or right.sum() > best.sum():
-                best, best_at = right, (k, j)
-    if best is None or 2 * best.sum() < len(values):
-        return []
-    option = Sink()
-    option.plan.uint(LAG)
-    option.plan.uint(best_at[0])
-    option.plan.uint(best_at[1])
-    _exceptions(option, values, ~best)
-    return [option]
-
-
-def _take_lag(src: Source, n: int, context: Context, leaf: bool) -> list[Any]:
-    last = max(len(context.columns) - 1, 0)
-    k = src.plan.uint(last, "an entity column")
-    j = src.plan.uint(last + 1, "a source column")
-    if not context.columns:
-        raise src.fail("a column refers to one that does not exist")
-    prev = previous_rows(context.columns[k].codes).tolist()
-    rows, values = _take_exceptions(src, n, leaf)
     out: list[Any] = [None] * n
+    if m:
+        sub = context.subset(rows)
+        for i, v in zip(rows.tolist(), take_column(src, m, sub, False, leaf, False), strict=True):
+            out[i] = v
     given = np.zeros(n, dtype=bool)
     given[rows] = True
-    for i, v in zip(rows.tolist(), values, strict=True):
-        out[i] = v
-    source = context.columns[j - 1].values if j else out
-    for i in np.flatnonzero(~given).tolist():
-        if prev[i] < 0:
-            raise src.fail("a row has no earlier row to repeat")
-        out[i] = source[prev[i]]
+    if not predict(out, np.flatnonzero(~given).tolist()):
+        raise src.fail("a predicted value has nothing to be predicted from")
     return out
 
 
+Predict = Callable[[list[Any], list[int]], bool]
+
+
+def _copy(source: list[Any]) -> Predict:
+    def fill(out: list[Any], rows: list[int]) -> bool:
+        for i in rows:
+            out[i] = source[i]
+        return True
+
+    return fill
+
+
+def _lagged(prev: list[int], source: list[Any] | None) -> Predict:
+    def fill(out: list[Any], rows: list[int]) -> bool:
+        src = out if source is None else source  # this column's own earlier rows: in order
+        for i in rows:
+            if prev[i] < 0:
+                return False
+            out[i] = src[prev[i]]
+        return True
+
+    return fill
+
+
+def _arith(a: list[Any], b: list[Any], add: bool) -> Predict:
+    def fill(out: list[Any], rows: list[int]) -> bool:
+        for i in rows:
+            x, y = a[i], b[i]
+            if type(x) not in _NUMBER or type(y) not in _NUMBER:
+                return False
+            out[i] = x + y if add else x - y
+        return True
+
+    return fill
+
+
+# ---------------------------------------------------------------- entropy-coded given context
 def _coded(mine: Factors, context: Context) -> list[Sink]:
     """The ``CODED`` option given the earlier column (or pair) that predicts this one best."""
     k, n = len(mine.firsts), len(mine.codes)

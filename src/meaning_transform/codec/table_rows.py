@@ -116,7 +116,7 @@ def write_rows(con: sqlite3.Connection, layout: TableLayout, rows: list, where: 
             con.execute("ROLLBACK TO mt_rows")
             for row in rows:
                 _write_row(con, layout, row, where)
-    except sqlite3.Error as e:
+    except (sqlite3.Error, OverflowError) as e:
         con.execute("ROLLBACK TO mt_rows")
         con.execute("RELEASE mt_rows")
         raise BlockError(f"{where}: a row cannot be written ({str(e)[:200]})") from None
