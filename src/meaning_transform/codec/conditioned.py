@@ -49,21 +49,24 @@ def put_column(
     context: Context | None = None,
     json_ok: bool = True,
     predict: bool = True,
+    factors: Factors | None = None,
 ) -> Factors:
     """``values`` (their count is the reader's to know) given ``context``; returns their
-    ``Factors`` for the caller to add to the context (``predict``: may be a prediction's
-    exceptions; not for exceptions themselves)."""
+    ``Factors`` (``factors``, if the caller has them already) for the caller to add to the
+    context (``predict``: may be a prediction's exceptions; not for exceptions themselves)."""
     context = context if context is not None else Context(len(values))
     own = Sink()
     own.plan.uint(OWN)
     put_values(own, values, tolerance, context, _FIELDS if json_ok else None)
     options = [own]
-    mine = Factors(values)
+    mine = factors if factors is not None else Factors(values)
     if tolerance is None and len(values) > 1 and context.columns:
         options += _coded(mine, context)
         if predict:
             theirs = [mine.codes_of(f) for f in context.columns]  # in this column's numbering
-            for head, right in _predictions(mine, context, theirs):
+            found = _predictions(mine, context, theirs)
+            if found:  # the one right most often (its wrong rows are what costs)
+                head, right = max(found, key=lambda f: f[1].sum())
                 options.append(_predicted(values, head, right, context))
     sink.extend(min(options, key=Sink.estimate))
     return mine

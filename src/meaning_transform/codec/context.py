@@ -9,6 +9,7 @@ stored. A JSON field sees the same columns restricted to the rows of its templat
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -37,30 +38,33 @@ def key(v: Any) -> Any:
 
 class Factors:
     """A column as codes: ``codes[i]`` numbers row i's value among ``firsts``, the distinct
-    values in order of first appearance; ``index`` maps a value's ``key`` to its code."""
+    values in order of first appearance (``keys``: their ``key``; ``index``: key -> code)."""
 
     def __init__(self, values: Sequence[Any]) -> None:
-        self.values = list(values)
+        values = list(values)
         index: dict[Any, int] = {}
-        self.types = set(map(type, self.values))
+        self.types = set(map(type, values))
         if self.types <= _PLAIN:  # their own keys: no call per value
-            codes = [index.setdefault(v, len(index)) for v in self.values]
+            codes = [index.setdefault(v, len(index)) for v in values]
         else:
-            codes = [index.setdefault(key(v), len(index)) for v in self.values]
-        self.index = index
+            codes = [index.setdefault(key(v), len(index)) for v in values]
+        self.__dict__["index"] = index
+        self.__dict__["values"] = values
         self.codes = np.array(codes, dtype=np.int64)
         self.keys = list(index)
         first_rows = np.full(len(index), 0, dtype=np.int64)
         first_rows[self.codes[::-1]] = np.arange(len(codes))[::-1]
-        self.firsts = [self.values[i] for i in first_rows.tolist()]
+        self.firsts = [values[i] for i in first_rows.tolist()]
 
-    @classmethod
-    def _of(cls, values: list[Any], codes: np.ndarray, firsts: list, keys: list) -> Factors:
-        f = cls.__new__(cls)
-        f.values, f.codes, f.firsts, f.keys = values, codes, firsts, keys
-        f.types = set(map(type, firsts))
-        f.index = {k: i for i, k in enumerate(keys)}
-        return f
+    @functools.cached_property
+    def values(self) -> list[Any]:
+        """The column's values (each the first of its kind: equal in type, value and bits)."""
+        return [self.firsts[c] for c in self.codes.tolist()]
+
+    @functools.cached_property
+    def index(self) -> dict[Any, int]:
+        """A value's ``key`` -> its code."""
+        return {k: i for i, k in enumerate(self.keys)}
 
     def subset(self, rows: np.ndarray) -> Factors:
         """The same column at ``rows`` only, renumbered as values first appear there."""
@@ -70,10 +74,12 @@ class Factors:
         new = np.empty(len(self.firsts), dtype=np.int64)
         new[old] = np.arange(len(old))
         order = old.tolist()
-        values = [self.values[i] for i in rows.tolist()]
-        return Factors._of(
-            values, new[sub], [self.firsts[c] for c in order], [self.keys[c] for c in order]
-        )
+        f = Factors.__new__(Factors)
+        f.codes = new[sub]
+        f.firsts = [self.firsts[c] for c in order]
+        f.keys = [self.keys[c] for c in order]
+        f.types = set(map(type, f.firsts))
+        return f
 
     def codes_of(self, other: Factors) -> np.ndarray:
         """Per row of ``other``, the code of its value in this column's numbering, or -1."""

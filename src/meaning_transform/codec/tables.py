@@ -115,15 +115,16 @@ def encode_block(
         put_ints(sink, np.array(columns[0], dtype=np.int64))
         context.add(columns[0])
     values = columns[int(has_rowid) :]
-    order = coding_order([Factors(v) for v in values]) if rows else []
+    factors = [Factors(v) for v in values]
+    order = coding_order(factors) if rows else []
     for j in order:
         sink.plan.uint(j)
     for j in order:
         tolerance = tolerances.get(layout.columns[j])
         sink.plan.uint(tolerance is not None)
-        factors = put_column(sink, values[j], tolerance, context)
+        put_column(sink, values[j], tolerance, context, factors=factors[j])
         if tolerance is None:
-            context.add(values[j], factors)
+            context.add(values[j], factors[j])
         else:  # its decoded values differ from these: later columns must not be coded given it
             context.add([None] * len(rows))
     return sink.tobytes()

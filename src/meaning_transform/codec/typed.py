@@ -51,10 +51,16 @@ def put_values(
     """``values`` (their count is the reader's to know); REALs within ``tolerance`` if given;
     TEXT taken apart as JSON where that is smaller, its fields coded by ``fields`` given
     ``context`` (the earlier columns of the same rows), when ``fields`` is given."""
-    tags = np.fromiter(map(_class, values), dtype=np.uint8, count=len(values))
-    present = 0
-    for c in np.unique(tags).tolist():
-        present |= 1 << c
+    kinds = set(map(type, values))
+    if len(kinds) == 1 and bool not in kinds:  # one storage class: no tag per value
+        c = _CLASS[kinds.pop()]
+        tags = np.full(len(values), c, dtype=np.uint8)
+        present = 1 << c
+    else:
+        tags = np.fromiter(map(_class, values), dtype=np.uint8, count=len(values))
+        present = 0
+        for c in np.unique(tags).tolist():
+            present |= 1 << c
     sink.plan.uint(present)
     if present & (present - 1):  # more than one class
         sink.uints(tags)
