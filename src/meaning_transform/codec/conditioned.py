@@ -29,10 +29,10 @@ import numpy as np
 
 from meaning_transform.codec.block_io import Sink, Source
 from meaning_transform.codec.conditional import cost_bits, put_conditional, take_conditional
-from meaning_transform.codec.context import Context, Factors
+from meaning_transform.codec.context import ColumnCoder, Context, Factors
 from meaning_transform.codec.lags import key_columns, lag_prediction, previous_rows
 from meaning_transform.codec.numbers import put_ints, take_ints
-from meaning_transform.codec.typed import Fields, put_values, take_values
+from meaning_transform.codec.typed import put_values, take_values
 
 OWN, CODED, SAME, LAG, SUM, DIFF = range(6)
 #: a prediction is tried when it is right in at least this share of rows
@@ -57,7 +57,7 @@ def put_column(
     context = context if context is not None else Context(len(values))
     own = Sink()
     own.plan.uint(OWN)
-    put_values(own, values, tolerance, context, _FIELDS if json_ok else None)
+    put_values(own, values, tolerance, context, _COLUMNS, json_ok)
     options = [own]
     mine = factors if factors is not None else Factors(values)
     if tolerance is None and len(values) > 1 and context.columns:
@@ -84,7 +84,7 @@ def take_column(
     context = context if context is not None else Context(n)
     mode = src.plan.uint(DIFF if predict else CODED, "a column coding")
     if mode == OWN:
-        return take_values(src, n, context, _FIELDS if json_ok else None, json_leaf=leaf)
+        return take_values(src, n, context, _COLUMNS, json_ok, json_leaf=leaf)
     if mode == CODED:
         ctx = _context_codes(src, context)
         k = src.plan.uint(n, "the number of distinct values")
@@ -293,12 +293,13 @@ def _context_codes(src: Source, context: Context) -> np.ndarray:
     return _codes(context, columns)
 
 
-def _put_field(sink: Sink, values: list, context: Context) -> Factors:
+def _put_part(sink: Sink, values: list, context: Context) -> Factors:
     return put_column(sink, values, None, context, json_ok=False)
 
 
-def _take_field(src: Source, n: int, context: Context) -> list:
+def _take_part(src: Source, n: int, context: Context) -> list:
     return take_column(src, n, context, json_ok=False, leaf=True)
 
 
-_FIELDS = Fields(_put_field, _take_field)
+#: JSON fields: columns like any other, given the same context
+_COLUMNS = ColumnCoder(_put_part, _take_part)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -110,3 +110,11 @@ class Context:
     def candidates(self) -> list[int]:
         """Columns usable as a context (few enough distinct values, more than one)."""
         return [i for i, f in enumerate(self.columns) if 1 < len(f.firsts) <= MAX_CONTEXT_VALUES]
+
+
+class ColumnCoder(NamedTuple):
+    """How a column derived from another is coded given a context (``conditioned``'s column
+    coder, handed down so the typed coders can use it without importing it): a JSON field."""
+
+    put: Callable[[Any, list, Context], Any]
+    take: Callable[[Any, int, Context], list]

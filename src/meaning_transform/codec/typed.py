@@ -9,13 +9,13 @@ that is smaller, else as strings (``strings``), BLOBs as strings. TEXT is carrie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from meaning_transform.codec.block_io import Sink, Source
-from meaning_transform.codec.context import Context
+from meaning_transform.codec.context import ColumnCoder, Context
 from meaning_transform.codec.json_columns import looks_like_json, put_json, take_json
 from meaning_transform.codec.numbers import put_ints, put_reals, take_ints, take_reals
 from meaning_transform.codec.strings import put_byte_strings, take_byte_strings
@@ -33,24 +33,17 @@ def _class(v: Any) -> int:
     return _CLASS[t]
 
 
-class Fields(NamedTuple):
-    """How a JSON column's fields are coded: ``put(sink, values, context)`` and
-    ``take(src, n, context)`` (the column coder, which may code a field given others)."""
-
-    put: Callable[[Sink, list, Context], Any]
-    take: Callable[[Source, int, Context], list]
-
-
 def put_values(
     sink: Sink,
     values: Sequence[Any],
     tolerance: float | None = None,
     context: Context | None = None,
-    fields: Fields | None = None,
+    coder: ColumnCoder | None = None,
+    json_ok: bool = False,
 ) -> None:
-    """``values`` (their count is the reader's to know); REALs within ``tolerance`` if given;
-    TEXT taken apart as JSON where that is smaller, its fields coded by ``fields`` given
-    ``context`` (the earlier columns of the same rows), when ``fields`` is given."""
+    """``values`` (their count is the reader's to know); REALs within ``tolerance`` if given.
+    With ``json_ok``, a ``coder`` and ``context`` (the earlier columns of the same rows), TEXT
+    is taken apart as JSON where that is smaller, its fields coded by ``coder`` given them."""
     kinds = set(map(type, values))
     if len(kinds) == 1 and bool not in kinds:  # one storage class: no tag per value
         c = _CLASS[kinds.pop()]
@@ -74,7 +67,7 @@ def put_values(
         elif c == REAL:
             put_reals(sink, np.array(sub, dtype=np.float64), tolerance)
         elif c == TEXT:
-            _put_texts(sink, sub, context, rows, fields)
+            _put_texts(sink, sub, _subset(context, rows, len(values)), coder if json_ok else None)
         else:
             put_byte_strings(sink, sub)
 
@@ -83,11 +76,12 @@ def take_values(
     src: Source,
     n: int,
     context: Context | None = None,
-    fields: Fields | None = None,
+    coder: ColumnCoder | None = None,
+    json_ok: bool = False,
     json_leaf: bool = False,
 ) -> list[Any]:
-    """``n`` values written by ``put_values`` with the same ``context`` and ``fields``
-    (``json_leaf``: JSON scalars, so no BLOBs and no tolerance grid)."""
+    """``n`` values written by ``put_values`` with the same ``context``, ``coder`` and
+    ``json_ok`` (``json_leaf``: JSON scalars, so no BLOBs and no tolerance grid)."""
     src.count(n)
     present = src.plan.uint(_ALL, "a set of storage classes")
     if n and not present or present >> BLOB & 1 and json_leaf:
@@ -109,7 +103,7 @@ def take_values(
         elif c == REAL:
             values = take_reals(src, m, grid=not json_leaf).tolist()
         elif c == TEXT:
-            values = _take_texts(src, m, context, rows, fields)
+            values = _take_texts(src, m, _subset(context, rows, n), coder if json_ok else None)
         elif c == BLOB:
             values = take_byte_strings(src, m)
         else:
@@ -124,34 +118,35 @@ def _objects(values: list[Any]) -> np.ndarray:
     return a
 
 
+def _subset(context: Context | None, rows: np.ndarray, n: int) -> Context | None:
+    """``context`` at the rows of one storage class (itself when that is every row)."""
+    if context is None or len(rows) == n:
+        return context
+    return context.subset(rows)
+
+
 def _put_texts(
-    sink: Sink,
-    texts: Sequence[str],
-    context: Context | None,
-    rows: np.ndarray,
-    fields: Fields | None,
+    sink: Sink, texts: Sequence[str], context: Context | None, coder: ColumnCoder | None
 ) -> None:
     plain = Sink()
     plain.plan.uint(T_STRINGS)
     put_byte_strings(plain, [t.encode("utf-8", "surrogateescape") for t in texts])
-    if fields is None or not looks_like_json(texts):
+    if coder is None or not looks_like_json(texts):
         sink.extend(plain)
         return
     parsed = Sink()
     parsed.plan.uint(T_JSON)
-    inner = context.subset(rows) if context is not None else Context(len(texts))
-    put_json(parsed, texts, inner, fields.put, lambda s, v: _put_texts(s, v, None, rows, None))
+    inner = context if context is not None else Context(len(texts))
+    put_json(parsed, texts, inner, coder.put, lambda s, v: _put_texts(s, v, None, None))
     sink.extend(parsed if parsed.estimate() < plain.estimate() else plain)
 
 
 def _take_texts(
-    src: Source, n: int, context: Context | None, rows: np.ndarray, fields: Fields | None
+    src: Source, n: int, context: Context | None, coder: ColumnCoder | None
 ) -> list[str]:
-    mode = src.plan.uint(T_STRINGS if fields is None else T_JSON, "a text coding")
+    mode = src.plan.uint(T_STRINGS if coder is None else T_JSON, "a text coding")
     if mode == T_JSON:
-        assert fields is not None
-        inner = context.subset(rows) if context is not None else Context(n)
-        return take_json(
-            src, n, inner, fields.take, lambda s, m: _take_texts(s, m, None, rows, None)
-        )
+        assert coder is not None
+        inner = context if context is not None else Context(n)
+        return take_json(src, n, inner, coder.take, lambda s, m: _take_texts(s, m, None, None))
     return [b.decode("utf-8", "surrogateescape") for b in take_byte_strings(src, n)]
