@@ -21,7 +21,8 @@ from meaning_transform.codec import backend
 from meaning_transform.codec.block_io import Sink, Source
 from meaning_transform.codec.compare import DatabasesDiffer, compare_databases
 from meaning_transform.codec.conditional import put_conditional, take_conditional
-from meaning_transform.codec.context import Factors
+from meaning_transform.codec.conditioned import OWN, put_column
+from meaning_transform.codec.context import Context, Factors
 from meaning_transform.codec.database import encode_tables, restore_database
 from meaning_transform.codec.json_columns import join, scalar_text, split
 from meaning_transform.codec.lags import previous_rows
@@ -42,8 +43,10 @@ from meaning_transform.codec.schema_objects import (
 )
 from meaning_transform.codec.sql_guard import UnsafeSQL
 from meaning_transform.codec.state_keys import decode_state_keys, encode_state_keys
+from meaning_transform.codec.strings import put_byte_strings
 from meaning_transform.codec.table_rows import table_layout
-from meaning_transform.codec.tables import decode_block, encode_table, flat_tolerances
+from meaning_transform.codec.tables import FORMAT, decode_block, encode_table, flat_tolerances
+from meaning_transform.codec.typed import T_JSON, T_STRINGS, TEXT
 from meaning_transform.codec.wire import BlockError, ByteReader, ByteWriter
 from meaning_transform.errors import ConfigError, DataError
 
@@ -354,6 +357,29 @@ def test_a_decompression_bomb_is_refused(a_block):
     w.uint(0)
     w.uint(len(bomb))
     assert "does not decompress" in _one_line_error(w.getvalue() + bomb + b"\0", layout)
+
+
+def test_a_json_template_repeated_into_gigabytes_is_refused():
+    """A crafted block whose one JSON template (a 60 KB fragment) is every row of 65,536:
+    4 GB of text if it were joined; refused before."""
+    n = 1 << 16
+    with closing(sqlite3.connect(":memory:")) as con:
+        con.execute("CREATE TABLE t (x TEXT)")
+        layout = table_layout(con, "t")
+    sink = Sink()
+    for v in (FORMAT, n, 1, 1):  # format, rows, columns, rowids
+        sink.plan.uint(v)
+    put_ints(sink, np.arange(1, n + 1))
+    context = Context(n)
+    context.add(list(range(1, n + 1)))
+    for v in (0, 0, OWN, 1 << TEXT, T_JSON, 1, 1, 0):  # order, exact, own, text, JSON, 1 template
+        sink.plan.uint(v)
+    sink.plan.text("x" * 60_000)
+    put_column(sink, [1] * n, None, context, json_ok=False)  # every row: template 1
+    sink.plan.uint(T_STRINGS)
+    put_byte_strings(sink, [])  # no row kept as text
+    error = _one_line_error(sink.tobytes(), layout)
+    assert error and "bytes of text in one block" in error
 
 
 def test_truncated_and_garbage_blocks_give_one_line(a_block):

@@ -17,6 +17,9 @@ from meaning_transform.codec.wire import BlockError, ByteReader, ByteWriter
 #: most values one block may decode (rows x columns, JSON fields included): bounds the Python
 #: objects a crafted block can make the decoder build
 MAX_CELLS = 1 << 24
+#: most text one block may build by joining pieces (JSON templates and their fields); the
+#: encoder keeps a block's own text far below (``tables.BLOCK_BYTES``)
+MAX_TEXT = 1 << 28
 
 
 class Sink:
@@ -65,7 +68,7 @@ class Source:
         self.where = where
         self.plan = ByteReader(streams[0], where)
         self.streams, self.next = streams[1:], 0
-        self.cells = 0
+        self.cells = self.text = 0
 
     def fail(self, what: str) -> BlockError:
         """A one-line error naming this block."""
@@ -83,6 +86,12 @@ class Source:
         self.cells += n
         if self.cells > MAX_CELLS:
             raise self.fail(f"more than {MAX_CELLS} values in one block")
+
+    def spend(self, nbytes: int) -> None:
+        """Account for ``nbytes`` more text built (``MAX_TEXT`` per block)."""
+        self.text += nbytes
+        if self.text > MAX_TEXT:
+            raise self.fail(f"more than {MAX_TEXT} bytes of text in one block")
 
     def uints(self, n: int) -> np.ndarray:
         """``n`` unsigned integers written by ``Sink.uints``."""

@@ -96,10 +96,11 @@ class Context:
         self.n = n
         self.columns: list[Factors] = []
 
-    def add(self, values: Sequence[Any], factors: Factors | None = None) -> None:
+    def add(self, values: Sequence[Any], factors: Factors | None = None) -> Factors:
         """A column just coded (or decoded) becomes available to the ones after it
-        (``factors``: its ``Factors`` if already made)."""
+        (``factors``: its ``Factors`` if already made); returns its ``Factors``."""
         self.columns.append(factors if factors is not None else Factors(values))
+        return self.columns[-1]
 
     def subset(self, rows: np.ndarray) -> Context:
         """The same columns restricted to ``rows`` (renumbered as they first appear there)."""

@@ -193,14 +193,17 @@ def take_json(
         out[i] = t
     for k, frags in enumerate(templates, start=1):
         rows = np.flatnonzero(numbers == k)
+        src.spend(len(rows) * sum(map(len, frags)))
         inner = context.subset(rows)
         columns = []
         for _ in frags[1:]:
             values = take_field(src, len(rows), inner)
             if not set(map(type, values)) <= _SCALARS:
                 raise src.fail("a JSON field holds a value JSON cannot")
-            inner.add(values)
-            columns.append([scalar_text(v, ascii_only) for v in values])
+            factors = inner.add(values)
+            texts = [scalar_text(v, ascii_only) for v in factors.firsts]  # each value once
+            src.spend(int(np.array([len(t) for t in texts], dtype=np.int64)[factors.codes].sum()))
+            columns.append([texts[c] for c in factors.codes.tolist()])
         rows_texts = zip(*columns, strict=True) if columns else [()] * len(rows)
         for i, texts in zip(rows.tolist(), rows_texts, strict=True):
             out[i] = join(frags, texts)

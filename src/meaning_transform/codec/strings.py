@@ -8,6 +8,7 @@ categories, repeated JSON); ``PLAIN``: the lengths, then all bytes back to back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,15 +53,20 @@ def put_byte_strings(sink: Sink, values: Sequence[bytes]) -> None:
     sink.extend(coded if coded.estimate() < plain.estimate() else plain)
 
 
-def take_byte_strings(src: Source, n: int) -> list[bytes]:
-    """``n`` values written by ``put_byte_strings``."""
+def take_byte_strings(src: Source, n: int, text: bool = False) -> list[Any]:
+    """``n`` values written by ``put_byte_strings`` (``text``: as str, ``surrogateescape``;
+    a dictionary's words are decoded once and shared by their rows)."""
     mode = src.plan.uint(DICT, "a string coding")
     if mode == PLAIN:
-        return _take_plain(src, n)
+        return _decoded(_take_plain(src, n), text)
     k = src.plan.uint(n, "a dictionary size")
     src.count(k)
-    words = _take_plain(src, k)
+    words = _decoded(_take_plain(src, k), text)
     ids = take_ints(src, n)
     if n and (ids.min() < 0 or ids.max() >= k):
         raise src.fail("a dictionary index is out of range")
     return [words[i] for i in ids.tolist()]
+
+
+def _decoded(words: list[bytes], text: bool) -> list[Any]:
+    return [w.decode("utf-8", "surrogateescape") for w in words] if text else words

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from meaning_transform.codec.block_io import Sink, Source
+from meaning_transform.codec.block_io import MAX_TEXT, Sink, Source
 from meaning_transform.codec.context import ColumnCoder, Context
 from meaning_transform.codec.json_columns import looks_like_json, put_json, take_json
 from meaning_transform.codec.numbers import put_ints, put_reals, take_ints, take_reals
@@ -131,8 +131,8 @@ def _put_texts(
     plain = Sink()
     plain.plan.uint(T_STRINGS)
     put_byte_strings(plain, [t.encode("utf-8", "surrogateescape") for t in texts])
-    if coder is None or not looks_like_json(texts):
-        sink.extend(plain)
+    if coder is None or sum(map(len, texts)) > MAX_TEXT // 2 or not looks_like_json(texts):
+        sink.extend(plain)  # (the decoder builds at most MAX_TEXT of joined text per block)
         return
     parsed = Sink()
     parsed.plan.uint(T_JSON)
@@ -149,4 +149,4 @@ def _take_texts(
         assert coder is not None
         inner = context if context is not None else Context(n)
         return take_json(src, n, inner, coder.take, lambda s, m: _take_texts(s, m, None, None))
-    return [b.decode("utf-8", "surrogateescape") for b in take_byte_strings(src, n)]
+    return take_byte_strings(src, n, text=True)
