@@ -90,3 +90,20 @@ def tiny_cfg(tmp_path: Path):
         return load_config([*base, "logger=none", f"paths.output_dir={tmp_path / out}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny synthetic db (with NULLs in a coded feature) and a lossless model with context:
+    (folder, db, best.ckpt), trained once for every codec and safety test."""
+    from agentfarm_db import write_agentfarm_db
+    from codec_helpers import train_lossless
+
+    tmp = tmp_path_factory.mktemp("codec")
+    db = tmp / "sim.db"
+    write_agentfarm_db(db, 1500, num_agents=25, nulls={"resource_level": 4})
+    ckpt = train_lossless(
+        tmp / "run", "model.context=previous", "data=sqlite", f"data.path={db}",
+        "data.drop_invalid=true",
+    )  # fmt: skip
+    return tmp, db, ckpt

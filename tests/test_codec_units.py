@@ -188,11 +188,29 @@ def test_columns_round_trip_with_id_exceptions_nulls_and_types() -> None:
 
 
 # ---------------------------------------------------------------- container
+#: the smallest header the reader accepts (one feature, one chunk size)
+HEADER = {
+    "model": {"sha256": "0" * 64, "ckpt_path": "m.ckpt", "embedded": True},
+    "schema": {"features": {"x": {}}},
+    "context": None,
+    "layout": {
+        "states_sql": "CREATE TABLE agent_states (agent_id, step_number, x)",
+        "columns": ["agent_id", "step_number", "x"],
+        "features": ["x"],
+        "agent_features": [],
+        "has_agents": False,
+    },
+    "chunk_size": 3,
+    "source": {"path": "s.db", "states": 6},
+}
+META = {"n": 3, "symbols_crc": 0, "estimated": 1.0, "ranges": [[0, 1]]}
+
+
 def _file(chunks: int = 2) -> bytes:
     buf = io.BytesIO()
-    w = Writer(buf, {"hello": 1}, b"model")
+    w = Writer(buf, HEADER, b"model")
     for i in range(chunks):
-        w.chunk(Chunk({"n": 3}, np.array([i], np.uint32), np.array([1, 2], np.uint32), b"cols"))
+        w.chunk(Chunk(dict(META), np.array([i], np.uint32), np.array([1, 2], np.uint32), b"cols"))
     w.close()
     return buf.getvalue()
 

@@ -72,6 +72,7 @@ LAYERS = [
             "console",
             "kl_schedule",
             "config",
+            "registry",
             "",
         ),
     ),
@@ -89,9 +90,13 @@ LAYERS = [
             "run_summary",
             "failures",
             "checkpoint_reader",
+            "model_loading",
         ),
     ),
-    ("commands", ("cli", "api", "evaluate", "codec", "report", "sweep_callback", "test_training")),
+    (
+        "commands",
+        ("cli", "api", "entry", "evaluate", "codec", "report", "sweep_callback", "test_training"),
+    ),
 ]
 
 

@@ -4,13 +4,18 @@ outputs/, bad command lines and faults are one line; each test failed before its
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pickle
+import re
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
+import zlib
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,10 +24,12 @@ import pytest
 import torch
 from agentfarm_db import write_agentfarm_db
 from conftest import REPO, TINY, TINY_MODEL, train_cli
+from hydra.core.global_hydra import GlobalHydra
 
 from meaning_transform.api import load_config
 from meaning_transform.assemble import resolve_output_dir
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
+from meaning_transform.cli import check_args
 from meaning_transform.errors import CheckpointError, ConfigError
 from meaning_transform.evaluate import main as evaluate_main
 from meaning_transform.training import run
@@ -243,3 +250,708 @@ def test_resume_cleans_temp_files_and_orphan_rows(tmp_path):
     for name in ("metrics.csv", "semantic_drift.csv"):
         with open(out / name, newline="") as fh:
             assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"], name
+
+
+# ================================================================ hostile files (issue 18)
+# Each crafted file below goes through the route a user would take with it; none may create
+# the marker file, change a victim file, or answer with more than one line (exit 2).
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from typing import Any  # noqa: E402
+
+import mtc_craft  # noqa: E402
+import numpy as np  # noqa: E402
+
+from meaning_transform.codec.__main__ import main as codec_main  # noqa: E402
+from meaning_transform.codec.chunks import encode_chunk, symbols_crc  # noqa: E402
+from meaning_transform.codec.container import Chunk  # noqa: E402
+from meaning_transform.errors import USER_ERRORS  # noqa: E402
+from meaning_transform.io import atomic_write  # noqa: E402
+from meaning_transform.module import MeaningModule  # noqa: E402
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Victims:
+    """A marker that must not appear and files whose bytes must not change."""
+
+    def __init__(self, folder: Path) -> None:
+        self.marker = folder / "pwned"
+        self.victim = folder / "victim.txt"
+        self.victim.write_text("precious\n")
+        self.watched: dict[Path, str] = {}
+        self.watch(self.victim)
+
+    def watch(self, *paths: Path) -> None:
+        for p in paths:
+            self.watched[p] = _digest(p)
+
+    def check(self) -> None:
+        assert not self.marker.exists(), "a file from a stranger wrote a file"
+        for p, digest in self.watched.items():
+            assert _digest(p) == digest, f"{p} changed"
+
+
+@pytest.fixture
+def victims(tmp_path) -> Victims:
+    return Victims(tmp_path)
+
+
+def _exit_2(capsys, code: int, *expected: str) -> str:
+    """The command exited 2 with one ``error:`` line containing every ``expected``."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for e in expected:
+        assert e in err, err
+    return err
+
+
+#: hyperparameter changes that, instantiated, write, truncate or copy a file (marker, victim)
+def _payloads(v: Victims) -> dict[str, Any]:
+    return {
+        "loss.terms.pwn": lambda hp: hp["loss"]["terms"].__setitem__(
+            "pwn", {"_target_": "pathlib.Path.write_text", "_args_": [str(v.marker), "x"]}
+        ),
+        "loss.terms.recon._target_": lambda hp: hp["loss"]["terms"]["recon"].update(
+            {"_target_": "builtins.open", "file": str(v.victim), "mode": "w"}
+        ),
+        "compression._target_": lambda hp: hp.__setitem__(
+            "compression",
+            {"_target_": "shutil.copyfile", "src": str(v.victim), "dst": str(v.marker)},
+        ),
+        "optimizer._args_": lambda hp: hp["optimizer"].update({"_args_": [str(v.marker)]}),
+        "model.grid_path": lambda hp: hp["model"].__setitem__(
+            "grid_path", {"enabled": False, "x": "${oc.env:HOME}"}
+        ),
+        "loss.semantic_weight": lambda hp: hp["loss"].__setitem__(
+            "semantic_weight", "${oc.env:HOME}"
+        ),
+    }
+
+
+def test_checkpoint_targets_are_refused_on_every_route(tiny, tmp_path, victims, capsys):
+    """_target_, _args_, _partial_ and interpolations a checkpoint brings: evaluate, codec
+    compress, load_from_checkpoint; refused naming the field, before anything is built."""
+    _, db, good = tiny
+    for field, change in _payloads(victims).items():
+        evil = mtc_craft.evil_checkpoint(
+            good, tmp_path / "evil.ckpt", lambda c, change=change: change(c["hyper_parameters"])
+        )
+        out = tmp_path / "o.mtc"
+        _exit_2(
+            capsys,
+            evaluate_main([f"ckpt_path={evil}", "output=" + str(tmp_path / "r.json")]),
+            field.split("._")[0],
+        )
+        _exit_2(
+            capsys, codec_main(["compress", f"ckpt_path={evil}", f"data.path={db}", f"out={out}"])
+        )
+        with pytest.raises(CheckpointError, match=field.split("._")[0].split(".")[0]):
+            MeaningModule.load_from_checkpoint(evil)
+        assert not out.exists()
+        victims.check()
+
+
+def test_run_config_data_target_is_refused(tiny, tmp_path, victims, capsys):
+    _, _, good = tiny
+    evil = mtc_craft.evil_checkpoint(
+        good,
+        tmp_path / "evil.ckpt",
+        lambda c: c["run_config"].__setitem__(
+            "data",
+            {"_target_": "shutil.copyfile", "src": str(victims.victim), "dst": str(victims.marker)},
+        ),
+    )
+    _exit_2(capsys, evaluate_main([f"ckpt_path={evil}"]), "run_config.data._target_")
+    huge = mtc_craft.evil_checkpoint(
+        good, tmp_path / "huge.ckpt", lambda c: c["run_config"]["data"].update(num_states=10**12)
+    )
+    _exit_2(
+        capsys, evaluate_main([f"ckpt_path={huge}"]), "num_states", "the most a file may ask for"
+    )
+    victims.check()
+
+
+def test_files_naming_classes_are_refused_embedded_or_by_path(tiny, tmp_path, victims, capsys):
+    """An embedded model and a checkpoint a header names, both with a payload and a hash that
+    matches it: decompress and verify refuse them before building anything."""
+    _, db, good = tiny
+    mtc = tmp_path / "good.mtc"
+    assert (
+        codec_main(
+            ["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}", "embed_model=true"]
+        )
+        == 0
+    )
+    ckpt = torch.load(good, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["loss"]["terms"]["pwn"] = {
+        "_target_": "pathlib.Path.write_text",
+        "_args_": [str(victims.marker), "x"],
+    }
+    blob = mtc_craft.embedded(ckpt)
+    digest = mtc_craft.sha(ckpt)
+    emb = mtc_craft.rewrite(
+        mtc, tmp_path / "emb.mtc", header=lambda h: h["model"].update(sha256=digest), model=blob
+    )
+    out = tmp_path / "out.db"
+    _exit_2(capsys, codec_main(["decompress", f"in={emb}", f"out={out}"]), "loss.terms.pwn")
+    _exit_2(capsys, codec_main(["verify", f"in={emb}", f"data.path={db}"]), "loss.terms.pwn")
+    evil = tmp_path / "evil.ckpt"
+    torch.save(ckpt, evil)
+    named = mtc_craft.rewrite(
+        mtc,
+        tmp_path / "named.mtc",
+        model=b"",
+        header=lambda h: h["model"].update(sha256=digest, ckpt_path=str(evil), embedded=False),
+    )
+    _exit_2(capsys, codec_main(["decompress", f"in={named}", f"out={out}"]), "loss.terms.pwn")
+    mismatch = mtc_craft.rewrite(
+        mtc,
+        tmp_path / "mismatch.mtc",
+        model=b"",
+        header=lambda h: h["model"].update(ckpt_path=str(evil), embedded=False),
+    )
+    _exit_2(capsys, codec_main(["decompress", f"in={mismatch}", f"out={out}"]), "another model")
+    assert not out.exists()
+    victims.check()
+
+
+def test_resumed_checkpoint_cannot_copy_a_file_into_the_run(tmp_path, victims):
+    """A checkpoint's callback state names the 'best checkpoint' to carry over on resume: only
+    the best.ckpt beside the resumed checkpoint is followed, never another file."""
+    out = tmp_path / "a"
+    run(load_config([*QUICK, f"paths.output_dir={out}"]))
+    last = out / "checkpoints" / "last.ckpt"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token-1234\n")
+
+    def point_at_secret(ckpt: dict) -> None:
+        for key, state in ckpt["callbacks"].items():
+            if key.startswith("BestCheckpoint"):
+                state.update(best_model_path=str(secret), dirpath=str(tmp_path / "elsewhere"))
+
+    evil = mtc_craft.evil_checkpoint(last, tmp_path / "evil.ckpt", point_at_secret)
+    resumed = tmp_path / "b"
+    run(
+        load_config(
+            [*QUICK, "trainer.max_epochs=2", f"ckpt_path={evil}", f"paths.output_dir={resumed}"]
+        )
+    )
+    assert not any(p.is_file() and b"token-1234" in p.read_bytes() for p in resumed.rglob("*")), (
+        "the resumed run copied a file its checkpoint named"
+    )
+
+
+def test_sql_in_a_header_is_never_run(tiny, tmp_path, victims, capsys):
+    _, db, good = tiny
+    mtc = tmp_path / "good.mtc"
+    assert codec_main(["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}"]) == 0
+    out = tmp_path / "out.db"
+    for sql in (
+        f"VACUUM INTO '{victims.marker}'",
+        f"ATTACH '{victims.marker}' AS x",
+        "CREATE TABLE agent_states AS SELECT 1 AS agent_id",
+        "CREATE TABLE agent_states (agent_id, step_number); CREATE TABLE pwn (x)",
+        "PRAGMA journal_mode = WAL",
+    ):
+        bad = mtc_craft.rewrite(
+            mtc, tmp_path / "sql.mtc", header=lambda h, s=sql: h["layout"].update(states_sql=s)
+        )
+        _exit_2(capsys, codec_main(["decompress", f"in={bad}", f"out={out}"]), "refused")
+    assert not out.exists()
+    victims.check()
+
+
+#: run in a subprocess: every crafted file through decompress, then the peak memory
+_MEMORY_SCRIPT = """
+import json, resource, sys, time
+from meaning_transform.codec.__main__ import main
+codes, slowest = [], 0.0
+for path in sys.argv[2:]:
+    start = time.perf_counter()
+    codes.append(main(["decompress", "in=" + path, "out=" + sys.argv[1]]))
+    slowest = max(slowest, time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(json.dumps({"codes": codes, "peak_mib": peak, "slowest_s": slowest}))
+"""
+
+
+def test_crafted_sizes_never_allocate_what_they_claim(tiny, tmp_path):
+    """Files of at most 1 MB that claim huge sizes: a zlib bomb in the header and in a chunk's
+    columns, a chunk claiming 3e8 rows, an embedded model of 24576-wide layers, model lengths
+    of 2**40 and u64 max. Each is one line and exit 2, and the process stays under 1 GiB."""
+    _, db, good = tiny
+    mtc = tmp_path / "good.mtc"
+    assert (
+        codec_main(
+            ["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}", "embed_model=true"]
+        )
+        == 0
+    )
+    header, model, chunks = mtc_craft.parts(mtc)
+    bomb = mtc_craft.zlib_bomb(960)  # 0.94 MiB that inflate to 960 MiB
+    files = [mtc_craft.raw(tmp_path / "header_bomb.mtc", bomb, b"")]
+
+    def columns_bomb(c: Chunk) -> None:
+        c.columns = bomb
+
+    files.append(
+        mtc_craft.rewrite(mtc, tmp_path / "columns_bomb.mtc", chunk=columns_bomb, model=b"")
+    )
+
+    def many_rows(c: Chunk) -> None:
+        c.meta["n"] = 300_000_000
+
+    files.append(mtc_craft.rewrite(mtc, tmp_path / "rows.mtc", chunk=many_rows))
+    wide = torch.load(good, map_location="cpu", weights_only=True)
+    wide["hyper_parameters"]["model"]["hidden_dims"] = [24576, 24576]
+    files.append(
+        mtc_craft.rewrite(
+            mtc,
+            tmp_path / "wide.mtc",
+            model=mtc_craft.embedded(wide),
+            header=lambda h: h["model"].update(sha256=mtc_craft.sha(wide)),
+        )
+    )
+    good_bytes = mtc.read_bytes()
+    start = len(mtc_craft.MAGIC) + 10
+    (n,) = __import__("struct").unpack_from("<I", good_bytes, len(mtc_craft.MAGIC) + 2)
+    prefix = good_bytes[: start + n]
+    for name, length in (("len40", 2**40), ("lenmax", 2**64 - 1)):
+        p = tmp_path / f"{name}.mtc"
+        p.write_bytes(prefix + __import__("struct").pack("<QI", length, 0) + b"\0" * 64)
+        files.append(p)
+    assert all(p.stat().st_size <= 1 << 20 for p in files)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(tmp_path / "out.db"), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert result["codes"] == [2] * len(files) and len(errors) == len(files), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert result["peak_mib"] < 1024, result
+    assert result["slowest_s"] < 60, result
+    assert not (tmp_path / "out.db").exists()
+
+
+def test_outputs_never_destroy_inputs(tiny, tmp_path, victims, capsys):
+    _, db, good = tiny
+    src = tmp_path / "src.db"
+    shutil.copy(db, src)
+    mtc = tmp_path / "a.mtc"
+    assert codec_main(["compress", f"ckpt_path={good}", f"data.path={src}", f"out={mtc}"]) == 0
+    link = tmp_path / "link.db"
+    link.symlink_to(src)
+    victims.watch(src, mtc)
+    base = [f"ckpt_path={good}", f"data.path={src}"]
+    _exit_2(
+        capsys, codec_main(["compress", *base, f"out={src}", "overwrite=true"]), "destroy the input"
+    )
+    _exit_2(
+        capsys,
+        codec_main(["compress", *base, f"out={link}", "overwrite=true"]),
+        "destroy the input",
+    )
+    _exit_2(
+        capsys,
+        codec_main(["decompress", f"in={mtc}", f"out={mtc}", "overwrite=true"]),
+        "destroy the input",
+    )
+    _exit_2(capsys, evaluate_main([f"ckpt_path={good}", f"output={src}"]), "exists")
+    _exit_2(
+        capsys,
+        codec_main(["compress", *base, f"out={tmp_path / 'b.mtc'}", "overwrite=no"]),
+        "overwrite='no' is invalid",
+    )
+    _exit_2(
+        capsys,
+        codec_main(["compress", *base, f"out={tmp_path / 'b.mtc'}", "embed_model=maybe"]),
+        "embed_model='maybe'",
+    )
+    victims.check()
+
+
+def test_second_of_two_writers_fails_with_one_line(tmp_path):
+    """Creating an output is exclusive: when the name appears while a command writes (another
+    run got there first), it is not replaced."""
+    target = tmp_path / "out.mtc"
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(b"mine")
+        target.write_bytes(b"theirs")  # the other writer finishes first
+
+    with pytest.raises(ConfigError, match="created by someone else"):
+        atomic_write(target, write, exclusive=True)
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mtc"]  # no temp file left
+
+
+def _dup_agents_db(db: Path, dst: Path) -> Path:
+    shutil.copy(db, dst)
+    with closing(sqlite3.connect(dst)) as con:
+        sql = con.execute("SELECT sql FROM sqlite_master WHERE name = 'agents'").fetchone()[0]
+        con.execute("ALTER TABLE agents RENAME TO old_agents")
+        con.execute(sql.replace("PRIMARY KEY (agent_id)", "x INTEGER").replace(", x INTEGER", ""))
+        con.execute("INSERT INTO agents SELECT * FROM old_agents")
+        con.execute("INSERT INTO agents SELECT * FROM old_agents LIMIT 1")
+        con.execute("DROP TABLE old_agents")
+        con.commit()
+    return dst
+
+
+def test_duplicate_agents_are_refused_and_verify_reads_the_source_itself(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    _, db, good = tiny
+    dup = _dup_agents_db(db, tmp_path / "dup.db")
+    out = tmp_path / "d.mtc"
+    _exit_2(
+        capsys,
+        codec_main(["compress", f"ckpt_path={good}", f"data.path={dup}", f"out={out}"]),
+        "more than once",
+    )
+    # a file made by a writer that read states joined to agents (duplicated), as before
+    import meaning_transform.codec.source as source
+
+    monkeypatch.setattr(source, "_check_unique_agents", lambda *a: None)
+    assert codec_main(["compress", f"ckpt_path={good}", f"data.path={dup}", f"out={out}"]) == 0
+    monkeypatch.undo()
+    assert codec_main(["verify", f"in={out}", f"data.path={dup}"]) == 1
+    assert "verify failed" in capsys.readouterr().err
+
+
+def test_decoded_values_outside_declared_ranges_are_refused(tiny, tmp_path, capsys):
+    """A chunk re-coded (CRCs right) so that positions decode 100,000 cells away from any the
+    writer saw: the chunk's declared ranges do not hold them, so nothing is written. Also a
+    chunk whose declared ranges were narrowed."""
+    from meaning_transform.codec.chunks import decode_chunk
+    from meaning_transform.codec.columns import decode_columns
+    from meaning_transform.codec.commands import _same_agent
+
+    _, db, good = tiny
+    mtc = tmp_path / "good.mtc"
+    assert (
+        codec_main(
+            ["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}", "chunk_size=500"]
+        )
+        == 0
+    )
+    module = MeaningModule.load_from_checkpoint(good)
+    header, model, chunks = mtc_craft.parts(mtc)
+    c = chunks[0]
+    keys, _ = decode_columns(c.columns, c.meta["n"])
+    flag = _same_agent(keys["agent_id"])
+    symbols = decode_chunk(module, c.z_words, c.x_words, flag)
+    symbols[:, [f.name for f in module.schema.features].index("position_x")] += 100_000
+    coded = encode_chunk(module, symbols, flag)
+    meta = dict(c.meta, symbols_crc=symbols_crc(symbols))  # the ranges stay what was declared
+    chunks[0] = Chunk(meta, coded.z_words, coded.x_words, c.columns)
+    bad = mtc_craft.assemble(tmp_path / "far.mtc", header, model, chunks)
+    out = tmp_path / "out.db"
+    _exit_2(
+        capsys,
+        codec_main(["decompress", f"in={bad}", f"out={out}"]),
+        "outside the ranges it declares",
+    )
+
+    def narrow(ch: Chunk) -> None:
+        ch.meta["ranges"] = [[r[0], r[0]] for r in ch.meta["ranges"]]
+
+    bad = mtc_craft.rewrite(mtc, tmp_path / "narrow.mtc", chunk=narrow)
+    _exit_2(
+        capsys,
+        codec_main(["decompress", f"in={bad}", f"out={out}"]),
+        "outside the ranges it declares",
+    )
+    assert not out.exists()
+
+
+def test_errors_never_echo_file_contents_and_name_special_files(tmp_path, capsys):
+    secret = tmp_path / "token.db"
+    secret.write_bytes(b"SECRET-TOKEN-42 and more private bytes")
+    fifo = tmp_path / "fifo.db"
+    os.mkfifo(fifo)
+    out = str(tmp_path / "o.mtc")
+    ckpt = "ckpt_path=" + str(secret)
+    for path, expected in ((secret, "not an SQLite database"), (tmp_path, "is a directory"),
+                           (fifo, "is a FIFO"), (Path("/dev/null"), "is a device")):  # fmt: skip
+        err = _exit_2(capsys, codec_main(["verify", f"in={secret}", f"data.path={path}"]))
+        err += _exit_2(
+            capsys, evaluate_main([f"ckpt_path={path}", "data=sqlite", f"data.path={path}"])
+        )
+        assert "SECRET" not in err
+        if path != secret:
+            assert expected in err, err
+    err = _exit_2(capsys, codec_main(["compress", ckpt, f"data.path={secret}", f"out={out}"]))
+    assert "SECRET" not in err and "not a zip archive" in err
+
+
+def test_fuzzed_files_are_one_line_or_exact(tiny, tmp_path):
+    """1,000 single-byte mutations and 200 truncations of a valid file: each is refused with
+    one line (a user error) or decodes exactly the original states."""
+    from meaning_transform.codec.commands import _open_model, decoded_chunks
+    from meaning_transform.codec.container import Reader
+
+    _, db, good = tiny
+    small = tmp_path / "small.db"
+    write_agentfarm_db(small, 120, num_agents=6)
+    mtc = tmp_path / "f.mtc"
+    assert (
+        codec_main(
+            ["compress", f"ckpt_path={good}", f"data.path={small}", f"out={mtc}", "chunk_size=40"]
+        )
+        == 0
+    )
+    data = mtc.read_bytes()
+
+    module = MeaningModule.load_from_checkpoint(good)
+    header = mtc_craft.parts(mtc)[0]
+
+    def decode(blob: bytes) -> list:
+        reader = Reader(io.BytesIO(blob), "probe.mtc")
+        # the model is loaded once: a changed (valid) header goes the whole way instead
+        model = module if reader.header == header else _open_model(reader, None)
+        return [{k: list(v) for k, v in rows.items()} for rows in decoded_chunks(reader, model)]
+
+    original = decode(data)
+    rng = np.random.default_rng(18)
+    blobs = []
+    for _ in range(1000):
+        b = bytearray(data)
+        i = int(rng.integers(len(b)))
+        b[i] = (b[i] + int(rng.integers(1, 256))) % 256
+        blobs.append(bytes(b))
+    blobs += [data[: int(n)] for n in rng.integers(0, len(data), 200)]
+    outcomes = {"refused": 0, "exact": 0}
+    for blob in blobs:
+        try:
+            got = decode(blob)
+        except USER_ERRORS as e:
+            assert "\n" not in str(e).strip()
+            outcomes["refused"] += 1
+        else:
+            assert got == original
+            outcomes["exact"] += 1
+    assert sum(outcomes.values()) == 1200 and outcomes["refused"] > 1000
+
+
+# ---------------------------------------------------------------- one line, not a traceback
+def _rewrite_header_json(src: Path, dst: Path, change) -> Path:
+    return mtc_craft.rewrite(src, dst, header=change)
+
+
+def test_malformed_headers_and_chunks_are_one_line(tiny, tmp_path, capsys):
+    _, db, good = tiny
+    mtc = tmp_path / "good.mtc"
+    assert codec_main(["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}"]) == 0
+    out = tmp_path / "out.db"
+    header, model, chunks = mtc_craft.parts(mtc)
+    cases = {
+        "list": lambda: mtc_craft.raw(tmp_path / "l.mtc", zlib.compress(b"[1, 2]"), b""),
+        "no layout": lambda: mtc_craft.rewrite(
+            mtc, tmp_path / "nl.mtc", header=lambda h: h.pop("layout")
+        ),
+        "chunk_size": lambda: mtc_craft.rewrite(
+            mtc, tmp_path / "cs.mtc", header=lambda h: h.update(chunk_size="many")
+        ),
+        "n": lambda: mtc_craft.rewrite(
+            mtc, tmp_path / "n.mtc", chunk=lambda c: c.meta.update(n="abc")
+        ),
+        "meta list": lambda: mtc_craft.rewrite(
+            mtc, tmp_path / "ml.mtc", chunk=lambda c: c.meta.update(ranges="x")
+        ),
+        "columns": lambda: mtc_craft.rewrite(
+            mtc, tmp_path / "c.mtc", chunk=lambda c: setattr(c, "columns", b"not zlib")
+        ),
+        "columns json": lambda: mtc_craft.rewrite(
+            mtc,
+            tmp_path / "cj.mtc",
+            chunk=lambda c: setattr(c, "columns", zlib.compress(b"\x05\0\0\0[1,2]")),
+        ),
+    }
+    for make in cases.values():
+        path = make()
+        _exit_2(capsys, codec_main(["decompress", f"in={path}", f"out={out}"]))
+    assert not out.exists()
+
+
+def _db_variant(db: Path, dst: Path, *sql: str) -> Path:
+    shutil.copy(db, dst)
+    with closing(sqlite3.connect(dst)) as con:
+        for statement in sql:
+            con.execute(statement)
+        con.commit()
+    return dst
+
+
+def test_odd_databases_are_one_line(tiny, tmp_path, capsys):
+    _, db, good = tiny
+    out = tmp_path / "o.mtc"
+    view = _db_variant(db, tmp_path / "view.db", "ALTER TABLE agent_states RENAME TO s",
+                       "CREATE VIEW agent_states AS SELECT * FROM s")  # fmt: skip
+    quote = _db_variant(db, tmp_path / "quote.db",
+                        'ALTER TABLE agent_states ADD COLUMN "x"")); DROP TABLE agents; --" TEXT')  # fmt: skip
+    lots = _db_variant(
+        db, tmp_path / "lots.db", "UPDATE agent_states SET resource_level = 'lots' WHERE rowid = 9"
+    )
+    yes = _db_variant(
+        db, tmp_path / "yes.db", "UPDATE agent_states SET is_defending = 'yes' WHERE rowid = 9"
+    )
+    far = _db_variant(
+        db, tmp_path / "far.db", "UPDATE agent_states SET total_reward = 1e15 WHERE rowid = 9"
+    )
+    base = [f"ckpt_path={good}", f"out={out}"]
+    _exit_2(capsys, codec_main(["compress", *base, f"data.path={view}"]), "is a view")
+    _exit_2(capsys, codec_main(["compress", *base, f"data.path={lots}"]), "resource_level")
+    _exit_2(capsys, codec_main(["compress", *base, f"data.path={yes}"]), "is_defending")
+    _exit_2(capsys, codec_main(["compress", *base, f"data.path={far}"]), "outside the range")
+    # a column named with a quote and SQL in it is just a name: carried, restored, verified
+    assert codec_main(["compress", *base, f"data.path={quote}"]) == 0
+    restored = tmp_path / "q.db"
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    with closing(sqlite3.connect(restored)) as con:
+        names = [r[1] for r in con.execute("PRAGMA table_info(agent_states)")]
+    assert names[-1] == 'x")); DROP TABLE agents; --'
+    assert codec_main(["verify", f"in={out}", f"data.path={quote}"]) == 0
+    capsys.readouterr()
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted ro; skipped where mount is denied)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a read-only file system here")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_unwritable_outputs_are_one_line(tiny, tmp_path, readonly_dir, capsys):
+    _, db, good = tiny
+    mtc = tmp_path / "a.mtc"
+    assert codec_main(["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}"]) == 0
+    _exit_2(
+        capsys,
+        codec_main(
+            ["compress", f"ckpt_path={good}", f"data.path={db}", f"out={readonly_dir / 'x.mtc'}"]
+        ),
+        "not writable",
+    )
+    _exit_2(
+        capsys,
+        codec_main(["decompress", f"in={mtc}", f"out={readonly_dir / 'x.db'}"]),
+        "not writable",
+    )
+    _exit_2(
+        capsys,
+        evaluate_main([f"ckpt_path={good}", f"output={readonly_dir / 'x.json'}"]),
+        "not writable",
+    )
+    with pytest.raises(ConfigError, match="read-only file system"):
+        check_args([f"paths.log_dir={readonly_dir / 'outputs'}"])
+
+
+_LIMITED = """
+import json, resource, signal, sys
+from meaning_transform.codec.__main__ import main as codec
+from meaning_transform.evaluate import main as evaluate
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # as a shell with ulimit -f would leave it
+codes = []
+for case in json.loads(sys.argv[1]):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (case["limit"], resource.RLIM_INFINITY))
+    main = evaluate if case["args"][0] == "evaluate" else codec
+    codes.append(main(case["args"][1:] if main is evaluate else case["args"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+print(json.dumps(codes))
+"""
+
+
+def test_file_size_limit_is_one_line_and_leaves_nothing(tiny, tmp_path):
+    """``ulimit -f`` reached while writing (like a full disk): compress, decompress and
+    evaluate each give one line and exit 2, and leave no temp file."""
+    _, db, good = tiny
+    mtc = tmp_path / "a.mtc"
+    assert codec_main(["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}"]) == 0
+    work = tmp_path / "w"
+    work.mkdir()
+    cases = [
+        {"limit": 20_000, "args": ["compress", f"ckpt_path={good}", f"data.path={db}",
+                                   f"out={work / 'b.mtc'}", "embed_model=true"]},
+        {"limit": 20_000, "args": ["decompress", f"in={mtc}", f"out={work / 'b.db'}"]},
+        {"limit": 2_000, "args": ["evaluate", f"ckpt_path={good}", f"output={work / 'r.json'}",
+                                  "split=all"]},
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIMITED, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [2, 2, 2], proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(e.startswith("error: cannot read or write") for e in errors), errors
+    assert list(work.iterdir()) == []
+
+
+def test_hydra_level_values_are_checked_before_torch(tmp_path):
+    (tmp_path / "file").write_text("")
+    for args, expected in (
+        ([f"experiment_name={'a' * 300}"], "at most 100"),
+        ([f"paths.root_dir={tmp_path / 'file'}"], "is a file"),
+        (["seed=1180591620717411303424"], "2**32"),
+        (["monitor.metric=val/nonexistent"], "monitor.metric='val/nonexistent' is invalid"),
+        (["compression=lossless", "model.max_bins=0"], "model.max_bins=0"),
+        (["compression=lossless", "model.span_std=-4"], "model.span_std=-4"),
+        (["compression=lossless", "model.delta_window=-1"], "model.delta_window=-1"),
+        ([f"callbacks.model_checkpoint.dirpath={tmp_path / 'file'}"], "is a file"),
+        (["objective_beta=nan"], "NaN and infinite"),
+        (["model.activation=Transformer"], "model.activation='Transformer'"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            check_args(args)
+    GlobalHydra.instance().clear()
+
+
+def test_signals_during_compress_leave_nothing(tiny, tmp_path):
+    """SIGINT and SIGTERM while compress writes: one line, exit 130 / 143, no temp file."""
+    _, db, good = tiny
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        work = tmp_path / f"s{code}"
+        work.mkdir()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meaning_transform.codec",
+                "compress",
+                f"ckpt_path={good}",
+                f"data.path={db}",
+                f"out={work / 'x.mtc'}",
+                "chunk_size=1",
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not any(work.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "compress finished before it could be interrupted"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err[-2000:]
+        assert one_error_line(err).startswith("error: ")
+        assert list(work.iterdir()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,9 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``; CheckpointError (one line) for anything else."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+        what = "is not a regular file" if p.exists() else "does not exist"
+        raise CheckpointError(f"checkpoint {str(p)!r} {what}")
+    _check_archive(p)
     import torch
 
     try:
@@ -44,6 +47,26 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
         raise _unreadable(p, _unpickler_detail(e)) from None
     except Exception as e:  # noqa: BLE001 - any failure to parse the file is the file's fault
         raise _unreadable(p, one_line(e)) from None
+
+
+#: most entries a checkpoint archive may list (ours hold a few hundred: one per tensor)
+MAX_ENTRIES = 100_000
+
+
+def _check_archive(path: Path) -> None:
+    """CheckpointError unless ``path`` is a zip archive as ``torch.save`` writes it: entries
+    stored uncompressed, their sizes adding up to at most the file's (so reading it cannot
+    allocate more than the file holds: no decompression bomb, no legacy raw pickle)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise _unreadable(path, f"not a zip archive as torch.save writes ({one_line(e)})") from None
+    size = path.stat().st_size
+    if len(infos) > MAX_ENTRIES or sum(i.file_size for i in infos) > size:
+        raise _unreadable(path, "its entries claim more bytes than the file holds")
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+        raise _unreadable(path, "compressed entries (torch.save stores them uncompressed)")
 
 
 def _unreadable(path: Path, detail: str) -> CheckpointError:

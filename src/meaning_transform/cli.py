@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from meaning_transform.config import CONF_DIR, validate_config
+from meaning_transform.config import CONF_DIR, check_paths, validate_config
 from meaning_transform.errors import ConfigError
 from meaning_transform.messages import few, one_line
 from meaning_transform.rundir import check_experiment_name
@@ -178,6 +178,7 @@ def check_args(argv: Sequence[str], config_name: str = "train") -> None:
         cfg = compose_checked(name, variant)
         if "experiment_name" in cfg:
             check_experiment_name(cfg.experiment_name)
+        check_paths(cfg)
         # Bad values too, before torch and Lightning are imported. Not in a multirun: there a
         # job with a bad value fails on its own (failed.json) and the sweep goes on.
         if name == config_name and not multirun:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,24 @@ NON_NEGATIVE = (lambda v: _num(v) and v >= 0, "a number >= 0")
 COUNT = (lambda v: _int(v) and v >= 1, "an integer >= 1")
 FRACTION = (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
 FLAG = (lambda v: isinstance(v, bool), "true or false")
+#: most states per .mtc chunk (a chunk is decoded in memory at once)
+MAX_CHUNK = 1 << 18
+#: model.activation: element-wise torch.nn activations (a name is looked up in torch.nn, so
+#: only these: any other torch.nn class would be built with no arguments)
+ACTIVATIONS = (
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+    "Tanh", "Sigmoid", "Softplus", "Softsign", "Hardtanh", "Hardswish", "Hardsigmoid",
+    "LogSigmoid", "Tanhshrink", "Identity",
+)  # fmt: skip
 
 # key -> (check, what is allowed); keys absent from the composed config are skipped. These run
 # before torch is imported (a typo answers in a fraction of a second); the constructors check
 # the same values again when they build, for users of the Python classes.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: v is None or (_int(v) and v >= 0), "null or an integer >= 0"),
+    "seed": (
+        lambda v: v is None or (_int(v) and 0 <= v < 2**32),
+        "null or an integer in [0, 2**32)",
+    ),
     "experiment_name": (is_plain_name, NAME_RULE),
     "torch_threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "compile": FLAG,
@@ -55,6 +69,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a list of integers > 0",
     ),
     "model.dropout": FRACTION,
+    "model.activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "model.max_bins": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
+    "model.basis": COUNT,
+    "model.delta_window": COUNT,
+    "model.span_std": POSITIVE,
     "model.context": (lambda v: v in (None, "previous", "history"), "null, previous or history"),
     "model.grid_path.enabled": FLAG,
     "model.grid_path.init_k": (lambda v: _num(v) and v >= 1, "a number >= 1"),
@@ -87,6 +106,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "callbacks.early_stopping.patience": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "callbacks.periodic_checkpoint.every_n_epochs": COUNT,
     "callbacks.curve_plotter.plot_every_n_epochs": COUNT,
+    "objective_beta": (lambda v: v is None or (_num(v) and v >= 0), "null or a number >= 0"),
+    # evaluate and codec commands
+    "overwrite": FLAG,
+    "embed_model": FLAG,
+    "chunk_size": (lambda v: _int(v) and 1 <= v <= MAX_CHUNK, f"an integer in 1..{MAX_CHUNK}"),
+    "trusted_targets": (
+        lambda v: isinstance(v, Sequence) and all(isinstance(t, str) and "." in t for t in v),
+        "a list of dotted class paths (package.module.Class)",
+    ),
 }
 
 
@@ -105,8 +133,32 @@ def instantiate_checked(node: Any, what: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{what}: {msg}") from None
 
 
+def _non_finite(node: Any, key: str = "") -> str | None:
+    """The first key whose literal value is NaN or infinite (interpolations are not resolved)."""
+    if isinstance(node, DictConfig):
+        for k in node:
+            if OmegaConf.is_interpolation(node, str(k)) or OmegaConf.is_missing(node, str(k)):
+                continue
+            found = _non_finite(node[k], f"{key}.{k}" if key else str(k))
+            if found:
+                return found
+    elif OmegaConf.is_list(node):
+        for i in range(len(node)):
+            if not OmegaConf.is_interpolation(node, i):
+                found = _non_finite(node[i], f"{key}[{i}]")
+                if found:
+                    return found
+    elif isinstance(node, float) and not math.isfinite(node):
+        return key
+    return None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line: key, bad value, what is allowed) for the first bad value."""
+    bad = _non_finite(cfg)
+    if bad:
+        value = OmegaConf.select(cfg, bad)
+        raise ConfigError(f"{bad}={value} is invalid: NaN and infinite values are not allowed")
     for key, (check, allowed) in RULES.items():
         node = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
         if node == "__absent__":
@@ -133,6 +185,7 @@ def validate_config(cfg: DictConfig) -> None:
         path = cfg.get(key)
         if path is not None and not Path(str(path)).is_file():
             raise ConfigError(f"{key}={path!r} is invalid: no such checkpoint file")
+    check_monitor(cfg)
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         raise ConfigError(
             "ckpt_path and init_from are both set: use ckpt_path= to resume a run, "
@@ -177,3 +230,91 @@ def check_accelerator(cfg: DictConfig) -> None:
             f"(torch {torch.__version__}): use trainer.accelerator=auto to take a GPU when there "
             "is one and the CPU otherwise, or trainer=cpu"
         )
+
+
+#: metrics every run logs under each of train/, val/, test/ (module.py, metrics.py, baselines.py)
+_METRICS = (
+    "loss", "rate_bits", "rate_bits_latent", "rate_bits_grid", "drift", "preservation",
+    "rate_drift", "codes_used", "perplexity", "fixed_rate_bits", "bits_over_classical",
+    "classical/quantizer_bits", "classical/delta_bits", "classical/bits_at_drift",
+)  # fmt: skip
+
+
+def metric_names(cfg: DictConfig) -> set[str]:
+    """The names (without stage) a run of ``cfg`` can log: fixed ones, the loss terms (and
+    their weights), and per feature, predicate and group of the schema."""
+    names = set(_METRICS)
+    terms = OmegaConf.select(cfg, "loss.terms", default=None) or {}
+    for term in terms:
+        names |= {str(term), f"weight/{term}"}
+    schema = cfg.get("schema") or {}
+    features = list((schema.get("features") or {}).keys())
+    predicates = list((schema.get("predicates") or {}).keys())
+    groups = {
+        str((spec or {}).get("group", "other")) for spec in (schema.get("features") or {}).values()
+    }
+    groups |= {
+        str((spec or {}).get("group", "predicates"))
+        for spec in (schema.get("predicates") or {}).values()
+    }
+    for name in [*features, *predicates]:
+        names |= {f"drift/{name}", f"mae/{name}", f"grid_k/{name}"}
+    for group in groups:
+        names |= {f"drift_group/{group}", f"preservation_group/{group}"}
+    return names
+
+
+def check_monitor(cfg: DictConfig) -> None:
+    """ConfigError when ``monitor.metric`` is not a metric the run logs (a typo would only fail
+    after the first epoch, or silently never checkpoint)."""
+    metric = OmegaConf.select(cfg, "monitor.metric", default=None)
+    if metric is None or cfg.get("schema") is None:
+        return
+    stage, _, name = str(metric).partition("/")
+    known = metric_names(cfg)
+    if stage not in ("train", "val", "test") or name not in known:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {stage}/{close[0]}?" if close else ""
+        raise ConfigError(
+            f"monitor.metric={metric!r} is invalid: expected <train|val|test>/<metric>, a "
+            f"metric the run logs (e.g. val/loss, val/drift, val/rate_bits){hint}"
+        )
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """ConfigError when a folder the run writes to is a file or cannot be created or written
+    (``paths.log_dir``, ``paths.output_dir``, and any literal ``callbacks.*.dirpath``)."""
+    candidates = []
+    for key in ("paths.log_dir", "paths.output_dir"):
+        try:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - a resolver only Hydra's run knows: checked later
+            continue
+        if value:
+            candidates.append((key, value))
+    for name, node in (cfg.get("callbacks") or {}).items():
+        literal = isinstance(node, DictConfig) and "dirpath" in node
+        if literal and not OmegaConf.is_interpolation(node, "dirpath") and node.dirpath:
+            candidates.append((f"callbacks.{name}.dirpath", node.dirpath))
+    for key, value in candidates:
+        problem = _unwritable(Path(str(value)).expanduser())
+        if problem:
+            raise ConfigError(f"{key}={str(value)!r} is invalid: {problem}")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be used to write into, or None."""
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            return "no part of it exists"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{str(probe)!r} is a file, not a folder"
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"{str(probe)!r} is on a read-only file system"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{str(probe)!r} is not writable"
+    return None

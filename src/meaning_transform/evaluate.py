@@ -10,14 +10,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from meaning_transform.cli import compose_checked
 from meaning_transform.config import instantiate_checked
-from meaning_transform.errors import USER_ERRORS, ConfigError
-from meaning_transform.io import atomic_write
-from meaning_transform.messages import one_line
+from meaning_transform.errors import ConfigError
+from meaning_transform.io import atomic_write, check_input, check_output
 
 if TYPE_CHECKING:  # torch and Lightning are imported where used: bad arguments answer at once
     import torch
@@ -25,13 +23,18 @@ if TYPE_CHECKING:  # torch and Lightning are imported where used: bad arguments 
 SPLITS = ("train", "val", "test", "all")
 
 
-def _data_config(data_cfg: Any, ckpt: dict[str, Any], path: str) -> Any:
+def _data_config(data_cfg: Any, ckpt: dict[str, Any], path: str, trusted: Any) -> Any:
+    """The user's ``data=...``, else the checkpoint's own data config, checked like any config
+    read from a file (``registry``: known classes, plain values, file size limits)."""
     if data_cfg:
         return data_cfg
-    stored = (ckpt.get("run_config") or {}).get("data")
+    run_config = ckpt.get("run_config")
+    stored = run_config.get("data") if isinstance(run_config, dict) else None
     if not stored:
         raise ConfigError(f"checkpoint {path!r} holds no data config: pass data=... explicitly")
-    return stored
+    from meaning_transform.registry import Registry
+
+    return Registry(trusted).check("data", stored, f"checkpoint {path!r}: run_config.data")
 
 
 def split_tensor(datamodule: Any, split: str) -> torch.Tensor:
@@ -45,22 +48,24 @@ def split_tensor(datamodule: Any, split: str) -> torch.Tensor:
     return getattr(datamodule, f"{split}_x")
 
 
-def evaluate_checkpoint(ckpt_path: str, data_cfg: Any = None, split: str = "val") -> dict[str, Any]:
-    """Drift (per feature, group, predicate), losses, rate and real coded size on one split."""
+def evaluate_checkpoint(
+    ckpt_path: str, data_cfg: Any = None, split: str = "val", trusted: Any = ()
+) -> dict[str, Any]:
+    """Drift (per feature, group, predicate), losses, rate and real coded size on one split;
+    ``trusted``: classes beyond the project's own that the checkpoint may name."""
     from meaning_transform.checkpoint_reader import read_checkpoint
 
     ckpt = read_checkpoint(ckpt_path)  # a missing or bad file is reported before Lightning loads
+    data = _data_config(data_cfg, ckpt, ckpt_path, trusted)
     import lightning as L
 
     from meaning_transform.baselines import baselines_of_splits
     from meaning_transform.console import quiet_libraries
-    from meaning_transform.module import MeaningModule
+    from meaning_transform.model_loading import load_module
 
     quiet_libraries()
-    module = MeaningModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    datamodule = instantiate_checked(
-        _data_config(data_cfg, ckpt, ckpt_path), "data", schema=module.schema.to_dict()
-    )
+    module = load_module(ckpt_path, trusted, ckpt=ckpt)
+    datamodule = instantiate_checked(data, "data", schema=module.schema.to_dict())
     datamodule.context = module.context  # the model decides whether rows carry context
     datamodule.setup("validate")
     x = split_tensor(datamodule, split)
@@ -145,25 +150,39 @@ def default_output(ckpt_path: str, split: str) -> Path:
 
 def compose_eval_config(overrides: list[str]) -> DictConfig:
     """Compose ``conf/eval.yaml`` with command-line overrides (no run dir, no log file)."""
+    from meaning_transform.config import validate_config
+
     cfg = compose_checked("eval", overrides)
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path is required: ckpt_path=outputs/.../checkpoints/best.ckpt")
+    validate_config(cfg)
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is invalid: expected one of {SPLITS}")
     return cfg
 
 
+def _evaluate(argv: list[str]) -> str:
+    cfg = compose_eval_config(argv)
+    ckpt = str(check_input(cfg.ckpt_path, "ckpt_path"))
+    data = OmegaConf.select(cfg, "data.path", default=None)
+    if cfg.output:  # the user's file: exclusive unless overwrite=true, never an input
+        out = check_output(
+            cfg.output, cfg.overwrite, {"ckpt_path": ckpt, "data.path": data}, "output"
+        )
+        exclusive = not cfg.overwrite
+    else:  # the report's own place in the run's eval/ folder, replaced on a rerun
+        out, exclusive = default_output(ckpt, cfg.split), False
+    report = evaluate_checkpoint(ckpt, cfg.get("data"), cfg.split, list(cfg.trusted_targets))
+    text = json.dumps(report, indent=2)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text), exclusive=exclusive)
+    return f"{format_report(report)}\nwrote {out}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    try:
-        cfg = compose_eval_config(list(sys.argv[1:] if argv is None else argv))
-        report = evaluate_checkpoint(str(cfg.ckpt_path), cfg.get("data"), cfg.split)
-        out = Path(cfg.output) if cfg.output else default_output(str(cfg.ckpt_path), cfg.split)
-        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-    except (*USER_ERRORS, HydraException) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    print(f"wrote {out}")
-    return 0
+    """CLI entry point: 0 ok, 2 bad input or a failed read/write, 130/143 interrupted."""
+    from meaning_transform.entry import run_command
+
+    return run_command(lambda: _evaluate(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

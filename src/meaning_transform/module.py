@@ -106,6 +106,21 @@ class MeaningModule(L.LightningModule):
         self.classical: dict[str, dict[str, Any] | None] = {}
         self.run_config: dict[str, Any] | None = None  # the composed config, saved in checkpoints
 
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = "cpu",
+        trusted_targets: Any = (),
+        **_: Any,
+    ) -> MeaningModule:
+        """The model of a checkpoint, read weights-only and rebuilt only after every field of
+        its hyperparameters has been checked (``model_loading``): a checkpoint is data, so the
+        classes it names must be the project's own or in ``trusted_targets``."""
+        from meaning_transform.model_loading import load_module
+
+        return load_module(checkpoint_path, trusted_targets, map_location)
+
     # ------------------------------------------------------------------ core
     def forward(
         self,

@@ -120,17 +120,16 @@ def _compression_from_config(job_dir: Path) -> tuple[str | None, Any]:
 
 def kind_of(target: str) -> str:
     """A bottleneck's ``_target_`` (or, in older summaries, its class name) -> the class's own
-    ``kind`` (``entropy`` | ``vq`` | ``none``); the class name when the class cannot be found
-    or declares no kind of its own."""
-    from hydra.utils import get_class
-
+    ``kind`` (``entropy`` | ``vq`` | ``none``); the class name when the class is not one the
+    packaged configs name or declares no kind of its own. A sweep folder is data: a name read
+    from it is looked up, never imported."""
     from meaning_transform.models.bottlenecks.base import Bottleneck
+    from meaning_transform.registry import packaged_targets
 
     name = target.rsplit(".", 1)[-1]
-    try:
-        cls = get_class(target) if "." in target else _bottleneck_classes(Bottleneck)[name]
-    except Exception:  # noqa: BLE001 - a report lists what it can: the name is still readable
-        return name
+    if "." in target and target not in packaged_targets()["compression"]:
+        return name  # a dotted path the project does not build: not imported
+    cls = _bottleneck_classes(Bottleneck).get(name)
     kind = getattr(cls, "kind", "base")
     return name if kind == "base" else str(kind)
 

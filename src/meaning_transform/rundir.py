@@ -18,12 +18,16 @@ from meaning_transform.errors import ConfigError
 
 #: a single path component: no separators, not "." or "..", no leading "-"
 _NAME = re.compile(r"(?!\.+$)[\w.+=][\w.+=-]*")
-NAME_RULE = "one folder name of letters, digits, '_', '-', '.', '+', '=' (not '.' or '..')"
+MAX_NAME = 100
+NAME_RULE = (
+    f"one folder name of at most {MAX_NAME} letters, digits, '_', '-', '.', '+', '=' "
+    "(not '.' or '..')"
+)
 
 
 def is_plain_name(name: object) -> bool:
     """True when ``name`` can name a folder directly under ``outputs/``."""
-    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+    return isinstance(name, str) and len(name) <= MAX_NAME and _NAME.fullmatch(name) is not None
 
 
 def check_experiment_name(name: object) -> str:

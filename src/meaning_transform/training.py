@@ -19,6 +19,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from meaning_transform.assemble import build_trainer, configure_logging, prepare
+from meaning_transform.callbacks.checkpoint import BestCheckpoint
 from meaning_transform.callbacks.history import find_history
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import ConfigError
@@ -42,6 +43,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         _start_run_dir(cfg, out_dir, module)
     started = time.perf_counter()
+    for callback in callbacks:  # the folder a resumed best checkpoint may be carried from
+        if isinstance(callback, BestCheckpoint) and cfg.get("ckpt_path"):
+            callback.resumed_from = Path(cfg.ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     history = find_history(callbacks)
     best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or None

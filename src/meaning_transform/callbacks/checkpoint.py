@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,7 +53,12 @@ class BestCheckpoint(ModelCheckpoint):
 
     Resuming into a new run directory keeps the best score and copies the previous ``best.ckpt``
     into it, so a resumed run only replaces it with a better model and its directory is complete.
+    The path to copy is read from the resumed checkpoint, so it is only followed when it is the
+    ``best.ckpt`` beside that checkpoint (``resumed_from``, set before ``fit``): a checkpoint
+    cannot make a run copy any other file.
     """
+
+    resumed_from: Path | None = None
 
     def __init__(self, dirpath: str, monitor: str = "val/loss", mode: str = "min") -> None:
         super().__init__(
@@ -72,8 +78,8 @@ class BestCheckpoint(ModelCheckpoint):
         score = state_dict.get("best_model_score")
         old_best = state_dict.get("best_model_path") or ""
         self.best_model_score = score
-        self.best_model_path = old_best
-        if score is None or not os.path.isfile(old_best):
+        self.best_model_path = ""
+        if score is None or not self._is_sibling_best(old_best):
             return
         new_best = os.path.join(str(self.dirpath), "best.ckpt")
         if rank_zero_only.rank == 0:
@@ -81,6 +87,13 @@ class BestCheckpoint(ModelCheckpoint):
         self.best_model_path = self.kth_best_model_path = new_best
         self.best_k_models = {new_best: score}
         self.kth_value = score
+
+    def _is_sibling_best(self, path: object) -> bool:
+        """Whether ``path`` is the ``best.ckpt`` file beside the resumed checkpoint."""
+        if not isinstance(path, str) or self.resumed_from is None:
+            return False
+        expected = self.resumed_from.parent / "best.ckpt"
+        return os.path.isfile(path) and expected.is_file() and os.path.samefile(path, expected)
 
 
 class LastCheckpoint(ModelCheckpoint):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from meaning_transform.errors import USER_ERRORS, ConfigError
-from meaning_transform.messages import one_line
+from meaning_transform.errors import ConfigError
 
 COMMANDS = ("compress", "decompress", "verify")
 
@@ -21,16 +20,24 @@ def run(argv: list[str]) -> str:
         given = repr(argv[0]) if argv else "none"
         raise ConfigError(f"first argument must be one of {', '.join(COMMANDS)} (got {given})")
     from meaning_transform.cli import compose_checked
+    from meaning_transform.config import validate_config
 
     cfg = compose_checked("codec", argv[1:])
+    validate_config(cfg)
     from meaning_transform.codec import commands
 
-    src = cfg.get("in")
+    src, trusted = cfg.get("in"), list(cfg.trusted_targets)
     if argv[0] == "compress":
         if not cfg.data.path:
             raise ConfigError("data.path= is required: the simulation.db to compress")
         s = commands.compress(
-            cfg.ckpt_path, cfg.data.path, cfg.out, cfg.embed_model, cfg.chunk_size, cfg.overwrite
+            cfg.ckpt_path,
+            cfg.data.path,
+            cfg.out,
+            cfg.embed_model,
+            cfg.chunk_size,
+            cfg.overwrite,
+            trusted,
         )
         n = max(s["states"], 1)
         return (
@@ -39,14 +46,14 @@ def run(argv: list[str]) -> str:
             f"for the coded states; {s['states'] / s['seconds']:,.0f} states/s)"
         )
     if argv[0] == "decompress":
-        s = commands.decompress(src, cfg.out, cfg.ckpt_path, cfg.overwrite)
+        s = commands.decompress(src, cfg.out, cfg.ckpt_path, cfg.overwrite, trusted)
         return (
             f"restored {s['states']:,} states into {cfg.out} "
             f"({s['states'] / s['seconds']:,.0f} states/s)"
         )
     if not cfg.data.path:
         raise ConfigError("data.path= is required: the simulation.db to compare with")
-    s = commands.verify(src, cfg.data.path, cfg.ckpt_path)
+    s = commands.verify(src, cfg.data.path, cfg.ckpt_path, trusted)
     worst = ", ".join(f"{k} {v:.2f}" for k, v in s["max_error_in_tolerances"].items())
     return (
         f"verified {s['states']:,} states: keys and other columns exact, NULLs kept, every "
@@ -55,18 +62,12 @@ def run(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: 0 ok, 1 verify found a difference, 2 bad input."""
+    """CLI entry point: 0 ok, 1 verify found a difference, 2 bad input or a failed read/write,
+    130/143 interrupted (``entry.run_command``)."""
     from meaning_transform.codec.commands import VerifyError
+    from meaning_transform.entry import run_command
 
-    try:
-        print(run(list(sys.argv[1:] if argv is None else argv)))
-    except VerifyError as e:
-        print(f"error: verify failed: {one_line(e)}", file=sys.stderr)
-        return 1
-    except USER_ERRORS as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(list(sys.argv[1:] if argv is None else argv)), {VerifyError: 1})
 
 
 if __name__ == "__main__":

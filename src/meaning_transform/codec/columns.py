@@ -23,7 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from meaning_transform.codec.bounded import CodecFileError, field, inflate
 from meaning_transform.errors import DataError
+
+#: what a chunk's key and other columns may inflate to
+MAX_COLUMN_BYTES = 256 << 20
 
 KEY_COLUMNS = ("agent_id", "step_number", "simulation_id", "id")
 _NULL, _INT, _REAL, _TEXT, _BLOB = range(5)
@@ -156,16 +160,43 @@ class _Packer:
         return zlib.compress(struct.pack("<I", len(head)) + head + body, 9)
 
 
-def _unpack(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    raw = zlib.decompress(blob)
-    (n,) = struct.unpack_from("<I", raw)
-    head = json.loads(raw[4 : 4 + n])
-    arrays, offset = {}, 4 + n
-    for name, dtype, length in head["arrays"]:
+#: the array types a columns blob may hold
+_DTYPES = {"|u1", "<i8", "<f8"}
+
+
+def _unpack(blob: bytes, n: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of ``_Packer.tobytes`` for a chunk of ``n`` rows; every field of the blob is
+    checked before use (CodecFileError), and it inflates to at most MAX_COLUMN_BYTES."""
+    raw = inflate(blob, MAX_COLUMN_BYTES, "key columns")
+    if len(raw) < 4:
+        raise CodecFileError("key columns are too short")
+    (size,) = struct.unpack_from("<I", raw)
+    if size > len(raw) - 4:
+        raise CodecFileError("key columns: layout length past the end")
+    try:
+        head = json.loads(raw[4 : 4 + size])
+    except (ValueError, RecursionError) as e:
+        raise CodecFileError(f"key columns: layout cannot be read ({e})") from None
+    meta = field(head, "meta", dict, "key columns")
+    layout = field(head, "arrays", list, "key columns")
+    arrays, offset = {}, 4 + size
+    for entry in layout:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and entry[1] in _DTYPES
+            and isinstance(entry[2], int)
+            and 0 <= entry[2] <= len(raw)
+        ):
+            raise CodecFileError("key columns: an array entry is malformed")
+        name, dtype, length = entry
         dt = np.dtype(dtype)
+        if offset + dt.itemsize * length > len(raw):
+            raise CodecFileError(f"key columns: array {name[:40]!r} is past the end")
         arrays[name] = np.frombuffer(raw, dtype=dt, count=length, offset=offset)
         offset += dt.itemsize * length
-    return head["meta"], arrays
+    return meta, arrays
 
 
 def encode_columns(keys: dict[str, Sequence[Any]], others: dict[str, Sequence[Any]]) -> bytes:
@@ -209,19 +240,41 @@ def _step_deltas(steps: Sequence[Any], lengths: np.ndarray) -> list[Any]:
 
 
 def decode_columns(blob: bytes, n: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    """Inverse of ``encode_columns`` for a chunk of ``n`` rows: (keys, other columns)."""
-    meta, arrays = _unpack(blob)
+    """Inverse of ``encode_columns`` for a chunk of ``n`` rows: (keys, other columns);
+    CodecFileError for a blob that does not hold exactly that."""
+    meta, arrays = _unpack(blob, n)
+
+    def array(name: str) -> np.ndarray:
+        if name not in arrays:
+            raise CodecFileError(f"key columns: array {name!r} is missing")
+        return arrays[name]
 
     def typed(name: str) -> list[Any]:
-        d = {"texts": meta[name]["texts"], "blobs": meta[name]["blobs"]}
-        d.update({part: arrays[f"{name}.{part}"] for part in ("tags", "ints", "reals")})
-        return _untyped(d)
+        entry = field(meta, name, dict, "key columns")
+        texts = field(entry, "texts", list, f"key columns {name}")
+        blobs = field(entry, "blobs", list, f"key columns {name}")
+        if not all(isinstance(t, str) for t in texts + blobs):
+            raise CodecFileError(f"key columns {name}: texts must be strings")
+        tags = array(f"{name}.tags")
+        d = {"texts": texts, "blobs": blobs, "tags": tags}
+        d.update({part: array(f"{name}.{part}") for part in ("ints", "reals")})
+        counts = [int((tags == t).sum()) for t in (_INT, _REAL, _TEXT, _BLOB)]
+        sizes = [len(d["ints"]), len(d["reals"]), len(texts), len(blobs)]
+        if counts != sizes or (tags > _BLOB).any():
+            raise CodecFileError(f"key columns {name}: tags do not match the values")
+        try:
+            return _untyped(d)
+        except ValueError as e:  # a blob that is not hex
+            raise CodecFileError(f"key columns {name}: {e}") from None
 
-    lengths = arrays["agent_lengths"]
-    keys: dict[str, list[Any]] = {"agent_id": unruns(typed("agent_runs"), lengths)}
+    lengths = _lengths(array("agent_lengths"), n, "agent_lengths")
+    agent_runs = typed("agent_runs")
+    if len(agent_runs) != len(lengths):
+        raise CodecFileError("key columns: agent runs and lengths differ in number")
+    keys: dict[str, list[Any]] = {"agent_id": unruns(agent_runs, lengths)}
     if "steps.tags" in arrays:
         steps = typed("steps")
-        if all(isinstance(s, int) for s in steps) and steps:
+        if all(isinstance(s, int) for s in steps) and len(steps) == n and steps:
             a = np.asarray(steps, dtype=np.int64)
             first = np.cumsum(np.append(0, lengths[:-1]))
             # each run: cumulative sum from its first step
@@ -231,16 +284,34 @@ def decode_columns(blob: bytes, n: int) -> tuple[dict[str, list[Any]], dict[str,
             steps = (csum - base[run_id]).tolist()
         keys["step_number"] = steps
     if "sim_lengths" in arrays:
-        keys["simulation_id"] = unruns(typed("sim_runs"), arrays["sim_lengths"])
+        sim_lengths = _lengths(arrays["sim_lengths"], n, "sim_lengths")
+        sim_runs = typed("sim_runs")
+        if len(sim_runs) != len(sim_lengths):
+            raise CodecFileError("key columns: simulation runs and lengths differ in number")
+        keys["simulation_id"] = unruns(sim_runs, sim_lengths)
     if "id_rows" in arrays:
         sims = keys.get("simulation_id", [None] * n)
         steps = keys.get("step_number", [None] * n)
         agents = keys["agent_id"]
         ids = list(map(default_id, sims, agents, steps))
-        for i, v in zip(arrays["id_rows"].tolist(), typed("id_values"), strict=True):
+        rows = arrays["id_rows"]
+        values = typed("id_values")
+        if len(rows) != len(values) or (len(rows) and (rows.min() < 0 or rows.max() >= n)):
+            raise CodecFileError("key columns: id exceptions are out of range")
+        for i, v in zip(rows.tolist(), values, strict=True):
             ids[i] = v
         keys["id"] = ids
-    others = {name: typed(f"col:{name}") for name in meta["others"]}
+    others_names = field(meta, "others", list, "key columns")
+    if not all(isinstance(c, str) for c in others_names):
+        raise CodecFileError("key columns: other column names are not strings")
+    others = {name: typed(f"col:{name}") for name in others_names}
     if any(len(v) != n for v in [*keys.values(), *others.values()]):
-        raise ValueError("key columns do not have the chunk's row count")
+        raise CodecFileError("key columns do not have the chunk's row count")
     return keys, others
+
+
+def _lengths(a: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Run lengths that are positive and add up to ``n`` (checked before anything expands)."""
+    if a.dtype != np.int64 or (len(a) and (a.min() < 1 or a.max() > n)) or int(a.sum()) != n:
+        raise CodecFileError(f"key columns: {what} do not add up to the chunk's {n} rows")
+    return a

@@ -7,6 +7,7 @@ renamed when complete (``io.atomic_write``), so a failure leaves nothing behind.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -26,10 +27,18 @@ from meaning_transform.codec.chunks import (
     workers_for,
 )
 from meaning_transform.codec.columns import decode_columns, encode_columns
-from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
-from meaning_transform.codec.model import load_embedded, load_model, model_bytes, model_hash
+from meaning_transform.codec.container import MAX_CHUNK, Chunk, CodecFileError, Reader, Writer
+from meaning_transform.codec.model import (
+    build_model,
+    checkpoint_hash,
+    model_bytes,
+    read_embedded,
+    read_model,
+)
 from meaning_transform.codec.source import (
     AGENTS,
+    STATES,
+    Layout,
     SlowPath,
     StatesWriter,
     connect,
@@ -39,39 +48,19 @@ from meaning_transform.codec.source import (
     layout_of,
     read_arrays,
     read_chunks,
+    read_states,
+    table_columns,
 )
+from meaning_transform.codec.sql_guard import quote
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
-from meaning_transform.io import atomic_write
+from meaning_transform.io import atomic_write, check_input, check_output
+from meaning_transform.schema.declaration import MAX_MAGNITUDE
 from meaning_transform.schema.table import encode
 
 NULL_PREFIX = "null:"  # other-column name of a coded feature's NULL mask
 
 
 # ---------------------------------------------------------------------- arguments
-def check_output(out: str | None, overwrite: bool, what: str = "out") -> Path:
-    """The output path, or a ConfigError if it is missing, a folder, exists or has no folder."""
-    if not out:
-        raise ConfigError(f"{what}= is required: the file to write")
-    path = Path(out).expanduser()
-    if path.is_dir():
-        raise ConfigError(f"{what}={out!r} is a directory; give a file path")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{what}={out!r} exists; remove it or pass overwrite=true")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{what}={out!r}: folder {str(path.parent)!r} does not exist")
-    return path
-
-
-def check_input(path: str | None, what: str) -> Path:
-    """An existing input file, or a one-line error."""
-    if not path:
-        raise ConfigError(f"{what}= is required")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{what}={path!r}: file not found")
-    return p
-
-
 class Progress:
     """One stderr line per chunk when stderr is a terminal (a rewritten line), else silent."""
 
@@ -99,10 +88,11 @@ class Progress:
             print(file=sys.stderr)
 
 
-def _write(target: Path, write: Any, progress: Progress) -> None:
-    """``write(tmp)`` then rename onto ``target`` (nothing is left on failure); end the bar."""
+def _write(target: Path, write: Any, progress: Progress, overwrite: bool) -> None:
+    """``write(tmp)`` then rename onto ``target`` (nothing is left on failure; without
+    ``overwrite`` the target is created exclusively); end the bar."""
     try:
-        atomic_write(target, write)
+        atomic_write(target, write, exclusive=not overwrite)
     finally:
         progress.close()
 
@@ -115,14 +105,20 @@ def compress(
     embed_model: bool = False,
     chunk_size: int = 131072,
     overwrite: bool = False,
+    trusted: Any = (),
 ) -> dict[str, Any]:
     """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics."""
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    target = check_output(out, overwrite)
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
+        raise ConfigError(f"chunk_size must be an integer, got {chunk_size!r}")
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise ConfigError(f"chunk_size={chunk_size} is invalid: expected 1..{MAX_CHUNK}")
     if not ckpt_path:
         raise ConfigError("ckpt_path= is required: a checkpoint trained with compression=lossless")
-    module = load_model(ckpt_path)
+    check_input(data_path, "data.path")
+    check_input(ckpt_path, "ckpt_path")
+    target = check_output(out, overwrite, {"data.path": data_path, "ckpt_path": ckpt_path})
+    ckpt, sha256 = read_model(ckpt_path)
+    module = build_model(ckpt, f"checkpoint {str(ckpt_path)!r}", trusted)
     schema = module.schema
     start = time.perf_counter()
     stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "model_bytes": 0}
@@ -133,7 +129,7 @@ def compress(
             raise DataError(f"{data_path}: agent_states has no rows")
         header = {
             "model": {
-                "sha256": model_hash(module),
+                "sha256": sha256,
                 "ckpt_path": str(Path(ckpt_path).resolve()),
                 "embedded": bool(embed_model),
             },
@@ -166,7 +162,7 @@ def compress(
             except SlowPath:
                 write_from(tmp, read_chunks(con, layout, chunk_size))
 
-        _write(target, write, progress)
+        _write(target, write, progress, overwrite)
     stats["seconds"] = time.perf_counter() - start
     stats["bytes"] = target.stat().st_size
     return stats
@@ -179,12 +175,23 @@ def _encode(module: Any, layout: Any, rows: dict[str, list[Any]]) -> tuple[Chunk
     symbols = codec.symbols(encode(schema, table))
     agents = rows["agent_id"]
     flag = _same_agent(agents)
-    coded = encode_chunk(module, symbols, flag)
+    try:
+        coded = encode_chunk(module, symbols, flag)
+    except ValueError as e:  # escapes or latents too far out to code
+        raise DataError(
+            f"states cannot be coded by this model ({str(e).splitlines()[0]}): values far "
+            "outside the range it was trained on"
+        ) from None
     others = {c: rows[c] for c in layout.others}
     for name, mask in nulls.items():
         others[NULL_PREFIX + name] = mask.astype(int).tolist()
     columns = encode_columns({k: rows[k] for k in layout.keys}, others)
-    meta = {"n": len(agents), "symbols_crc": coded.symbols_crc, "estimated": coded.estimated_bits}
+    meta = {
+        "n": len(agents),
+        "symbols_crc": coded.symbols_crc,
+        "estimated": coded.estimated_bits,
+        "ranges": np.stack([symbols.min(axis=0), symbols.max(axis=0)], axis=1).tolist(),
+    }
     return Chunk(meta, coded.z_words, coded.x_words, columns), coded.estimated_bits
 
 
@@ -199,11 +206,13 @@ def _same_agent(agents: list[Any]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- decompress
-def _open_model(reader: Reader, ckpt_path: str | None) -> Any:
-    """The file's model: embedded, or ``ckpt_path`` (default: the recorded path); hash-checked."""
+def _open_model(reader: Reader, ckpt_path: str | None, trusted: Any = ()) -> Any:
+    """The file's model: embedded, or ``ckpt_path`` (default: the recorded path). Its hash is
+    compared before anything is built from it."""
     recorded = reader.header["model"]
     if reader.model and not ckpt_path:
-        module = load_embedded(reader.model, reader.name)
+        where = f"{reader.name} (embedded model)"
+        ckpt = read_embedded(reader.model, reader.name)
     else:
         path = ckpt_path or recorded["ckpt_path"]
         if not Path(path).is_file():
@@ -211,13 +220,29 @@ def _open_model(reader: Reader, ckpt_path: str | None) -> Any:
                 f"{reader.name} was coded with model {path!r}, which does not exist: pass "
                 "ckpt_path=<that checkpoint> (or compress with embed_model=true)"
             )
-        module = load_model(path)
-    if model_hash(module) != recorded["sha256"]:
+        where = f"checkpoint {str(path)!r}"
+        ckpt, _ = read_model(path)
+    if checkpoint_hash(ckpt, where) != recorded["sha256"]:
         raise CheckpointError(
             f"{reader.name} was coded with another model (SHA-256 {recorded['sha256'][:12]}...); "
             "decompress with the checkpoint it was compressed with"
         )
+    module = build_model(ckpt, where, trusted)
+    _check_header_fits(reader, module)
     return module
+
+
+def _check_header_fits(reader: Reader, module: Any) -> None:
+    """CodecFileError unless the header's context and layout agree with the model."""
+    header, layout = reader.header, reader.header["layout"]
+    names = [f.name for f in module.schema.features]
+    if (
+        header["context"] != module.context
+        or layout["features"] + layout["agent_features"]
+        != [n for n in names if n in layout["features"] + layout["agent_features"]]
+        or sorted(layout["features"] + layout["agent_features"]) != sorted(names)
+    ):
+        raise CodecFileError(f"{reader.name}: its header does not match the model's features")
 
 
 def decoded_chunks(
@@ -242,14 +267,18 @@ def _decoded(
     where = f"{reader.name}: chunk {i}"
     try:
         keys, others = decode_columns(chunk.columns, n)
+    except CodecFileError as e:
+        raise CodecFileError(f"{where}: {e}") from None
+    try:
         symbols = decode_chunk(module, chunk.z_words, chunk.x_words, _same_agent(keys["agent_id"]))
-    except (ValueError, KeyError, IndexError) as e:
-        raise CodecFileError(f"{where} does not decode ({e})") from None
+    except (ValueError, KeyError, IndexError, OverflowError) as e:
+        raise CodecFileError(f"{where} does not decode ({str(e).splitlines()[0]})") from None
     if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
         raise CodecFileError(
             f"{where} decodes to other states than were coded (checksum mismatch): the model "
             "computed different probabilities here, or the file is corrupted"
         )
+    _check_ranges(symbols, chunk.meta["ranges"], codec, where)
     native = codec.grid.native(symbols)
     rows: dict[str, list[Any]] = {**keys}
     rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
@@ -273,6 +302,22 @@ def _decoded(
     return rows
 
 
+def _check_ranges(symbols: np.ndarray, ranges: list[list[int]], codec: Any, where: str) -> None:
+    """CodecFileError unless every decoded symbol is in its declared range, and every declared
+    range decodes to values a database can hold (categories of the vocabulary, 0/1, finite
+    numbers of at most MAX_MAGNITUDE)."""
+    lo, hi = np.asarray(ranges, dtype=np.int64).T
+    if ((symbols < lo) | (symbols > hi)).any():
+        raise CodecFileError(f"{where} decodes to values outside the ranges it declares")
+    vocab = np.asarray(codec.grid.vocab_sizes(), dtype=np.int64)
+    discrete = vocab > 0
+    if ((lo < 0) & discrete).any() or ((hi >= vocab) & discrete).any():
+        raise CodecFileError(f"{where} declares categories beyond the model's vocabularies")
+    ends = codec.grid.native(np.stack([lo, hi]))
+    if not np.isfinite(ends).all() or (np.abs(ends) > MAX_MAGNITUDE).any():
+        raise CodecFileError(f"{where} declares values beyond what a database holds")
+
+
 def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
     """One decoded feature column as the Arrow array of the values ``decoded_chunks`` lists."""
     null = None if mask is None else np.asarray(mask, dtype=bool)
@@ -288,15 +333,21 @@ def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
 
 
 def decompress(
-    src: str, out: str, ckpt_path: str | None = None, overwrite: bool = False
+    src: str,
+    out: str,
+    ckpt_path: str | None = None,
+    overwrite: bool = False,
+    trusted: Any = (),
 ) -> dict[str, Any]:
     """Restore ``src`` (.mtc) into a new SQLite database ``out``; returns statistics."""
     path = check_input(src, "in")
-    target = check_output(out, overwrite)
+    if ckpt_path:
+        check_input(ckpt_path, "ckpt_path")
+    target = check_output(out, overwrite, {"in": src, "ckpt_path": ckpt_path})
     stats: dict[str, Any] = {"states": 0}
     with open(path, "rb") as fh:
         reader = Reader(fh, str(src))
-        module = _open_model(reader, ckpt_path)
+        module = _open_model(reader, ckpt_path, trusted)
         start = time.perf_counter()  # coding speed: after the model is loaded
         layout = reader.header["layout"]
         progress = Progress("decompress", reader.num_states)
@@ -304,7 +355,7 @@ def decompress(
         def write(tmp: str) -> None:
             agents: dict[Any, Any] = {}
             with (
-                closing(create_output(tmp, layout)) as con,
+                closing(create_output(tmp, layout, reader.name)) as con,
                 closing(StatesWriter(con, tmp, layout["columns"])) as states,
                 deterministic_threads(),
             ):
@@ -318,7 +369,7 @@ def decompress(
                     con.executemany(f"INSERT INTO {AGENTS} VALUES (?, ?)", agents.items())
                 con.commit()
 
-        _write(target, write, progress)
+        _write(target, write, progress, overwrite)
     stats["seconds"] = time.perf_counter() - start
     return stats
 
@@ -333,26 +384,33 @@ def _collect_agents(agents: dict[Any, Any], rows: dict[str, list[Any]], layout: 
 
 
 # ---------------------------------------------------------------------- verify
-def verify(src: str, data_path: str, ckpt_path: str | None = None) -> dict[str, Any]:
+def verify(
+    src: str, data_path: str, ckpt_path: str | None = None, trusted: Any = ()
+) -> dict[str, Any]:
     """Decode ``src`` and compare it with ``data_path`` row by row: keys and other columns
-    exact, NULLs kept, continuous features within tolerance, the rest exact. Raises
-    VerifyError naming the first difference."""
+    exact, NULLs kept, continuous features within tolerance, the rest exact. The source is read
+    on its own (``agent_states`` alone, agent features looked up in ``agents``), not through
+    the codec's reader. Raises VerifyError naming the first difference."""
     path = check_input(src, "in")
     with open(path, "rb") as fh, closing(connect(data_path)) as con:
         reader = Reader(fh, str(src))
-        module = _open_model(reader, ckpt_path)
+        module = _open_model(reader, ckpt_path, trusted)
         schema = module.schema
-        layout = layout_of(con, data_path, schema)
-        if layout.to_dict() != reader.header["layout"]:
+        layout = Layout(**{k: reader.header["layout"][k] for k in Layout.__dataclass_fields__})
+        columns = table_columns(con, STATES)
+        if columns != layout.columns:
             raise VerifyError(f"{data_path} has other columns than {src} was coded from")
+        lookup = _agent_lookup(con, data_path, layout.agent_features)
         worst = {f.name: 0.0 for f in schema.of_kind("continuous")}
         states = 0
-        chunks = read_chunks(con, layout, int(reader.header["chunk_size"]))
-        with closing(chunks) as source, deterministic_threads():  # closed before the db
+        source = read_states(con, layout.columns, int(reader.header["chunk_size"]))
+        with closing(source), deterministic_threads():  # closed before the db
             for decoded in decoded_chunks(reader, module):
                 original = next(source, None)
                 if original is None or len(original["agent_id"]) != len(decoded["agent_id"]):
                     raise VerifyError(f"{src} and {data_path} hold different numbers of states")
+                for name, values in lookup.items():
+                    original[name] = [values.get(a) for a in original["agent_id"]]
                 _compare(schema, layout, original, decoded, worst, states)
                 states += len(decoded["agent_id"])
             if next(source, None) is not None:
@@ -360,8 +418,27 @@ def verify(src: str, data_path: str, ckpt_path: str | None = None) -> dict[str, 
     return {"states": states, "max_error_in_tolerances": worst}
 
 
+def _agent_lookup(
+    con: sqlite3.Connection, path: str, features: list[str]
+) -> dict[str, dict[Any, Any]]:
+    """Per agent feature, agent_id -> value from ``agents`` (VerifyError if it lists an agent
+    twice: a restored database has one row per agent)."""
+    if not features:
+        return {}
+    cols = ", ".join(quote(c) for c in features)
+    lookup: dict[str, dict[Any, Any]] = {c: {} for c in features}
+    for agent, *values in con.execute(f"SELECT agent_id, {cols} FROM {AGENTS}"):
+        if agent in lookup[features[0]]:
+            raise VerifyError(f"{path}: table {AGENTS!r} lists agent {str(agent)[:80]!r} twice")
+        for c, v in zip(features, values, strict=True):
+            lookup[c][agent] = v
+    return lookup
+
+
 class VerifyError(ValueError):
     """A decoded file differs from the database beyond what the codec guarantees."""
+
+    prefix = "verify failed: "  # how the command line reports it
 
 
 #: a value exactly on a cell edge decodes one tolerance away; float32 noise may add 1e-4 of it,

@@ -8,14 +8,21 @@
     end    b"MTCEND\\0\\0" | chunks u32 | states u64 | CRC-32 of the chunk CRCs u32
 
 A chunk's payload: meta length u32 | meta (JSON: rows, stream lengths, symbol CRC, the model's
-estimate) | latent words | symbol words | key/other columns (zlib). All integers little-endian.
-Any mismatch (magic, version, a CRC, a length, the trailer's counts) is a ``CodecFileError``, so
-a truncated or corrupted file never decodes into a database.
+estimate, each feature's symbol range) | latent words | symbol words | key/other columns (zlib).
+All integers little-endian.
+
+A file is hostile input until read: every length is checked against the bytes that remain and
+the format's limits before anything is allocated, compressed parts inflate to bounded sizes,
+and every header and meta field is type- and range-checked (``check_header``, ``check_meta``).
+Any mismatch (magic, version, a CRC, a length, a field, the trailer's counts) is a
+``CodecFileError``, so a truncated, corrupted or crafted file never decodes into a database.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -24,17 +31,22 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from meaning_transform.errors import DataError
+from meaning_transform.codec.bounded import CodecFileError, field, inflate, int_in, names
 
 MAGIC = b"MTCODEC\0"
-VERSION = 1
+VERSION = 2  # 2: chunks declare each feature's symbol range
 CHUNK = b"CHNK"
 END = b"MTCEND\0\0"
 _END_SIZE = len(END) + 4 + 8 + 4
+#: format limits: a header of at most 1 MiB (8 MiB inflated); chunks of at most MAX_CHUNK states
+MAX_HEADER = 1 << 20
+MAX_HEADER_INFLATED = 8 << 20
+MAX_CHUNK = 1 << 18
+MAX_META = 1 << 16
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+CONTEXTS = (None, "previous", "history")
 
-
-class CodecFileError(DataError):
-    """A .mtc file is truncated, corrupted, of another version or not a .mtc file."""
+__all__ = ["CodecFileError", "Chunk", "Reader", "Writer", "check_header"]
 
 
 @dataclass
@@ -62,22 +74,77 @@ class Chunk:
         )
 
     @classmethod
-    def parse(cls, payload: bytes, where: str) -> Chunk:
-        """Inverse of ``payload``."""
+    def parse(cls, payload: bytes, where: str, header: dict[str, Any]) -> Chunk:
+        """Inverse of ``payload``, every field checked against ``header`` and the bytes."""
+        if len(payload) < 4:
+            raise CodecFileError(f"{where}: chunk is too short")
+        (n,) = struct.unpack_from("<I", payload)
+        if n > min(MAX_META, len(payload) - 4):
+            raise CodecFileError(f"{where}: chunk meta length {n} is past the chunk")
         try:
-            (n,) = struct.unpack_from("<I", payload)
             meta = json.loads(payload[4 : 4 + n])
-            off = 4 + n
-            z = np.frombuffer(payload, "<u4", meta["z_len"], off)
-            off += 4 * meta["z_len"]
-            x = np.frombuffer(payload, "<u4", meta["x_len"], off)
-            off += 4 * meta["x_len"]
-            columns = payload[off : off + meta["columns_len"]]
-            if off + meta["columns_len"] != len(payload):
-                raise ValueError("lengths do not add up")
-        except (ValueError, KeyError, struct.error, TypeError) as e:
-            raise CodecFileError(f"{where}: chunk cannot be parsed ({e})") from None
+        except (ValueError, RecursionError) as e:
+            raise CodecFileError(f"{where}: chunk meta cannot be read ({e})") from None
+        check_meta(meta, where, header, len(payload) - 4 - n)
+        off = 4 + n
+        z = np.frombuffer(payload, "<u4", meta["z_len"], off)
+        off += 4 * meta["z_len"]
+        x = np.frombuffer(payload, "<u4", meta["x_len"], off)
+        off += 4 * meta["x_len"]
+        columns = payload[off:]
         return cls(meta, z.astype(np.uint32), x.astype(np.uint32), columns)
+
+
+def check_meta(meta: Any, where: str, header: dict[str, Any], body: int) -> None:
+    """CodecFileError unless chunk ``meta`` is well-formed for ``header`` and ``body`` bytes."""
+    where = f"{where} meta"
+    if not isinstance(meta, dict):
+        raise CodecFileError(f"{where}: not a JSON object")
+    field(meta, "n", int, where, int_in(1, header["chunk_size"]))
+    field(meta, "symbols_crc", int, where, int_in(0, 2**32 - 1))
+    field(meta, "estimated", (int, float), where)
+    lengths = [field(meta, k, int, where, int_in(0, body)) for k in ("z_len", "x_len")]
+    columns = field(meta, "columns_len", int, where, int_in(0, body))
+    if 4 * sum(lengths) + columns != body:
+        raise CodecFileError(f"{where}: stream lengths do not add up to the chunk")
+    ranges = field(meta, "ranges", list, where)
+    features = len(header["schema"]["features"])
+    if len(ranges) != features or not all(
+        isinstance(r, list)
+        and len(r) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**40 for v in r)
+        and r[0] <= r[1]
+        for r in ranges
+    ):
+        raise CodecFileError(f"{where}: field 'ranges' is not one [low, high] per feature")
+
+
+def check_header(header: Any, where: str) -> dict[str, Any]:
+    """The header if every field is of the right type and range; CodecFileError otherwise
+    (nothing in it is acted on before this passes)."""
+    if not isinstance(header, dict):
+        raise CodecFileError(f"{where}: header is not a JSON object")
+    model = field(header, "model", dict, where)
+    field(model, "sha256", str, f"{where} model", _SHA256.fullmatch)
+    field(model, "ckpt_path", str, f"{where} model", lambda s: 0 < len(s) <= 4096)
+    field(model, "embedded", bool, f"{where} model")
+    field(header, "schema", dict, where)
+    if header.get("context", "absent") not in CONTEXTS:
+        raise CodecFileError(f"{where}: field 'context' is not one of {CONTEXTS}")
+    layout = field(header, "layout", dict, where)
+    field(layout, "states_sql", str, f"{where} layout", lambda s: 0 < len(s) <= 1 << 20)
+    columns = names(field(layout, "columns", list, f"{where} layout"), f"{where} layout.columns")
+    features = names(field(layout, "features", list, f"{where} layout"), f"{where} features")
+    agent = names(field(layout, "agent_features", list, f"{where} layout"), f"{where} agents")
+    field(layout, "has_agents", bool, f"{where} layout")
+    if not set(features) <= set(columns) or set(agent) & set(columns):
+        raise CodecFileError(f"{where}: layout features do not match its columns")
+    if not {"agent_id", "step_number"} <= set(columns):
+        raise CodecFileError(f"{where}: layout has no agent_id and step_number columns")
+    field(header, "chunk_size", int, where, int_in(1, MAX_CHUNK))
+    source = field(header, "source", dict, where)
+    field(source, "states", int, f"{where} source", int_in(0, 2**53))
+    return header
 
 
 class Writer:
@@ -111,19 +178,25 @@ class Reader:
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
         self.fh, self.name = fh, name
+        self.size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
         magic = fh.read(len(MAGIC))
         if magic != MAGIC:
             raise CodecFileError(f"{name} is not a meaning-transform codec file (bad magic)")
         version, n, crc = self._unpack("<HII", "header")
         if version != VERSION:
             raise CodecFileError(f"{name} has format version {version}; this reads {VERSION}")
+        if n > MAX_HEADER:
+            raise CodecFileError(f"{name}: header length {n:,} is above {MAX_HEADER:,}")
         head = self._read(n, "header")
         if zlib.crc32(head) != crc:
             raise CodecFileError(f"{name}: header is corrupted (CRC mismatch)")
+        text = inflate(head, MAX_HEADER_INFLATED, f"{name}: header")
         try:
-            self.header: dict[str, Any] = json.loads(zlib.decompress(head))
-        except (zlib.error, ValueError) as e:
+            header = json.loads(text)
+        except (ValueError, RecursionError) as e:
             raise CodecFileError(f"{name}: header cannot be read ({e})") from None
+        self.header: dict[str, Any] = check_header(header, f"{name}: header")
         size, crc = self._unpack("<QI", "model")
         self.model = self._read(size, "embedded model")
         if zlib.crc32(self.model) != crc:
@@ -131,6 +204,8 @@ class Reader:
         self._check_trailer()
 
     def _read(self, n: int, what: str) -> bytes:
+        if n > self.size - self.fh.tell():  # before allocating: a length cannot pass the end
+            raise CodecFileError(f"{self.name} is truncated or corrupted (the {what})")
         data = self.fh.read(n)
         if len(data) != n:
             raise CodecFileError(f"{self.name} is truncated (in the {what})")
@@ -141,22 +216,37 @@ class Reader:
 
     def _check_trailer(self) -> None:
         here = self.fh.tell()
-        self.fh.seek(0, 2)
-        if self.fh.tell() - here < _END_SIZE:
+        if self.size - here < _END_SIZE:
             raise CodecFileError(f"{self.name} is truncated (no end marker)")
         self.fh.seek(-_END_SIZE, 2)
         tail = self.fh.read(_END_SIZE)
         if tail[: len(END)] != END:
             raise CodecFileError(f"{self.name} is truncated or corrupted (no end marker)")
         self.num_chunks, self.num_states, self.crc = struct.unpack("<IQI", tail[len(END) :])
-        self.end = self.fh.seek(-_END_SIZE, 2)
+        self.end = self.size - _END_SIZE
+        if self.num_states > self.num_chunks * self.header["chunk_size"]:
+            raise CodecFileError(f"{self.name} is corrupted (end marker counts)")
+        self.fh.seek(here)
+        self._check_frames()
+
+    def _check_frames(self) -> None:
+        """Walk every chunk's frame and CRC once before anything is decoded, so a truncated or
+        corrupted file is refused at once, not after most of its output was written (the
+        payloads are read again, one at a time, by ``chunks``)."""
+        here, crcs = self.fh.tell(), []
+        for _, crc in self._frames():
+            crcs.append(crc)
+        total = zlib.crc32(struct.pack(f"<{len(crcs)}I", *crcs))
+        if (len(crcs), total) != (self.num_chunks, self.crc):
+            raise CodecFileError(f"{self.name} is corrupted (chunks do not match the end marker)")
         self.fh.seek(here)
 
-    def chunks(self) -> Iterator[Chunk]:
-        """Every chunk, CRC-checked; CodecFileError on any inconsistency."""
-        crcs, states = [], 0
+    def _frames(self) -> Iterator[tuple[bytes, int]]:
+        """(payload, CRC) of each chunk, checked; CodecFileError on a bad frame."""
+        number = 0
         while self.fh.tell() < self.end:
-            where = f"{self.name}: chunk {len(crcs) + 1}"
+            number += 1
+            where = f"{self.name}: chunk {number}"
             if self._read(len(CHUNK), "chunk marker") != CHUNK:
                 raise CodecFileError(f"{where} is corrupted (bad chunk marker)")
             n, crc = self._unpack("<II", "chunk header")
@@ -165,10 +255,14 @@ class Reader:
             payload = self._read(n, "chunk")
             if zlib.crc32(payload) != crc:
                 raise CodecFileError(f"{where} is corrupted (CRC mismatch)")
-            crcs.append(crc)
-            chunk = Chunk.parse(payload, where)
+            yield payload, crc
+
+    def chunks(self) -> Iterator[Chunk]:
+        """Every chunk, CRC-checked and parsed; CodecFileError on any inconsistency."""
+        states = 0
+        for number, (payload, _) in enumerate(self._frames(), start=1):
+            chunk = Chunk.parse(payload, f"{self.name}: chunk {number}", self.header)
             states += int(chunk.meta["n"])
             yield chunk
-        total = zlib.crc32(struct.pack(f"<{len(crcs)}I", *crcs))
-        if (len(crcs), states, total) != (self.num_chunks, self.num_states, self.crc):
+        if states != self.num_states:
             raise CodecFileError(f"{self.name} is corrupted (chunks do not match the end marker)")

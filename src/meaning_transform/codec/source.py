@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from meaning_transform.codec.columns import KEY_COLUMNS
+from meaning_transform.codec.sql_guard import SchemaGuard, quote
 from meaning_transform.data.sqlite import (
     AGENTS,
     BATCH_ROWS,
@@ -76,20 +77,33 @@ def connect(path: str | Path) -> sqlite3.Connection:
         raise DataError(f"{file}: cannot open read-only as SQLite ({e})") from None
 
 
-def _table_columns(con: sqlite3.Connection, table: str) -> list[str] | None:
-    rows = con.execute(f'PRAGMA table_info("{table}")').fetchall()
+def table_columns(con: sqlite3.Connection, table: str) -> list[str] | None:
+    rows = con.execute(f"PRAGMA table_info({quote(table)})").fetchall()
     return [r[1] for r in rows] or None
 
 
+def _kind(con: sqlite3.Connection, name: str) -> str | None:
+    row = con.execute("SELECT type FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    return None if row is None else row[0]
+
+
 def layout_of(con: sqlite3.Connection, path: str, schema: FeatureSchema) -> Layout:
-    """Split the database's columns for ``schema``; DataError when a coded feature is missing."""
-    columns = _table_columns(con, STATES)
+    """Split the database's columns for ``schema``; DataError when a coded feature is missing,
+    ``agent_states`` is not a table, or ``agents`` lists an agent twice."""
+    kind = _kind(con, STATES)
+    if kind is None:
+        raise DataError(f"{path}: no table {STATES!r}")
+    if kind != "table":
+        raise DataError(f"{path}: {STATES!r} is a {kind}, not a table; the codec reads tables")
+    columns = table_columns(con, STATES)
     if columns is None:
         raise DataError(f"{path}: no table {STATES!r}")
     for key in ("agent_id", "step_number"):
         if key not in columns:
             raise DataError(f"{path}: {STATES} has no {key!r} column")
-    agent_cols = _table_columns(con, AGENTS) or []
+    agent_cols = (table_columns(con, AGENTS) or []) if _kind(con, AGENTS) == "table" else []
+    if agent_cols:
+        _check_unique_agents(con, path)
     features, agent_features = [], []
     for f in schema.features:
         if f.source == "agents" and f.name in agent_cols:
@@ -106,6 +120,18 @@ def layout_of(con: sqlite3.Connection, path: str, schema: FeatureSchema) -> Layo
     return Layout(sql, columns, features, agent_features, bool(agent_cols))
 
 
+def _check_unique_agents(con: sqlite3.Connection, path: str) -> None:
+    """DataError when ``agents`` lists an agent twice: its states would be read twice."""
+    twice = con.execute(
+        f"SELECT agent_id FROM {AGENTS} GROUP BY agent_id HAVING COUNT(*) > 1 LIMIT 1"
+    ).fetchone()
+    if twice is not None:
+        raise DataError(
+            f"{path}: table {AGENTS!r} lists agent {str(twice[0])[:80]!r} more than once; "
+            "its states would be read (and restored) twice"
+        )
+
+
 def count_states(con: sqlite3.Connection) -> int:
     """Rows of agent_states."""
     return int(con.execute(f"SELECT COUNT(*) FROM {STATES}").fetchone()[0])
@@ -115,7 +141,8 @@ def read_chunks(
     con: sqlite3.Connection, layout: Layout, chunk_size: int
 ) -> Iterator[dict[str, list[Any]]]:
     """Chunks of rows in (agent_id, step_number) order, as {column: values}."""
-    cols = [f's."{c}"' for c in layout.columns] + [f'a."{c}"' for c in layout.agent_features]
+    cols = [f"s.{quote(c)}" for c in layout.columns]
+    cols += [f"a.{quote(c)}" for c in layout.agent_features]
     join = f" LEFT JOIN {AGENTS} a ON a.agent_id = s.agent_id" if layout.agent_features else ""
     sql = f"SELECT {', '.join(cols)} FROM {STATES} s{join} ORDER BY s.agent_id, s.step_number"
     names = layout.columns + layout.agent_features
@@ -125,6 +152,20 @@ def read_chunks(
             if not rows:
                 return
             yield dict(zip(names, (list(c) for c in zip(*rows, strict=True)), strict=True))
+
+
+def read_states(
+    con: sqlite3.Connection, columns: list[str], chunk_size: int
+) -> Iterator[dict[str, list[Any]]]:
+    """``agent_states`` alone (no join), in (agent_id, step_number) order, as chunks of
+    {column: values}: what verify compares a decoded file with."""
+    sql = (
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {STATES} "
+        "ORDER BY agent_id, step_number"
+    )
+    with closing(con.execute(sql)) as cur:
+        while rows := cur.fetchmany(chunk_size):
+            yield dict(zip(columns, (list(c) for c in zip(*rows, strict=True)), strict=True))
 
 
 class SlowPath(Exception):
@@ -142,7 +183,7 @@ _PER_MASK = 12  # columns per int64 mask column
 def _first_class(con: sqlite3.Connection, table: str, column: str) -> str | None:
     """Storage class of the column's first non-NULL value (None: all NULL)."""
     row = con.execute(
-        f'SELECT typeof("{column}") FROM {table} WHERE "{column}" IS NOT NULL LIMIT 1'
+        f"SELECT typeof({quote(column)}) FROM {table} WHERE {quote(column)} IS NOT NULL LIMIT 1"
     ).fetchone()
     return None if row is None else row[0]
 
@@ -158,7 +199,8 @@ def read_arrays(
     is not numeric, or a driver error raises ``SlowPath``."""
     numeric = {f.name for f in schema.features if f.kind != "categorical"}
     names = layout.columns + layout.agent_features
-    refs = [f's."{c}"' for c in layout.columns] + [f'a."{c}"' for c in layout.agent_features]
+    refs = [f"s.{quote(c)}" for c in layout.columns]
+    refs += [f"a.{quote(c)}" for c in layout.agent_features]
     kinds: dict[str, str | None] = {}
     for c in names:
         if c in numeric:
@@ -315,7 +357,7 @@ def feature_table(
             filled = [f.categories[0] if v is None else str(v) for v in values]
             table[f.name] = np.array(filled, dtype=object)
         else:
-            arr = np.array(values, dtype=np.float64)  # NULL -> NaN (SQLite stores no NaN)
+            arr = _numbers(f.name, values)
             mask = np.isnan(arr)
             if mask.any():
                 arr[mask] = schema.normalizers[f.name].mean if f.kind == "continuous" else 0.0
@@ -325,12 +367,40 @@ def feature_table(
     return table, nulls
 
 
-def create_output(path: str, layout: dict[str, Any]) -> sqlite3.Connection:
-    """A new database with the source's ``agent_states`` and an ``agents`` (id, type) table."""
+def _numbers(name: str, values: Any) -> np.ndarray:
+    """A numeric feature's values as float64 (NULL -> NaN); DataError naming the column and
+    the first value that is not a number (text such as 'lots' in a numeric column)."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values
+    bad = next((i for i, v in enumerate(values) if not _is_number(v)), None)
+    if bad is not None:
+        raise DataError(
+            f"column {name!r} holds a {type(values[bad]).__name__} where a number belongs "
+            f"(row {bad + 1} of its chunk): the model codes numbers only"
+        )
+    return np.array(values, dtype=np.float64)
+
+
+def _is_number(v: Any) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool | str))
+
+
+def create_output(path: str, layout: dict[str, Any], where: str) -> sqlite3.Connection:
+    """A new database with the source's ``agent_states`` (its CREATE TABLE from the file,
+    replayed only through ``SchemaGuard``) and an ``agents`` (id, type) table."""
     con = sqlite3.connect(path)
-    con.execute("PRAGMA journal_mode = OFF")
-    con.execute("PRAGMA synchronous = OFF")
-    con.execute(layout["states_sql"])
+    guard = SchemaGuard(con, where)
+    try:
+        con.execute("PRAGMA journal_mode = OFF")
+        con.execute("PRAGMA synchronous = OFF")
+        guard.create("table", STATES, STATES, layout["states_sql"])
+        if table_columns(con, STATES) != layout["columns"]:
+            raise DataError(f"{where}: its CREATE TABLE does not have the columns it lists")
+    except BaseException:
+        con.close()
+        raise
+    finally:
+        guard.close()
     if layout["has_agents"]:
         con.execute(
             f"CREATE TABLE {AGENTS} (agent_id VARCHAR(64) PRIMARY KEY, agent_type VARCHAR(50))"
@@ -341,7 +411,7 @@ def create_output(path: str, layout: dict[str, Any]) -> sqlite3.Connection:
 def insert_states(con: sqlite3.Connection, columns: list[str], data: dict[str, list[Any]]) -> None:
     """Append one chunk of rows."""
     marks = ", ".join("?" for _ in columns)
-    names = ", ".join(f'"{c}"' for c in columns)
+    names = ", ".join(quote(c) for c in columns)
     rows = zip(*(data[c] for c in columns), strict=True)
     con.executemany(f"INSERT INTO {STATES} ({names}) VALUES ({marks})", rows)
 

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from meaning_transform.data.errors import DataError
+from meaning_transform.io import check_input
 from meaning_transform.messages import few
 from meaning_transform.schema import Feature, FeatureSchema, Table
 
@@ -133,21 +134,13 @@ def check_sqlite_args(
 
 
 def _check_file(path: str | Path) -> Path:
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise DataError(
-            f"data.path={str(file)!r}: file not found (expected an AgentFarm simulation.db)"
-        )
-    if not file.is_file():
-        raise DataError(
-            f"data.path={str(file)!r}: not a file (expected an AgentFarm simulation.db)"
-        )
+    file = check_input(path, "data.path")  # missing, a folder, FIFO or device: one line
     with file.open("rb") as fh:
         header = fh.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
+    if header != SQLITE_HEADER:  # its bytes are not shown: a file's contents stay private
         raise DataError(
-            f"{file} is not an SQLite database (expected header {SQLITE_HEADER!r}, "
-            f"found {header!r})"
+            f"data.path={str(path)!r} is not an SQLite database (its first "
+            f"{len(SQLITE_HEADER)} bytes are not the SQLite header)"
         )
     return file
 

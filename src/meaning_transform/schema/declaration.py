@@ -42,6 +42,18 @@ OPS = {
 }
 
 
+def _check_types(what: str, **fields: tuple[Any, Any]) -> None:
+    """SchemaError naming the first field whose value is not of its type (``float``: any finite
+    number; a schema read from a file is checked this way before anything uses it)."""
+    for name, (value, kind) in fields.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and not np.isfinite(value):
+            raise SchemaError(f"{what}: {name} must be finite, got {value}")
+        accepted = kind | int if float in getattr(kind, "__args__", (kind,)) else kind
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+            raise SchemaError(f"{what}: {name} {value!r:.40} is not of type {kind}")
+
+
 @dataclass(frozen=True)
 class Feature:
     """One column of an agent state and how its meaning is judged."""
@@ -59,6 +71,19 @@ class Feature:
     max: float | None = None
 
     def __post_init__(self) -> None:
+        _check_types(
+            f"feature {self.name!r}",
+            name=(self.name, str),
+            unit=(self.unit, str),
+            group=(self.group, str),
+            tolerance=(self.tolerance, float),
+            weight=(self.weight, float),
+            optional=(self.optional, bool),
+            min=(self.min, float | None),
+            max=(self.max, float | None),
+        )
+        if self.categories is not None and not all(isinstance(c, str) for c in self.categories):
+            raise SchemaError(f"feature {self.name!r}: categories must be strings")
         if self.kind not in KINDS:
             raise SchemaError(f"feature {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
         if self.source not in SOURCES:
@@ -100,6 +125,14 @@ class Predicate:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_types(
+            f"predicate {self.name!r}",
+            name=(self.name, str),
+            feature=(self.feature, str),
+            group=(self.group, str),
+            value=(self.value, float | str),
+            weight=(self.weight, float),
+        )
         if self.op not in OPS:
             raise SchemaError(f"predicate {self.name!r}: op {self.op!r} is not one of {tuple(OPS)}")
         if not self.weight >= 0:
@@ -117,6 +150,11 @@ class Normalizer:
     mean: float
     std: float
     lattice: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_types("normalizer", mean=(self.mean, float), std=(self.std, float))
+        if not self.std > 0 or self.lattice not in (0, 1):
+            raise SchemaError(f"normalizer std {self.std} must be > 0 and lattice 0 or 1")
 
 
 @dataclass(frozen=True)
