@@ -32,9 +32,10 @@ from meaning_transform.codec.conditional import cost_bits, put_conditional, take
 from meaning_transform.codec.context import ColumnCoder, Context, Factors
 from meaning_transform.codec.lags import key_columns, lag_prediction, previous_rows
 from meaning_transform.codec.numbers import put_ints, take_ints
+from meaning_transform.codec.series import put_series, take_series
 from meaning_transform.codec.typed import put_values, take_values
 
-OWN, CODED, SAME, LAG, SUM, DIFF = range(6)
+OWN, CODED, SAME, LAG, SUM, DIFF, SERIES = range(7)
 #: a prediction is tried when it is right in at least this share of rows
 _MIN_RIGHT = 0.25
 _MAX_OPERANDS = 8  # the latest numeric columns tried as SUM / DIFF operands
@@ -68,6 +69,10 @@ def put_column(
             if found:  # the one right most often (its wrong rows are what costs)
                 head, right = max(found, key=lambda f: f[1].sum())
                 options.append(_predicted(values, head, right, context))
+            series = Sink()
+            series.plan.uint(SERIES)
+            if len(mine.firsts) > 2 and put_series(series, values, context, _PARTS):
+                options.append(series)
     sink.extend(min(options, key=Sink.estimate))
     return mine
 
@@ -82,7 +87,7 @@ def take_column(
 ) -> list[Any]:
     """``n`` values written by ``put_column`` with the same ``context``."""
     context = context if context is not None else Context(n)
-    mode = src.plan.uint(DIFF if predict else CODED, "a column coding")
+    mode = src.plan.uint(SERIES if predict else CODED, "a column coding")
     if mode == OWN:
         return take_values(src, n, context, _COLUMNS, json_ok, json_leaf=leaf)
     if mode == CODED:
@@ -91,6 +96,8 @@ def take_column(
         firsts = take_values(src, k, json_leaf=leaf)
         codes = take_conditional(src, ctx, k)
         return [firsts[c] for c in codes.tolist()]
+    if mode == SERIES:
+        return take_series(src, n, context, _PARTS)
     return _take_predicted(src, mode, n, context, leaf)
 
 
@@ -303,3 +310,15 @@ def _take_part(src: Source, n: int, context: Context) -> list:
 
 #: JSON fields: columns like any other, given the same context
 _COLUMNS = ColumnCoder(_put_part, _take_part)
+
+
+def _put_unpredicted(sink: Sink, values: list, context: Context) -> Factors:
+    return put_column(sink, values, None, context, json_ok=False, predict=False)
+
+
+def _take_unpredicted(src: Source, n: int, context: Context) -> list:
+    return take_column(src, n, context, json_ok=False, leaf=True, predict=False)
+
+
+#: a series' differences: coded on their own or given the context, not predicted again
+_PARTS = ColumnCoder(_put_unpredicted, _take_unpredicted)
