@@ -32,7 +32,7 @@ from meaning_transform.codec.conditional import cost_bits, put_conditional, take
 from meaning_transform.codec.context import ColumnCoder, Context, Factors
 from meaning_transform.codec.lags import key_columns, lag_prediction, previous_rows
 from meaning_transform.codec.numbers import put_ints, take_ints
-from meaning_transform.codec.series import put_series, take_series
+from meaning_transform.codec.series import series_options, take_series
 from meaning_transform.codec.typed import put_values, take_values
 
 OWN, CODED, SAME, LAG, SUM, DIFF, SERIES = range(7)
@@ -69,10 +69,8 @@ def put_column(
             if found:  # the one right most often (its wrong rows are what costs)
                 head, right = max(found, key=lambda f: f[1].sum())
                 options.append(_predicted(values, head, right, context))
-            series = Sink()
-            series.plan.uint(SERIES)
-            if len(mine.firsts) > 2 and put_series(series, values, context, _PARTS):
-                options.append(series)
+            if len(mine.firsts) > 2:
+                options += series_options(SERIES, values, context, _PARTS)
     sink.extend(min(options, key=Sink.estimate))
     return mine
 

@@ -18,6 +18,7 @@ from meaning_transform.codec.context import MAX_CONTEXT_VALUES, Factors
 #: a column moves before another when the other repeats it in this share of rows
 _MOVE_SHARE = 0.8
 _MAX_COLUMNS = 64  # wider tables keep their order (the search is quadratic)
+_FEW = 16  # columns of at most this many values go first
 
 
 def previous_rows(keys: np.ndarray) -> np.ndarray:
@@ -48,7 +49,8 @@ def key_columns(columns: Sequence[Factors]) -> list[int]:
 def coding_order(columns: Sequence[Factors]) -> list[int]:
     """The columns' order for coding: as in the table, except that a column another one
     repeats (at the previous row of the same entity) in most rows comes right before it."""
-    order = list(range(len(columns)))
+    few = [i for i, f in enumerate(columns) if len(f.firsts) <= _FEW]  # contexts, cheap
+    order = few + [i for i in range(len(columns)) if i not in few]
     if len(columns) > _MAX_COLUMNS:
         return order
     keys = key_columns(columns)
