@@ -335,7 +335,7 @@ def test_a_huge_claimed_length_is_refused_before_allocating(a_block):
     _, layout = a_block
     w = ByteWriter()
     w.uint(1)
-    w.uint((1 << 40) << 2 | backend.ZSTD)  # one stream of a TiB
+    w.uint((1 << 40) << 3 | backend.ZSTD)  # one stream of a TiB
     assert "larger than" in _one_line_error(w.getvalue() + bytes(8), layout)
 
 
@@ -344,7 +344,7 @@ def test_a_decompression_bomb_is_refused(a_block):
     bomb = zstandard.ZstdCompressor(level=3).compress(bytes(200 << 20))  # 200 MB of zeros
     w = ByteWriter()
     w.uint(1)
-    w.uint((200 << 20) << 2 | backend.ZSTD)
+    w.uint((200 << 20) << 3 | backend.ZSTD)
     w.uint(backend.STORED)
     w.uint(0)
     w.uint(len(bomb))
@@ -352,7 +352,7 @@ def test_a_decompression_bomb_is_refused(a_block):
     # the same bytes claiming a small size: decompression stops at that size
     w = ByteWriter()
     w.uint(1)
-    w.uint(1000 << 2 | backend.ZSTD)
+    w.uint(1000 << 3 | backend.ZSTD)
     w.uint(backend.STORED)
     w.uint(0)
     w.uint(len(bomb))

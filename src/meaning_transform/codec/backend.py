@@ -1,9 +1,10 @@
-"""A block's byte streams, each stored, zstd-19 or xz (LZMA2) compressed: whichever is smallest.
+"""A block's byte streams, each stored, zstd-19 or xz (LZMA2, text or flat settings)
+compressed: whichever is smallest.
 
 Streams shorter than ``GROUP_BELOW`` bytes are concatenated and compressed as one (a compressor's
 own overhead would cost more than they hold). Layout::
 
-    n | per stream: raw length << 2 | method | grouped: method, stored length
+    n | per stream: raw length << 3 | method | grouped: method, stored length
       | per separate stream: stored length | payloads (group first) | pad length | pad
 
 Decoding is bounded before anything is decompressed: the streams' raw lengths add up to at most
@@ -22,7 +23,8 @@ import zstandard
 
 from meaning_transform.codec.wire import BlockError, ByteReader, ByteWriter
 
-STORED, ZSTD, XZ, GROUPED = range(4)
+STORED, ZSTD, XZ, XZ_FLAT, GROUPED = range(5)
+_METHOD_BITS = 3
 GROUP_BELOW = 256
 MAX_STREAMS = 1 << 16
 MAX_BLOCK_RAW = 1 << 30
@@ -35,13 +37,16 @@ def _dict_size(n: int) -> int:
     return min(1 << 26, max(1 << 12, 1 << max(n - 1, 1).bit_length()))
 
 
-def _xz_filters(n: int) -> list[dict]:
-    return [
-        {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": _dict_size(n)}
-    ]
+def _xz_filters(n: int, flat: bool = False) -> list[dict]:
+    """LZMA2 at preset 9e; ``flat``: no literal context or position bits (lc = lp = pb = 0),
+    which suits byte planes of numbers better than text's defaults."""
+    f = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": _dict_size(n)}
+    if flat:
+        f.update(lc=0, lp=0, pb=0)
+    return [f]
 
 
-def compress(raw: bytes, methods: Sequence[int] = (ZSTD, XZ)) -> tuple[int, bytes]:
+def compress(raw: bytes, methods: Sequence[int] = (ZSTD, XZ, XZ_FLAT)) -> tuple[int, bytes]:
     """(method, bytes): the smallest of storing ``raw`` and each compressor in ``methods``."""
     best = (STORED, raw)
     for m in methods:
@@ -50,7 +55,8 @@ def compress(raw: bytes, methods: Sequence[int] = (ZSTD, XZ)) -> tuple[int, byte
                 level=_ZSTD_LEVEL, write_content_size=False, write_checksum=False
             ).compress(raw)
         else:
-            c = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=_xz_filters(len(raw)))
+            filters = _xz_filters(len(raw), m == XZ_FLAT)
+            c = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)
         if len(c) < len(best[1]):
             best = (m, c)
     return best
@@ -65,8 +71,8 @@ def decompress(method: int, data: bytes, n: int, where: str) -> bytes:
             if zstandard.frame_content_size(data) not in (-1, n):
                 raise ValueError("frame size differs")
             out = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(n, 1))
-        elif method == XZ:
-            d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_xz_filters(n))
+        elif method in (XZ, XZ_FLAT):
+            d = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_xz_filters(n, method == XZ_FLAT))
             out = d.decompress(data, max_length=n + 1)
         else:
             raise ValueError(f"method {method}")
@@ -89,10 +95,10 @@ def pack(streams: Sequence[bytes]) -> bytes:
     for s in streams:
         total_raw += len(s)
         if len(s) < GROUP_BELOW:
-            head.uint(len(s) << 2 | GROUPED)
+            head.uint(len(s) << _METHOD_BITS | GROUPED)
             continue
         method, c = compress(s)
-        head.uint(len(s) << 2 | method)
+        head.uint(len(s) << _METHOD_BITS | method)
         separate.append(len(c))
         payloads.append(c)
     head.uint(g_method)
@@ -115,15 +121,17 @@ def unpack(data: bytes, where: str) -> list[bytes]:
     budget = min(MAX_BLOCK_RAW, FLOOR + RATIO * len(data))
     kinds, total = [], 0
     for _ in range(n):
-        v = r.uint(budget << 2 | 3, "a stream length")
-        raw, method = v >> 2, v & 3
+        v = r.uint(budget << _METHOD_BITS | 7, "a stream length")
+        raw, method = v >> _METHOD_BITS, v & 7
+        if method > GROUPED:
+            raise r.fail(f"compression method {method} does not exist")
         total += raw
         if total > budget:
             raise r.fail(f"streams claim {total} bytes, more than the block allows ({budget})")
         if method == GROUPED and raw >= GROUP_BELOW:
             raise r.fail("a grouped stream is too long")
         kinds.append((raw, method))
-    g_method = r.uint(XZ, "a compression method")
+    g_method = r.uint(XZ_FLAT, "a compression method")
     g_len = r.uint(r.left(), "the group's length")
     lens = [r.uint(r.left(), "a stored length") for raw, m in kinds if m != GROUPED]
     g_raw = sum(raw for raw, m in kinds if m == GROUPED)
