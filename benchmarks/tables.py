@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 
-from meaning_transform.codec import conditioned, numbers, typed  # noqa: E402
+from meaning_transform.codec import backend, conditioned, numbers, typed  # noqa: E402
 from meaning_transform.codec import tables as table_coder  # noqa: E402
 from meaning_transform.codec.compare import compare_table  # noqa: E402
 from meaning_transform.codec.schema_objects import (  # noqa: E402
@@ -123,8 +123,8 @@ def keys_bytes(con: sqlite3.Connection, chunk: int = 131072) -> int:
 
 
 # ---------------------------------------------------------------- ablations
-def _off_json(sink, texts, context, rows, fields):  # TEXT always as strings
-    return _PLAIN_TEXTS(sink, texts, context, rows, None)
+def _off_json(sink, texts, context, coder):  # TEXT always as strings
+    return _PLAIN_TEXTS(sink, texts, context, None)
 
 
 _PLAIN_TEXTS = typed._put_texts
@@ -153,12 +153,20 @@ def _natural_order(columns: list) -> list[int]:
 
 ABLATIONS: dict[str, Callable[[], list[tuple[Any, str, Any]]]] = {
     "no JSON fields (details as text)": lambda: [(typed, "_put_texts", _off_json)],
-    "no SAME (copy of a column)": lambda: [(conditioned, "_same", _none)],
     "no CODED (entropy-coded given a column)": lambda: [(conditioned, "_coded", _none)],
-    "no LAG (entity's previous row)": lambda: [(conditioned, "_lag", _none)],
+    "no LAG, SUM, DIFF (predictions)": lambda: [(conditioned, "_predictions", _none)],
+    "no SERIES (per-entity differences)": lambda: [(conditioned, "series_options", _none)],
     "no coding order": lambda: [(table_coder, "coding_order", _natural_order)],
     "floats: no DECIMAL": lambda: [(numbers, "_decimal_option", _bits_option)],
+    "backend: zstd-19 only": lambda: [(backend, "compress", _zstd_only)],
 }
+
+
+def _zstd_only(raw, methods=None):
+    return _COMPRESS(raw, (backend.ZSTD,))
+
+
+_COMPRESS = backend.compress
 
 
 def _bits_option(x):
