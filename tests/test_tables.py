@@ -163,6 +163,8 @@ def make_db(path: Path, n: int = 300) -> None:
             CREATE TABLE "odd ""name"" t" ("col one" REAL, x BLOB,
                 total REAL GENERATED ALWAYS AS ("col one" * 2) VIRTUAL);
             CREATE TABLE empty (x);
+            CREATE TABLE named_rowid (rowid TEXT, v);
+            CREATE TABLE shadowed (rowid TEXT, oid TEXT, _rowid_ TEXT);
             CREATE INDEX actions_agent ON actions (agent_id, step);
             CREATE INDEX actions_expr ON actions (lower(kind), step * 2);
             CREATE INDEX actions_part ON actions (reward) WHERE reward > 0;
@@ -202,6 +204,11 @@ def make_db(path: Path, n: int = 300) -> None:
             [(0.1 * i, bytes([i % 256]) * (i % 5)) for i in range(50)],
         )
         con.execute("INSERT INTO log (msg) VALUES (CAST(X'66ff6f' AS TEXT))")  # not UTF-8
+        con.executemany(
+            "INSERT INTO named_rowid (oid, rowid, v) VALUES (?, ?, ?)",
+            [(10 * i + 3, f"r{i}", i) for i in range(20)],  # rowids 3, 13, ... behind "oid"
+        )
+        con.executemany("INSERT INTO shadowed VALUES (?, ?, ?)", [("a", "b", "c")] * 3)
         con.execute("ANALYZE")
         con.commit()
 
@@ -232,7 +239,8 @@ def test_every_table_row_and_object_comes_back_exactly(everything):
     with closing(sqlite3.connect(src_path)) as a, closing(sqlite3.connect(out_path)) as b:
         counts = compare_databases(a, b)
         assert counts["actions"] == 298 and counts["sqlite_sequence"] == 1
-        assert {"sqlite_stat1", "pairs", 'odd "name" t', "empty"} <= set(counts)
+        assert {"sqlite_stat1", "pairs", 'odd "name" t', "empty", "shadowed"} <= set(counts)
+        assert b.execute("SELECT oid FROM named_rowid LIMIT 2").fetchall() == [(3,), (13,)]
         # independently of compare_databases: every cell's class and bytes, in rowid order
         for table in ("actions", "log", "sqlite_sequence", 'odd "name" t'):
             cols = [r[1] for r in a.execute("SELECT * FROM pragma_table_xinfo(?)", (table,))]
