@@ -8,8 +8,11 @@ databases.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -388,6 +391,34 @@ def test_a_json_template_repeated_into_gigabytes_is_refused():
     put_byte_strings(sink, [])  # no row kept as text
     error = _one_line_error(sink.tobytes(), layout)
     assert error and "bytes of text in one block" in error
+
+
+def test_crafted_blocks_stay_within_memory(tmp_path):
+    """Decoding the crafted blocks above in a fresh process stays far below 1 GiB (peak RSS)."""
+    script = tmp_path / "decode.py"
+    script.write_text(
+        "import resource, sqlite3, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import test_tables as t\n"
+        "for test in (t.test_a_json_template_repeated_into_gigabytes_is_refused,):\n"
+        "    test()\n"
+        "con = sqlite3.connect(':memory:')\n"
+        "con.execute('CREATE TABLE t (x)')\n"
+        "layout = t.table_layout(con, 't')\n"
+        "bomb = t.zstandard.ZstdCompressor(level=3).compress(bytes(200 << 20))\n"
+        "for claim in (200 << 20, 1 << 30, 1000):\n"
+        "    w = t.ByteWriter()\n"
+        "    for v in (1, claim << 3 | t.backend.ZSTD, t.backend.STORED, 0, len(bomb)):\n"
+        "        w.uint(v)\n"
+        "    assert t._one_line_error(w.getvalue() + bomb + bytes(1), layout)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, str(script), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=120, env=env, check=True,
+    )  # fmt: skip
+    assert int(out.stdout.split()[-1]) < 512 * 1024  # KiB
 
 
 def test_truncated_and_garbage_blocks_give_one_line(a_block):
