@@ -12,6 +12,6 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 stamp=.venv/.meaning-transform-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep,slurm,tensorboard]"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep,slurm,tensorboard,mlflow]"
   touch "$stamp"
 fi

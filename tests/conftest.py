@@ -43,6 +43,7 @@ def real_db() -> Path:
 
 # ---------------------------------------------------------------- end-to-end helpers
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -57,14 +58,18 @@ TINY_MODEL = [
 TINY = ["data.num_states=600", "data.num_agents=30", *TINY_MODEL]
 
 
-def train_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run ``python train.py ARGS`` as a user would, from the repo root."""
+def train_cli(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python train.py ARGS`` as a user would, from the repo root (``env``: variables to
+    set on top of this process's environment)."""
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -107,3 +112,21 @@ def tiny(tmp_path_factory):
         "data.drop_invalid=true",
     )  # fmt: skip
     return tmp, db, ckpt
+
+
+# ---------------------------------------------------------------- MLflow (logger=mlflow)
+def mlflow_client(uri: str):
+    """MLflow's own client for the store at ``uri`` (reads back what a run logged)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store to copy where a run will log (a new one runs ~3 s of
+    database migrations in every process that creates it)."""
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    mlflow_client(f"sqlite:///{path}").search_experiments()
+    return path

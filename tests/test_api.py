@@ -152,7 +152,9 @@ def test_evaluate_reproduces_logged_drift(tiny_cfg, tmp_path):
 def test_evaluate_bad_input_is_one_line(capsys, tmp_path):
     assert evaluate_main([f"ckpt_path={tmp_path / 'nope.ckpt'}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint") and err.count("\n") == 1
+    assert (
+        err.startswith("error: ckpt_path=") and "no such checkpoint" in err and err.count("\n") == 1
+    )
     assert evaluate_main([]) == 2
     assert "ckpt_path is required" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())

@@ -180,3 +180,58 @@ def test_mixed_storage_classes_round_trip_exactly(tiny, tmp_path, monkeypatch) -
     with closing(sqlite3.connect(mixed)) as a, closing(sqlite3.connect(restored)) as b:
         assert sorted(a.execute(sql)) == sorted(b.execute(sql))
     assert codec_main(["verify", f"in={out}", f"data.path={mixed}"]) == 0
+
+
+def test_a_database_written_during_compress_is_read_as_one_snapshot(tiny, tmp_path, monkeypatch):
+    """Rows another process commits while compress reads (WAL mode, a writer attached) are
+    not half seen: the file holds the database as it was when compress began reading."""
+    import meaning_transform.codec.commands as commands
+
+    _, db, ckpt = tiny
+    live = tmp_path / "live.db"
+    shutil.copy(db, live)
+    writer = sqlite3.connect(live)
+    writer.execute("PRAGMA journal_mode = WAL")
+    counted = commands.count_states
+
+    def count_then_write(con):  # another process commits right after the count
+        n = counted(con)
+        cols = [r[1] for r in writer.execute("PRAGMA table_info(agent_states)")]
+        picked = [f"{c} || 'x'" if c in ("id", "agent_id") else c for c in cols]
+        writer.execute(
+            f"INSERT INTO agent_states SELECT {', '.join(picked)} FROM agent_states LIMIT 50"
+        )
+        writer.commit()
+        return n
+
+    monkeypatch.setattr(commands, "count_states", count_then_write)
+    out, restored = tmp_path / "s.mtc", tmp_path / "s.db"
+    assert codec_main(["compress", f"ckpt_path={ckpt}", f"data.path={live}", f"out={out}"]) == 0
+    writer.close()
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    with closing(sqlite3.connect(restored)) as con:
+        assert con.execute("SELECT COUNT(*) FROM agent_states").fetchone()[0] == 1500
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_kill_9_during_compress_leaves_no_file_and_a_second_try_works(tiny, tmp_path):
+    import os
+    import signal
+    import time
+
+    _, db, ckpt = tiny
+    out = tmp_path / "k.mtc"
+    args = ["compress", f"ckpt_path={ckpt}", f"data.path={db}", f"out={out}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meaning_transform.codec", *args, "chunk_size=1"]
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".k.mtc.*")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None, "compress finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not out.exists()  # no partial output under the name a user would open
+    assert codec_main(args) == 0  # the second try removes the killed writer's temp file
+    assert [p.name for p in tmp_path.iterdir()] == ["k.mtc"]

@@ -95,7 +95,17 @@ LAYERS = [
     ),
     (
         "commands",
-        ("cli", "api", "entry", "evaluate", "codec", "report", "sweep_callback", "test_training"),
+        (
+            "cli",
+            "api",
+            "entry",
+            "train",
+            "evaluate",
+            "codec",
+            "report",
+            "sweep_callback",
+            "test_training",
+        ),
     ),
 ]
 

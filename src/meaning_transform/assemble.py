@@ -44,13 +44,16 @@ def _build_callbacks(cfg: DictConfig) -> list[Callback]:
     return callbacks
 
 
-def _build_loggers(cfg: DictConfig) -> list[Any] | bool:
-    loggers = [
+def _build_loggers(cfg: DictConfig) -> tuple[list[Any], list[Callback]]:
+    """(Lightning loggers, trackers) of ``logger.*``: a tracker that needs the run's callback
+    hooks (``logger=mlflow`` logs each epoch's row and the finished run) is a Callback."""
+    built = [
         instantiate_checked(node, f"logger.{name}")
         for name, node in (cfg.get("logger") or {}).items()
         if node is not None and "_target_" in node
     ]
-    return loggers or False
+    trackers = [b for b in built if isinstance(b, Callback)]
+    return [b for b in built if not isinstance(b, Callback)], trackers
 
 
 def build_trainer(
@@ -61,14 +64,16 @@ def build_trainer(
     A run always has a MetricsHistory (its summary is read from it): one is added, writing no
     CSV, when the config has none (e.g. ``callbacks=none``).
     """
+    loggers, trackers = _build_loggers(cfg)
     callbacks = [*_build_callbacks(cfg), *(extra or [])]
     if find_history(callbacks) is None:
         callbacks.append(MetricsHistory())
+    callbacks += trackers  # after the history: they log the rows it records
     trainer = instantiate_checked(
         cfg.trainer,
         "trainer",
         callbacks=callbacks,
-        logger=_build_loggers(cfg),
+        logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
     return trainer, callbacks

@@ -185,6 +185,26 @@ def check_args(argv: Sequence[str], config_name: str = "train") -> None:
             validate_config(cfg)
 
 
+#: what asks a command for its help text
+HELP_FLAGS = {"-h", "--help"}
+
+
+def config_help(config_name: str, usage: str) -> str:
+    """``usage``, the config groups ``conf/<config_name>.yaml`` composes with their options, and
+    the file itself (its keys, defaults and comments): a command's ``--help``."""
+    cfg = compose_checked(config_name, [], return_hydra_config=True)
+    groups = sorted(str(g) for g in cfg.hydra.runtime.choices if not str(g).startswith("hydra"))
+    lines = [usage, "", "== Configuration groups (group=option) =="]
+    for group in groups:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        lines.append(f"{group}: {', '.join(options)}")
+    if not groups:
+        lines.append("(none)")
+    path = CONF_DIR / f"{config_name}.yaml"
+    lines += ["", f"== {path.name}: override any key with key=value ==", path.read_text().rstrip()]
+    return "\n".join(lines)
+
+
 def preflight(argv: Sequence[str], config_name: str = "train") -> None:
     """``check_args``, reporting a problem as ``error: <one line>`` on stderr and exit code 2."""
     try:

@@ -1,6 +1,7 @@
 """Semantic-drift report of a checkpoint on any dataset: a table on stdout and a JSON file.
 
-``python -m meaning_transform.evaluate ckpt_path=PATH [split=val] [data=sqlite data.path=DB]``
+``meaning-evaluate ckpt_path=PATH [split=val] [data=sqlite data.path=DB]`` (or
+``python -m meaning_transform.evaluate ...``)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from meaning_transform.cli import compose_checked
+from meaning_transform.cli import HELP_FLAGS, compose_checked, config_help
 from meaning_transform.config import instantiate_checked
 from meaning_transform.errors import ConfigError
 from meaning_transform.io import atomic_write, check_input, check_output
@@ -21,6 +22,10 @@ if TYPE_CHECKING:  # torch and Lightning are imported where used: bad arguments 
     import torch
 
 SPLITS = ("train", "val", "test", "all")
+USAGE = """\
+usage: meaning-evaluate ckpt_path=PATH [split=val|test|train|all] [data=sqlite data.path=DB]
+       [output=REPORT.json]   (also: python -m meaning_transform.evaluate ...)
+Prints the drift table and writes <run dir>/eval/<checkpoint>_<split>.json."""
 
 
 def _data_config(data_cfg: Any, ckpt: dict[str, Any], path: str, trusted: Any) -> Any:
@@ -162,6 +167,8 @@ def compose_eval_config(overrides: list[str]) -> DictConfig:
 
 
 def _evaluate(argv: list[str]) -> str:
+    if HELP_FLAGS & set(argv):
+        return config_help("eval", USAGE)
     cfg = compose_eval_config(argv)
     ckpt = str(check_input(cfg.ckpt_path, "ckpt_path"))
     data = OmegaConf.select(cfg, "data.path", default=None)

@@ -129,3 +129,46 @@ class SweepReport(Callback):
                 "%d of %d jobs failed (see failed.json in their run dirs)", len(failed), len(rows)
             )
             raise SystemExit(1)
+
+
+def _mlflow_node(config: DictConfig) -> DictConfig | None:
+    """The sweep's ``logger.mlflow`` config, when it logs to MLflow."""
+    node = OmegaConf.select(config, "logger.mlflow", default=None)
+    return node if isinstance(node, DictConfig) and "_target_" in node else None
+
+
+class MlflowSweep(Callback):
+    """``logger=mlflow`` in a multirun: one parent run that every job's run is nested under.
+
+    Registered after ``sweep_report`` (``conf/hydra/default.yaml``): Hydra calls end hooks in
+    reverse order, so the parent run ends, FAILED if a job failed, with the sweep report as its
+    artifacts, before ``SweepReport`` exits 1 for the failed jobs. Without ``logger.mlflow`` in
+    the config it does nothing; like ``SweepReport`` it never fails the sweep.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Start the parent run; its id goes into the sweep dir for the jobs."""
+        node = _mlflow_node(config)
+        if node is None:
+            return
+        try:
+            from meaning_transform.callbacks.mlflow_tracking import start_sweep_run
+
+            start_sweep_run(node, config.experiment_name, config.hydra.sweep.dir)
+        except Exception as e:  # noqa: BLE001 - the jobs still log, as top-level runs
+            log.warning("MLflow parent run not started: %s: %s", type(e).__name__, e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Upload the sweep report to the parent run and end it."""
+        node = _mlflow_node(config)
+        if node is None:
+            return
+        try:
+            from meaning_transform.callbacks.mlflow_tracking import end_sweep_run
+            from meaning_transform.report import RATE_DRIFT_PNG, SUMMARY_CSV
+
+            sweep = Path(config.hydra.sweep.dir)
+            failed = any(sweep.glob(f"*/{FAILED_JSON}"))
+            end_sweep_run(node, str(sweep), [sweep / SUMMARY_CSV, sweep / RATE_DRIFT_PNG], failed)
+        except Exception as e:  # noqa: BLE001 - reporting must never fail the sweep
+            log.warning("MLflow parent run not ended: %s: %s", type(e).__name__, e)

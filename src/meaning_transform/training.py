@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from meaning_transform.assemble import build_trainer, configure_logging, prepare
 from meaning_transform.callbacks.checkpoint import BestCheckpoint
 from meaning_transform.callbacks.history import find_history
+from meaning_transform.callbacks.run_end import notify_run_end
 from meaning_transform.console import quiet_libraries
 from meaning_transform.errors import ConfigError
 from meaning_transform.failures import exit_for, record_failure
@@ -62,6 +63,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary["wall_time_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
         write_summary(out_dir, summary)
+        notify_run_end(callbacks, trainer, summary)
         log_final(summary)
     return summary
 

@@ -16,13 +16,17 @@ COMMANDS = ("compress", "decompress", "verify")
 
 def run(argv: list[str]) -> str:
     """Run one command; the line to print."""
+    from meaning_transform.cli import HELP_FLAGS, compose_checked, config_help
+    from meaning_transform.codec.arguments import USAGE, positional_overrides
+
+    if HELP_FLAGS & set(argv):
+        return config_help("codec", USAGE)
     if not argv or argv[0] not in COMMANDS:
         given = repr(argv[0]) if argv else "none"
         raise ConfigError(f"first argument must be one of {', '.join(COMMANDS)} (got {given})")
-    from meaning_transform.cli import compose_checked
     from meaning_transform.config import validate_config
 
-    cfg = compose_checked("codec", argv[1:])
+    cfg = compose_checked("codec", positional_overrides(argv[0], argv[1:]))
     validate_config(cfg)
     from meaning_transform.codec import commands
 

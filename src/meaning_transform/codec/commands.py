@@ -42,6 +42,7 @@ from meaning_transform.codec.source import (
     SlowPath,
     StatesWriter,
     connect,
+    consistent_source,
     count_states,
     create_output,
     feature_table,
@@ -122,7 +123,7 @@ def compress(
     schema = module.schema
     start = time.perf_counter()
     stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "model_bytes": 0}
-    with closing(connect(data_path)) as con:
+    with consistent_source(data_path) as snapshot, closing(connect(snapshot)) as con:
         layout = layout_of(con, data_path, schema)
         total = count_states(con)
         if total == 0:
@@ -158,7 +159,7 @@ def compress(
 
         def write(tmp: str) -> None:
             try:  # Arrow columns; the sqlite3 rows when a column's values need it
-                write_from(tmp, read_arrays(con, data_path, layout, schema, chunk_size))
+                write_from(tmp, read_arrays(con, snapshot, layout, schema, chunk_size))
             except SlowPath:
                 write_from(tmp, read_chunks(con, layout, chunk_size))
 

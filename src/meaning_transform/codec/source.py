@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import queue
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from meaning_transform.codec.sql_guard import SchemaGuard, quote
 from meaning_transform.data.sqlite import (
     AGENTS,
     BATCH_ROWS,
+    BUSY_TIMEOUT_MS,
     DRIVER_ERRORS,
     STATES,
     adbc,
@@ -75,6 +77,38 @@ def connect(path: str | Path) -> sqlite3.Connection:
         return con
     except sqlite3.Error as e:
         raise DataError(f"{file}: cannot open read-only as SQLite ({e})") from None
+
+
+@contextmanager
+def consistent_source(path: str | Path) -> Iterator[str]:
+    """A path to read the database ``path`` from, all of it as of one moment: a snapshot copied
+    by SQLite's backup API in one read transaction. Another process may be writing the source
+    (a simulation still running, in WAL or rollback-journal mode, even one whose WAL file does
+    not exist yet) and commit between two of our reads; the copy is ours alone. It takes disk
+    space in the temp folder for as long as the command runs."""
+    file, _, _ = check_sqlite_args(path)
+    with tempfile.TemporaryDirectory(prefix="mt-snapshot-") as folder:
+        copy = Path(folder) / "snapshot.db"
+        try:
+            with closing(_open_for_snapshot(file)) as src, closing(sqlite3.connect(copy)) as dst:
+                src.backup(dst)
+        except sqlite3.Error as e:
+            raise DataError(f"{file}: cannot take a consistent snapshot to read ({e})") from None
+        yield str(copy)
+
+
+def _open_for_snapshot(file: Path) -> sqlite3.Connection:
+    """Read-only, sharing SQLite's locks with writers (``mode=ro``); ``immutable=1`` only where
+    that cannot open (a WAL database in a read-only folder: nobody can be writing it there)."""
+    uri = file.resolve().as_uri()
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return con
+    except sqlite3.OperationalError:
+        con.close()
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
 
 def table_columns(con: sqlite3.Connection, table: str) -> list[str] | None:
