@@ -11,9 +11,11 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import signal
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,13 @@ def atomic_write(path: str | os.PathLike, write: Any, exclusive: bool = False) -
     meanwhile (the rename is a hard link, which the kernel refuses onto an existing name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
-    )
-    os.close(fd)
+    tmp = None
     try:
+        with _signals_held():  # a signal between creating and naming tmp would orphan it
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=path.parent
+            )
+            os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
         if exclusive:
@@ -51,11 +55,25 @@ def atomic_write(path: str | os.PathLike, write: Any, exclusive: bool = False) -
         else:
             os.replace(tmp, path)
     except BaseException as e:
-        if os.path.lexists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.filename is None:  # name the file the user must fix
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Delay SIGINT and SIGTERM (delivered when the block ends) where the platform allows."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _link_new(tmp: str, path: Path) -> None:
