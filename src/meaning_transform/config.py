@@ -110,6 +110,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # evaluate and codec commands
     "overwrite": FLAG,
     "embed_model": FLAG,
+    "fit_seconds": NON_NEGATIVE,
     "chunk_size": (lambda v: _int(v) and 1 <= v <= MAX_CHUNK, f"an integer in 1..{MAX_CHUNK}"),
     "trusted_targets": (
         lambda v: isinstance(v, Sequence) and all(isinstance(t, str) and "." in t for t in v),

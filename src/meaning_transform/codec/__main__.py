@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from omegaconf import OmegaConf
+
 from meaning_transform.errors import ConfigError
 
 COMMANDS = ("compress", "decompress", "verify")
@@ -35,33 +37,47 @@ def run(argv: list[str]) -> str:
         if not cfg.data.path:
             raise ConfigError("data.path= is required: the simulation.db to compress")
         s = commands.compress(
-            cfg.ckpt_path,
             cfg.data.path,
             cfg.out,
+            cfg.ckpt_path,
             cfg.embed_model,
             cfg.chunk_size,
             cfg.overwrite,
             trusted,
+            OmegaConf.to_container(cfg.tolerances),
+            cfg.model,
+            cfg.fit_seconds,
         )
-        n = max(s["states"], 1)
-        return (
-            f"compressed {s['states']:,} states into {cfg.out}: {s['bytes']:,} bytes = "
-            f"{8 * s['bytes'] / n:.2f} bits/state (model estimate {s['estimated_bits'] / n:.2f} "
-            f"for the coded states; {s['states'] / s['seconds']:,.0f} states/s)"
-        )
+        return compress_report(cfg.out, s)
     if argv[0] == "decompress":
         s = commands.decompress(src, cfg.out, cfg.ckpt_path, cfg.overwrite, trusted)
+        tables = len(s["rows"])
         return (
-            f"restored {s['states']:,} states into {cfg.out} "
-            f"({s['states'] / s['seconds']:,.0f} states/s)"
+            f"restored {tables} tables into {cfg.out}: {sum(s['rows'].values()):,} rows, "
+            f"{s['states']:,} agent states ({s['states'] / max(s['seconds'], 1e-9):,.0f} states/s)"
         )
     if not cfg.data.path:
         raise ConfigError("data.path= is required: the simulation.db to compare with")
     s = commands.verify(src, cfg.data.path, cfg.ckpt_path, trusted)
-    worst = ", ".join(f"{k} {v:.2f}" for k, v in s["max_error_in_tolerances"].items())
+    loose = ", ".join(sorted(s["tolerances"])) or "none"
     return (
-        f"verified {s['states']:,} states: keys and other columns exact, NULLs kept, every "
-        f"feature within tolerance (largest error in tolerances: {worst})"
+        f"verified {len(s['rows'])} tables, {sum(s['rows'].values()):,} rows: every value "
+        f"exact, storage class included, except within tolerance: {loose}"
+    )
+
+
+def compress_report(out: str, s: dict) -> str:
+    """What compress prints: the file, its size per state, by table, and the model."""
+    n = max(s["states"], 1)
+    per_table = ", ".join(
+        f"{t} {8 * b / n:.2f}" for t, b in sorted(s["table_bytes"].items(), key=lambda x: -x[1])
+    )
+    return (
+        f"compressed {s['source_bytes']:,} bytes ({s['states']:,} agent states) into {out}: "
+        f"{s['bytes']:,} bytes = {8 * s['bytes'] / n:.2f} bits per agent state "
+        f"({s['source_bytes'] / s['bytes']:.1f}x smaller) in {s['seconds']:.1f} s\n"
+        f"  model: {s['model']}, {s['model_bytes']:,} bytes in the file\n"
+        f"  bits per agent state by table: {per_table}"
     )
 
 

@@ -1,66 +1,70 @@
-"""compress / decompress / verify: a simulation.db <-> a .mtc file, chunk by chunk.
+"""compress / decompress / verify: a whole simulation.db <-> a .mtc file.
 
-Memory stays flat in the database size: states are read, coded and written one chunk
-(``chunk_size`` states) at a time. Outputs are written to a temp file beside the target and
-renamed when complete (``io.atomic_write``), so a failure leaves nothing behind.
+``compress`` reads one consistent snapshot of the database and writes every table: each table
+but ``agent_states`` exactly, block by block (``tables``); ``agent_states`` with its features
+coded on the meaning grid by an integer coding model and its keys and other columns exactly
+(``states``); the schema's SQL and settings in the header. ``decompress`` recreates every
+object (tables, then rows, then indexes, views and triggers), only through ``SchemaGuard``.
+``verify`` decompresses to a temporary database and compares every table with the source by a
+read of its own (``compare``).
+
+Memory stays flat in the database size: blocks and chunks are read, coded and written one (or a
+few) at a time. Outputs are written to a temp file beside the target and renamed when complete
+(``io.atomic_write``), so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from meaning_transform.codec.chunks import (
-    decode_chunk,
-    encode_chunk,
-    in_order,
-    symbols_crc,
-    workers_for,
-)
-from meaning_transform.codec.columns import decode_columns, encode_columns
+from meaning_transform.codec.chunks import in_order, workers_for
+from meaning_transform.codec.compare import DatabasesDiffer, compare_databases
 from meaning_transform.codec.container import MAX_CHUNK, Chunk, CodecFileError, Reader, Writer
-from meaning_transform.codec.model import build_model, read_model
+from meaning_transform.codec.database import encode_tables
+from meaning_transform.codec.model import CodingModel, choose_model, open_file_model
+from meaning_transform.codec.schema_objects import (
+    SQLITE_TABLES,
+    SchemaObject,
+    apply_settings,
+    carried_tables,
+    create_after_rows,
+    create_tables,
+    database_settings,
+    schema_objects,
+)
 from meaning_transform.codec.source import (
     AGENTS,
     STATES,
     Layout,
-    SlowPath,
-    StatesWriter,
     connect,
     consistent_source,
     count_states,
-    create_output,
-    feature_table,
     layout_of,
-    read_arrays,
-    read_chunks,
-    read_states,
-    table_columns,
 )
-from meaning_transform.codec.sql_guard import quote
-from meaning_transform.errors import CheckpointError, ConfigError, DataError
-from meaning_transform.grid import MeaningGrid
+from meaning_transform.codec.sql_guard import SchemaGuard
+from meaning_transform.codec.states import (
+    FileModel,
+    StagedStates,
+    coding_rows,
+    decode_states,
+    encode_states,
+    read_known,
+    row_order,
+)
+from meaning_transform.codec.table_rows import table_layout
+from meaning_transform.codec.tables import flat_tolerances, restore_table
+from meaning_transform.errors import ConfigError
 from meaning_transform.io import atomic_write, check_input, check_output
-from meaning_transform.model_loading import checked_schema
-from meaning_transform.models.integer_export import export, export_encoder
-from meaning_transform.models.integer_model import IntegerEncoder, IntegerModel
-from meaning_transform.schema import FeatureSchema
-from meaning_transform.schema.declaration import MAX_MAGNITUDE
-from meaning_transform.schema.table import encode
-
-NULL_PREFIX = "null:"  # other-column name of a coded feature's NULL mask
 
 
-# ---------------------------------------------------------------------- arguments
 class Progress:
     """One stderr line per chunk when stderr is a terminal (a rewritten line), else silent."""
 
@@ -99,418 +103,285 @@ def _write(target: Path, write: Any, progress: Progress, overwrite: bool) -> Non
 
 # ---------------------------------------------------------------------- compress
 def compress(
-    ckpt_path: str,
     data_path: str,
     out: str,
-    embed_model: bool = False,
+    ckpt_path: str | None = None,
+    embed_model: bool = True,
     chunk_size: int = 131072,
     overwrite: bool = False,
     trusted: Any = (),
+    tolerances: Any = None,
+    model: str = "auto",
+    fit_seconds: float = 60.0,
 ) -> dict[str, Any]:
-    """Code ``data_path``'s agent_states (and agent types) into ``out``; returns statistics.
-
-    The states are coded with the checkpoint's integer coding model (``integer_export``: the
-    same integers on every machine); ``embed_model`` carries it in the file (about 8 KB), so the
-    file decodes with nothing else, on any machine. Without it the file names the checkpoint and
-    the integer model by their SHA-256 and decoding exports the model again from the checkpoint,
-    refusing other bytes."""
+    """Code the whole database ``data_path`` into ``out``; returns statistics. ``model``:
+    ``auto`` (the checkpoint when given, else the smaller total file of the packaged model and
+    one fitted on the database within ``fit_seconds``), ``packaged``, ``fit`` (see
+    ``codec.model.choose_model``)."""
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
         raise ConfigError(f"chunk_size must be an integer, got {chunk_size!r}")
     if not 1 <= chunk_size <= MAX_CHUNK:
         raise ConfigError(f"chunk_size={chunk_size} is invalid: expected 1..{MAX_CHUNK}")
-    if not ckpt_path:
-        raise ConfigError("ckpt_path= is required: a checkpoint trained with compression=lossless")
+    declared = flat_tolerances(tolerances)
     check_input(data_path, "data.path")
-    check_input(ckpt_path, "ckpt_path")
+    if ckpt_path:
+        check_input(ckpt_path, "ckpt_path")
     target = check_output(out, overwrite, {"data.path": data_path, "ckpt_path": ckpt_path})
-    ckpt, sha256 = read_model(ckpt_path)
-    module = build_model(ckpt, f"checkpoint {str(ckpt_path)!r}", trusted)
-    model = export(module.codec, module.bottleneck)
-    encoder = export_encoder(module.codec, module.bottleneck)
-    schema = module.schema
     start = time.perf_counter()
-    stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "model_bytes": 0}
+    stats: dict[str, Any] = {"states": 0, "estimated_bits": 0.0, "table_bytes": {}}
     with consistent_source(data_path) as snapshot, closing(connect(snapshot)) as con:
-        layout = layout_of(con, data_path, schema)
+        objects = schema_objects(con, str(data_path))
+        _check_tolerances(declared, objects)
+        settings = database_settings(con)
         total = count_states(con)
-        if total == 0:
-            raise DataError(f"{data_path}: agent_states has no rows")
+        coding = choose_model(
+            con, snapshot, str(data_path), ckpt_path, trusted, model, embed_model, fit_seconds
+        )
+        layout = layout_of(con, str(data_path), coding.schema)
+        has_rowid = table_layout(con, STATES).rowid is not None
+        order = row_order(con, has_rowid, layout.has_agents)
+        known = read_known(con)
+        tables = [t for t in carried_tables(objects) if t != STATES]
         header = {
-            "model": {
-                "sha256": sha256,
-                "integer_sha256": model.sha256,
-                "ckpt_path": str(Path(ckpt_path).resolve()),
-                "embedded": bool(embed_model),
+            "model": coding.header(),
+            "schema": coding.schema.to_dict(),
+            "context": coding.model.context,
+            "states": {
+                "columns": layout.columns,
+                "features": layout.features,
+                "agent_features": layout.agent_features,
+                "row_order": order,
+                "rows": total,
             },
-            "schema": schema.to_dict(),
-            "context": module.context,
-            "layout": layout.to_dict(),
+            "objects": [o.to_dict() for o in objects],
+            "settings": settings,
+            "tables": tables,
+            "tolerances": declared,
             "chunk_size": chunk_size,
-            "source": {"path": str(Path(data_path).resolve()), "states": total},
         }
-        blob = model.to_bytes() if embed_model else b""
-        stats["model_bytes"] = len(blob)
+        blob = coding.model.to_bytes() if coding.source == "embedded" else b""
+        stats.update(model=coding.describe(), model_bytes=len(blob), rows=0)
         progress = Progress("compress", total)
 
-        def write_from(tmp: str, source: Iterator[dict[str, Any]]) -> None:
-            stats["states"], stats["estimated_bits"], progress.done = 0, 0.0, 0
-            with open(tmp, "wb") as fh, closing(source):
-                writer = Writer(fh, header, blob)
-                for chunk, estimated in in_order(
-                    lambda rows: _encode(module.codec.grid, model, encoder, layout, rows),
-                    source,
-                    workers_for(model),
-                ):
-                    writer.chunk(chunk)
-                    stats["states"] += chunk.meta["n"]
-                    stats["estimated_bits"] += estimated
-                    progress.update(chunk.meta["n"])
-                writer.close()
-
         def write(tmp: str) -> None:
-            try:  # Arrow columns; the sqlite3 rows when a column's values need it
-                write_from(tmp, read_arrays(con, snapshot, layout, schema, chunk_size))
-            except SlowPath:
-                write_from(tmp, read_chunks(con, layout, chunk_size))
+            stats["states"], stats["estimated_bits"], progress.done = 0, 0.0, 0
+            with open(tmp, "wb") as fh:
+                writer = Writer(fh, header, blob)
+                carried = set(carried_tables(objects))
+                _write_blocks(writer, con, objects, declared, {*SQLITE_TABLES, STATES}, stats)
+                _write_states(
+                    writer, con, coding, layout, order, known, chunk_size, stats, progress
+                )
+                _write_blocks(writer, con, objects, declared, carried - set(SQLITE_TABLES), stats)
+                writer.close()
 
         _write(target, write, progress, overwrite)
     stats["seconds"] = time.perf_counter() - start
     stats["bytes"] = target.stat().st_size
+    stats["source_bytes"] = Path(data_path).stat().st_size
     return stats
 
 
-def _encode(
-    grid: MeaningGrid,
-    model: IntegerModel,
-    encoder: IntegerEncoder,
-    layout: Any,
-    rows: dict[str, list[Any]],
-) -> tuple[Chunk, float]:
-    """One chunk of database rows -> (Chunk, the model's estimated bits for it)."""
-    schema = grid.schema
-    table, nulls = feature_table(schema, rows)
-    symbols = grid.encode(encode(schema, table))
-    agents = rows["agent_id"]
-    flag = _same_agent(agents)
-    try:
-        coded = encode_chunk(model, symbols, flag, encoder.offsets(symbols, flag))
-    except ValueError as e:  # escapes or latents too far out to code
-        raise DataError(
-            f"states cannot be coded by this model ({str(e).splitlines()[0]}): values far "
-            "outside the range it was trained on"
-        ) from None
-    others = {c: rows[c] for c in layout.others}
-    for name, mask in nulls.items():
-        others[NULL_PREFIX + name] = mask.astype(int).tolist()
-    columns = encode_columns({k: rows[k] for k in layout.keys}, others)
-    meta = {
-        "n": len(agents),
-        "symbols_crc": coded.symbols_crc,
-        "estimated": coded.estimated_bits,
-        "ranges": np.stack([symbols.min(axis=0), symbols.max(axis=0)], axis=1).tolist(),
-    }
-    return Chunk(meta, coded.z_words, coded.x_words, columns), coded.estimated_bits
+def _check_tolerances(declared: dict[str, float], objects: list[SchemaObject]) -> None:
+    tables = {o.name for o in objects if o.kind == "table"}
+    for key in declared:
+        table = key.rpartition(".")[0]
+        if table == STATES:
+            raise ConfigError(
+                f"tolerances: {key}: agent_states' tolerances are the schema's "
+                "(schema.features.<name>.tolerance), not declared here"
+            )
+        if table not in tables:
+            raise ConfigError(f"tolerances: {key}: the database has no table {table!r}")
 
 
-def _same_agent(agents: list[Any]) -> np.ndarray:
-    """Per row, whether the row before is the same agent (its previous state)."""
-    flag = np.zeros(len(agents), dtype=bool)
-    if len(agents) > 1:
-        a = np.empty(len(agents), dtype=object)
-        a[:] = agents
-        flag[1:] = a[1:] == a[:-1]
-    return flag
+def _write_blocks(
+    writer: Writer,
+    con: sqlite3.Connection,
+    objects: list[SchemaObject],
+    tolerances: dict[str, float],
+    skip: set[str],
+    stats: dict[str, Any],
+) -> None:
+    """Every block of the carried tables not in ``skip``, counted per table."""
+    for table, block in encode_tables(con, objects, tolerances, skip=skip):
+        size = writer.block(table, block)
+        stats["table_bytes"][table] = stats["table_bytes"].get(table, 0) + size
+
+
+def _write_states(
+    writer: Writer,
+    con: sqlite3.Connection,
+    coding: CodingModel,
+    layout: Layout,
+    order: str,
+    known: dict[str, list[Any]],
+    chunk_size: int,
+    stats: dict[str, Any],
+    progress: Progress,
+) -> None:
+    """``agent_states`` chunk by chunk (a few in flight: ``chunks.in_order``)."""
+
+    def code(rows: dict[str, Any]) -> tuple[Chunk, float]:
+        return encode_states(coding.grid, coding.model, coding.encoder, layout, order, rows, known)
+
+    size = 0
+    rows = coding_rows(con, layout, order, chunk_size)
+    with closing(rows):
+        for chunk, estimated in in_order(code, rows, workers_for(coding.model)):
+            size += writer.chunk(chunk)
+            stats["states"] += chunk.meta["n"]
+            stats["estimated_bits"] += estimated
+            progress.update(chunk.meta["n"])
+    stats["table_bytes"][STATES] = size
 
 
 # ---------------------------------------------------------------------- decompress
-@dataclass(frozen=True)
-class FileModel:
-    """What decodes a file: its integer coding model, and the schema and grid of its states."""
-
-    model: IntegerModel
-    schema: FeatureSchema
-    grid: MeaningGrid
-
-
-def _open_model(reader: Reader, ckpt_path: str | None, trusted: Any = ()) -> FileModel:
-    """The file's integer coding model: embedded, or exported again from ``ckpt_path``
-    (default: the recorded path; its hash compared before anything is built from it); refused
-    unless its SHA-256 is the one the header records."""
-    recorded = reader.header["model"]
-    if reader.model and not ckpt_path:
-        model = IntegerModel.from_bytes(reader.model)
-        where = f"{reader.name}: header"
-        schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
-    else:
-        path = ckpt_path or recorded["ckpt_path"]
-        if not Path(path).is_file():
-            raise CheckpointError(
-                f"{reader.name} was coded with model {path!r}, which does not exist: pass "
-                "ckpt_path=<that checkpoint> (or compress with embed_model=true)"
-            )
-        where = f"checkpoint {str(path)!r}"
-        ckpt, sha256 = read_model(path)
-        if sha256 != recorded["sha256"]:
-            raise CheckpointError(
-                f"{reader.name} was coded with another model (SHA-256 "
-                f"{recorded['sha256'][:12]}...); decompress with the checkpoint it was "
-                "compressed with"
-            )
-        module = build_model(ckpt, where, trusted)
-        model, schema = export(module.codec, module.bottleneck), module.schema
-    if model.sha256 != recorded["integer_sha256"]:
-        raise CheckpointError(
-            f"{reader.name} was coded with another integer model (SHA-256 "
-            f"{recorded['integer_sha256'][:12]}...) than this one: the file is corrupted, or the "
-            "model was exported on another machine (compress with embed_model=true)"
-        )
-    _check_header_fits(reader, schema, model)
-    return FileModel(model, schema, MeaningGrid(schema, 1))
-
-
-def _check_header_fits(reader: Reader, schema: FeatureSchema, model: IntegerModel) -> None:
-    """CodecFileError unless the header's context and layout agree with the model."""
-    header, layout = reader.header, reader.header["layout"]
-    names = [f.name for f in schema.features]
-    if (
-        header["context"] != model.context
-        or model.num_features != len(names)
-        or layout["features"] + layout["agent_features"]
-        != [n for n in names if n in layout["features"] + layout["agent_features"]]
-        or sorted(layout["features"] + layout["agent_features"]) != sorted(names)
-    ):
-        raise CodecFileError(f"{reader.name}: its header does not match the model's features")
-
-
-def decoded_chunks(
-    reader: Reader, file_model: FileModel, arrow: bool = False
-) -> Iterator[dict[str, list[Any]]]:
-    """Each chunk as database columns (keys, features, others) plus ``agents.<feature>``;
-    with ``arrow``, features as Arrow arrays (NULLs masked) instead of lists."""
-
-    def decode(numbered: tuple[int, Chunk]) -> dict[str, list[Any]]:
-        return _decoded(reader, file_model, *numbered, arrow)
-
-    workers = workers_for(file_model.model)
-    yield from in_order(decode, enumerate(reader.chunks(), start=1), workers)
-
-
-def _decoded(
-    reader: Reader, file_model: FileModel, i: int, chunk: Chunk, arrow: bool
-) -> dict[str, list[Any]]:
-    """Chunk ``i`` as ``decoded_chunks`` gives it."""
-    schema, grid = file_model.schema, file_model.grid
-    layout = reader.header["layout"]
-    n = int(chunk.meta["n"])
-    where = f"{reader.name}: chunk {i}"
-    try:
-        keys, others = decode_columns(chunk.columns, n)
-    except CodecFileError as e:
-        raise CodecFileError(f"{where}: {e}") from None
-    try:
-        flag = _same_agent(keys["agent_id"])
-        symbols = decode_chunk(file_model.model, chunk.z_words, chunk.x_words, flag)
-    except (ValueError, KeyError, IndexError, OverflowError) as e:
-        raise CodecFileError(f"{where} does not decode ({str(e).splitlines()[0]})") from None
-    if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
-        raise CodecFileError(
-            f"{where} decodes to other states than were coded (checksum mismatch): the file is "
-            "corrupted"
-        )
-    _check_ranges(symbols, chunk.meta["ranges"], grid, where)
-    native = grid.native(symbols)
-    rows: dict[str, list[Any]] = {**keys}
-    rows.update({c: v for c, v in others.items() if not c.startswith(NULL_PREFIX)})
-    for j, f in enumerate(schema.features):
-        col = native[:, j]
-        name = f"{AGENTS}.{f.name}" if f.name in layout["agent_features"] else f.name
-        mask = others.get(NULL_PREFIX + f.name)
-        if arrow:
-            rows[name] = _arrow_feature(f, col, mask)
-            continue
-        if f.kind == "categorical":
-            assert f.categories is not None
-            values: list[Any] = [f.categories[int(c)] for c in col]
-        elif f.kind == "binary":
-            values = col.astype(np.int64).tolist()
-        else:
-            values = col.tolist()
-        if mask is not None:
-            values = [None if m else v for v, m in zip(values, mask, strict=True)]
-        rows[name] = values
-    return rows
-
-
-def _check_ranges(
-    symbols: np.ndarray, ranges: list[list[int]], grid: MeaningGrid, where: str
-) -> None:
-    """CodecFileError unless every decoded symbol is in its declared range, and every declared
-    range decodes to values a database can hold (categories of the vocabulary, 0/1, finite
-    numbers of at most MAX_MAGNITUDE)."""
-    lo, hi = np.asarray(ranges, dtype=np.int64).T
-    if ((symbols < lo) | (symbols > hi)).any():
-        raise CodecFileError(f"{where} decodes to values outside the ranges it declares")
-    vocab = np.asarray(grid.vocab_sizes(), dtype=np.int64)
-    discrete = vocab > 0
-    if ((lo < 0) & discrete).any() or ((hi >= vocab) & discrete).any():
-        raise CodecFileError(f"{where} declares categories beyond the model's vocabularies")
-    ends = grid.native(np.stack([lo, hi]))
-    if not np.isfinite(ends).all() or (np.abs(ends) > MAX_MAGNITUDE).any():
-        raise CodecFileError(f"{where} declares values beyond what a database holds")
-
-
-def _arrow_feature(f: Any, col: np.ndarray, mask: list[Any] | None) -> Any:
-    """One decoded feature column as the Arrow array of the values ``decoded_chunks`` lists."""
-    null = None if mask is None else np.asarray(mask, dtype=bool)
-    if f.kind == "categorical":
-        assert f.categories is not None
-        values = [f.categories[c] for c in col.astype(np.int64).tolist()]
-        if null is not None:
-            values = [None if m else v for v, m in zip(values, null.tolist(), strict=True)]
-        return values  # a list: its classes are checked when it is written
-    if f.kind == "binary":
-        return pa.array(col.astype(np.int64), mask=null)
-    return pa.array(np.asarray(col, dtype=np.float64), mask=null)
-
-
 def decompress(
-    src: str,
-    out: str,
-    ckpt_path: str | None = None,
-    overwrite: bool = False,
-    trusted: Any = (),
+    src: str, out: str, ckpt_path: str | None = None, overwrite: bool = False, trusted: Any = ()
 ) -> dict[str, Any]:
     """Restore ``src`` (.mtc) into a new SQLite database ``out``; returns statistics."""
     path = check_input(src, "in")
     if ckpt_path:
         check_input(ckpt_path, "ckpt_path")
     target = check_output(out, overwrite, {"in": src, "ckpt_path": ckpt_path})
-    stats: dict[str, Any] = {"states": 0}
     with open(path, "rb") as fh:
         reader = Reader(fh, str(src))
-        file_model = _open_model(reader, ckpt_path, trusted)
+        file_model = open_file_model(reader, ckpt_path, trusted)
         start = time.perf_counter()  # coding speed: after the model is loaded
-        layout = reader.header["layout"]
         progress = Progress("decompress", reader.num_states)
-
-        def write(tmp: str) -> None:
-            agents: dict[Any, Any] = {}
-            with (
-                closing(create_output(tmp, layout, reader.name)) as con,
-                closing(StatesWriter(con, tmp, layout["columns"])) as states,
-            ):
-                for rows in decoded_chunks(reader, file_model, arrow=True):
-                    states.append(rows)
-                    _collect_agents(agents, rows, layout)
-                    stats["states"] += len(rows["agent_id"])
-                    progress.update(len(rows["agent_id"]))
-                states.finish()
-                if layout["has_agents"]:
-                    con.executemany(f"INSERT INTO {AGENTS} VALUES (?, ?)", agents.items())
-                con.commit()
-
-        _write(target, write, progress, overwrite)
+        stats: dict[str, Any] = {}
+        _write(
+            target, lambda tmp: stats.update(restore(reader, file_model, tmp, progress)),
+            progress, overwrite,
+        )  # fmt: skip
     stats["seconds"] = time.perf_counter() - start
     return stats
 
 
-def _collect_agents(agents: dict[Any, Any], rows: dict[str, list[Any]], layout: dict) -> None:
-    types = rows.get(f"{AGENTS}.agent_type")
-    if isinstance(types, pa.Array):
-        types = types.to_pylist()
-    for i, agent in enumerate(rows["agent_id"]):
-        if agent not in agents:
-            agents[agent] = types[i] if types is not None else None
+def restore(reader: Reader, file_model: FileModel, path: str, progress: Progress) -> dict:
+    """Write the database ``reader`` holds into the new file ``path``; rows per table."""
+    header, where = reader.header, reader.name
+    objects = [SchemaObject.from_dict(d, f"{where}: header") for d in header["objects"]]
+    layout = _states_layout(header, objects, where)
+    order = header["states"]["row_order"]
+    rows: dict[str, int] = {}
+    with closing(sqlite3.connect(path)) as con, tempfile.TemporaryDirectory() as folder:
+        con.execute("PRAGMA journal_mode = OFF")
+        con.execute("PRAGMA synchronous = OFF")
+        apply_settings(con, header["settings"], where)
+        guard = SchemaGuard(con, where)
+        staged = StagedStates(folder, layout.columns, order)
+        try:
+            create_tables(guard, objects)
+            con.commit()
+            known: dict[str, list[Any]] | None = None
+            for kind, item, _ in _in_restore_order(reader):
+                if kind == "table":
+                    table, blocks = item
+                    rows[table] = restore_table(con, table, blocks, where)
+                    continue
+                known = read_known(con) if known is None else known
+                for decoded in _decode_chunks(file_model, layout, order, item, known):
+                    staged.append(decoded)
+                    progress.update(len(decoded["agent_id"]))
+                rows[STATES] = staged.finish(con)
+            if header["states"]["rows"] and STATES not in rows:
+                raise CodecFileError(f"{where} holds no agent_states chunks")
+            for table in header["tables"]:  # tables without blocks are empty (SQLite's own
+                if table not in rows:  # exist empty only once prepared)
+                    rows[table] = restore_table(con, table, (), where)
+            create_after_rows(guard, objects)
+            con.commit()
+        finally:
+            guard.close()
+            staged.close()
+    return {"rows": rows, "states": rows.get(STATES, 0)}
+
+
+def _in_restore_order(reader: Reader) -> Iterator[tuple[str, Any, str]]:
+    """The file's sections grouped, lazily: ("table", (name, its blocks), where) per table and
+    ("states", its (chunk, where) pairs, where) once; each group must be together, tables in
+    the header's order."""
+    tables, seen = reader.header["tables"], []
+
+    def key(section: tuple[str, Any, str]) -> str:
+        kind, item, _ = section
+        return STATES if kind == "states" else item[0]
+
+    for name, group in itertools.groupby(reader.sections(), key=key):
+        first = next(group)
+        at = first[2]
+        if name in seen or (
+            name != STATES
+            and tables.index(name) < max((tables.index(t) for t in seen if t != STATES), default=-1)
+        ):
+            raise CodecFileError(f"{at}: sections of {name!r} are not together or out of order")
+        seen.append(name)
+        rest = itertools.chain([first], group)  # noqa: B031 - used once, before the next group
+        if name == STATES:
+            yield "states", ((item, where) for _, item, where in rest), at
+        else:
+            yield "table", (name, (item[1] for _, item, _ in rest)), at
+
+
+def _decode_chunks(
+    file_model: FileModel,
+    layout: Layout,
+    order: str,
+    chunks: Iterator[tuple[Chunk, str]],
+    known: dict[str, list[Any]],
+) -> Iterator[dict[str, Any]]:
+    def decode(item: tuple[Chunk, str]) -> dict[str, Any]:
+        return decode_states(file_model, layout, order, item[0], known, item[1])
+
+    yield from in_order(decode, chunks, workers_for(file_model.model))
+
+
+def _states_layout(header: dict[str, Any], objects: list[SchemaObject], where: str) -> Layout:
+    """The agent_states layout the header describes (checked against its schema objects)."""
+    states = header["states"]
+    table = next((o for o in objects if o.kind == "table" and o.name == STATES), None)
+    if table is None:
+        raise CodecFileError(f"{where}: the header's schema has no {STATES!r} table")
+    agents = any(o.kind == "table" and o.name == AGENTS for o in objects)
+    return Layout(
+        table.sql or "", states["columns"], states["features"], states["agent_features"], agents
+    )
 
 
 # ---------------------------------------------------------------------- verify
 def verify(
     src: str, data_path: str, ckpt_path: str | None = None, trusted: Any = ()
 ) -> dict[str, Any]:
-    """Decode ``src`` and compare it with ``data_path`` row by row: keys and other columns
-    exact, NULLs kept, continuous features within tolerance, the rest exact. The source is read
-    on its own (``agent_states`` alone, agent features looked up in ``agents``), not through
-    the codec's reader. Raises VerifyError naming the first difference."""
+    """Decompress ``src`` to a temporary database and compare it with ``data_path``, every
+    table by a read of its own (``compare``): exact, except agent_states' coded features
+    (within the schema's tolerances) and columns with declared tolerances. Raises
+    VerifyError naming the first difference."""
     path = check_input(src, "in")
-    with open(path, "rb") as fh, closing(connect(data_path)) as con:
+    check_input(data_path, "data.path")
+    with open(path, "rb") as fh, tempfile.TemporaryDirectory() as folder:
         reader = Reader(fh, str(src))
-        file_model = _open_model(reader, ckpt_path, trusted)
-        schema = file_model.schema
-        layout = Layout(**{k: reader.header["layout"][k] for k in Layout.__dataclass_fields__})
-        columns = table_columns(con, STATES)
-        if columns != layout.columns:
-            raise VerifyError(f"{data_path} has other columns than {src} was coded from")
-        lookup = _agent_lookup(con, data_path, layout.agent_features)
-        worst = {f.name: 0.0 for f in schema.of_kind("continuous")}
-        states = 0
-        source = read_states(con, layout.columns, int(reader.header["chunk_size"]))
-        with closing(source):  # closed before the db
-            for decoded in decoded_chunks(reader, file_model):
-                original = next(source, None)
-                if original is None or len(original["agent_id"]) != len(decoded["agent_id"]):
-                    raise VerifyError(f"{src} and {data_path} hold different numbers of states")
-                for name, values in lookup.items():
-                    original[name] = [values.get(a) for a in original["agent_id"]]
-                _compare(schema, layout, original, decoded, worst, states)
-                states += len(decoded["agent_id"])
-            if next(source, None) is not None:
-                raise VerifyError(f"{data_path} has more states than {src}")
-    return {"states": states, "max_error_in_tolerances": worst}
-
-
-def _agent_lookup(
-    con: sqlite3.Connection, path: str, features: list[str]
-) -> dict[str, dict[Any, Any]]:
-    """Per agent feature, agent_id -> value from ``agents`` (VerifyError if it lists an agent
-    twice: a restored database has one row per agent)."""
-    if not features:
-        return {}
-    cols = ", ".join(quote(c) for c in features)
-    lookup: dict[str, dict[Any, Any]] = {c: {} for c in features}
-    for agent, *values in con.execute(f"SELECT agent_id, {cols} FROM {AGENTS}"):
-        if agent in lookup[features[0]]:
-            raise VerifyError(f"{path}: table {AGENTS!r} lists agent {str(agent)[:80]!r} twice")
-        for c, v in zip(features, values, strict=True):
-            lookup[c][agent] = v
-    return lookup
+        file_model = open_file_model(reader, ckpt_path, trusted)
+        restored = str(Path(folder) / "restored.db")
+        restore(reader, file_model, restored, Progress("verify", 0))
+        tolerances = dict(reader.header["tolerances"])
+        for f in file_model.schema.of_kind("continuous"):
+            if f.name in reader.header["states"]["features"]:
+                tolerances[f"{STATES}.{f.name}"] = f.tolerance
+        with (
+            consistent_source(data_path) as snapshot,
+            closing(connect(snapshot)) as a,
+            closing(sqlite3.connect(restored)) as b,
+        ):
+            try:
+                rows = compare_databases(a, b, tolerances)
+            except DatabasesDiffer as e:
+                raise VerifyError(str(e)) from None
+    return {"rows": rows, "states": rows.get(STATES, 0), "tolerances": tolerances}
 
 
 class VerifyError(ValueError):
     """A decoded file differs from the database beyond what the codec guarantees."""
 
     prefix = "verify failed: "  # how the command line reports it
-
-
-#: a value exactly on a cell edge decodes one tolerance away; float32 noise may add 1e-4 of it,
-#: the margin the drift metric allows too (metrics.py)
-TOLERANCE_SLACK = 1.0 + 1e-4
-
-
-def _compare(schema, layout, original, decoded, worst, offset) -> None:
-    for c in [*layout.keys, *layout.others]:
-        if original[c] != decoded[c]:
-            row = next(
-                i for i, (a, b) in enumerate(zip(original[c], decoded[c], strict=True)) if a != b
-            )
-            raise VerifyError(f"column {c!r} differs at state {offset + row + 1}")
-    for f in schema.features:
-        name = f"{AGENTS}.{f.name}" if f.name in layout.agent_features else f.name
-        a, b = original[f.name], decoded[name]
-        nulls = [x is None for x in a] != [y is None for y in b]
-        if nulls:
-            raise VerifyError(f"feature {f.name!r}: NULLs differ")
-        if f.kind == "continuous":
-            x = np.array([np.nan if v is None else v for v in a], dtype=np.float64)
-            y = np.array([np.nan if v is None else v for v in b], dtype=np.float64)
-            err = np.nan_to_num(np.abs(x - y)) / f.tolerance
-            worst[f.name] = max(worst[f.name], float(err.max(initial=0.0)))
-            if (err > TOLERANCE_SLACK).any():
-                row = int(np.argmax(err > TOLERANCE_SLACK))
-                raise VerifyError(
-                    f"feature {f.name!r} is {err[row]:.3g} tolerances off at state "
-                    f"{offset + row + 1}"
-                )
-        elif [None if v is None else str(int(v)) if f.kind == "binary" else str(v) for v in a] != [
-            None if v is None else str(v) for v in b
-        ]:
-            raise VerifyError(f"feature {f.name!r} differs")

@@ -3,8 +3,8 @@
 Independent of the codec's decoder: both databases are read through ``sqlite3`` with every
 column's ``typeof()`` beside its value, rows in rowid order (primary-key order for WITHOUT
 ROWID tables), TEXT as bytes. Values must be equal and of the same storage class; REALs to the
-bit (``-0.0`` is not ``0.0``), except in a column with a declared tolerance, where two REALs
-may differ by at most that. The schema (``sqlite_master``'s type, name, table and SQL) and the
+bit (``-0.0`` is not ``0.0``), except in a column with a declared tolerance, where two numbers
+may differ by at most that (and be INTEGER on one side, REAL on the other). The schema (``sqlite_master``'s type, name, table and SQL) and the
 carried header values must match too. Memory is flat: rows are read in batches.
 """
 
@@ -24,6 +24,15 @@ from meaning_transform.codec.tables import column_tolerances
 _BATCH = 4096
 #: a REAL on the grid may sit a rounding error beyond the tolerance itself
 _SLACK = 1 + 1e-9
+
+
+def _within(u: Any, v: Any, what: str, tolerance: float) -> bool:
+    """Whether two cells of a column with a declared tolerance agree: numbers within it, of
+    either numeric storage class (a value on the grid may come back as REAL or INTEGER)."""
+    if what == "storage class":
+        return {u, v} <= {b"integer", b"real"}
+    numbers = all(type(x) in (int, float) for x in (u, v))
+    return numbers and abs(u - v) <= tolerance * _SLACK
 
 
 class DatabasesDiffer(ValueError):
@@ -119,7 +128,7 @@ def _compare_row(
             and (type(u) is not float or math.copysign(1.0, u) == math.copysign(1.0, v))
         ):
             continue
-        if i in tol and type(u) is float and type(v) is float and abs(u - v) <= tol[i] * _SLACK:
-            continue
         column, what = cells[i]
+        if i in tol and _within(u, v, what, tol[i]):
+            continue
         raise DatabasesDiffer(f"table {table!r}, column {column!r}, row {row}: {what} differs")

@@ -1,23 +1,50 @@
-"""The codec's float model: read a lossless checkpoint safely and hash it.
+"""Which model codes a file's agent states, and how a reader gets the same one back.
 
-A model is rebuilt only through ``model_loading.build_checked`` (known classes, checked fields,
-bounded size). ``compress`` computes its integer coding model (``models/integer_export.py``),
-which is what a file names by SHA-256, carries (``embed_model``) and decodes with.
+A file is coded by an integer coding model (``models/integer_export.py``: the same integers on
+every machine) and names it by the SHA-256 of its bytes. The model comes from
+
+- ``embedded``: carried in the file (its bytes count in the file size): the default, so a file
+  decodes with nothing but the installed package;
+- ``packaged``: shipped inside this package (``codec/packaged/``), named by hash, 0 bytes in
+  the file;
+- ``checkpoint``: exported again from a checkpoint the header names (``embed_model=false``;
+  the checkpoint's hash is compared before anything is built from it).
+
+``compress`` without a checkpoint fits a model on the database itself within a time budget
+(``fit_seconds``) and/or takes the packaged one, and keeps whichever gives the smaller whole
+file (``choose_model``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import sqlite3
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from meaning_transform.checkpoint_reader import read_checkpoint
-from meaning_transform.errors import CheckpointError
-from meaning_transform.model_loading import build_checked, load_weights
+from meaning_transform.codec.bounded import CodecFileError
+from meaning_transform.codec.sql_guard import quote
+from meaning_transform.codec.states import FileModel
+from meaning_transform.errors import CheckpointError, ConfigError, DataError
+from meaning_transform.grid import MeaningGrid
+from meaning_transform.model_loading import build_checked, checked_schema, load_weights
+from meaning_transform.models.integer_export import export, export_encoder
+from meaning_transform.models.integer_model import IntegerEncoder, IntegerModel
 from meaning_transform.registry import Registry
+from meaning_transform.schema import FeatureSchema
+
+log = logging.getLogger("meaning_transform")
+
+PACKAGED = Path(__file__).with_name("packaged")
+MODEL_CHOICES = ("auto", "packaged", "fit")
 
 
 def build_model(ckpt: dict[str, Any], where: str, trusted: Any = ()) -> Any:
@@ -52,3 +79,248 @@ def checkpoint_hash(ckpt: dict[str, Any], where: str) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass
+class CodingModel:
+    """What compress codes with: the integer model and encoder, its schema, where it comes from."""
+
+    model: IntegerModel
+    encoder: IntegerEncoder
+    schema: FeatureSchema
+    source: str  # embedded | packaged | checkpoint
+    checkpoint: dict[str, str] | None = None  # sha256, path (source checkpoint)
+    origin: str = ""  # how it was obtained, for the user
+
+    @property
+    def grid(self) -> MeaningGrid:
+        """The meaning grid of its schema (k = 1)."""
+        return MeaningGrid(self.schema, 1)
+
+    def header(self) -> dict[str, Any]:
+        """The file header's ``model`` entry."""
+        entry: dict[str, Any] = {"integer_sha256": self.model.sha256, "source": self.source}
+        if self.checkpoint is not None:
+            entry["checkpoint"] = self.checkpoint
+        return entry
+
+    def describe(self) -> str:
+        """One phrase: which model, where it travels."""
+        where = {"embedded": "in the file", "packaged": "in the package", "checkpoint": "by path"}
+        return f"{self.origin} ({where[self.source]})"
+
+
+def from_module(module: Any, source: str, origin: str, checkpoint: Any = None) -> CodingModel:
+    """The integer coding model (and encoder) of a trained lossless module."""
+    return CodingModel(
+        export(module.codec, module.bottleneck),
+        export_encoder(module.codec, module.bottleneck),
+        module.schema,
+        source,
+        checkpoint,
+        origin,
+    )
+
+
+def from_checkpoint(path: str, trusted: Any, embed: bool) -> CodingModel:
+    """The coding model of checkpoint ``path`` (embedded in the file, or named by path)."""
+    ckpt, sha256 = read_model(path)
+    module = build_model(ckpt, f"checkpoint {path!r}", trusted)
+    reference = None if embed else {"sha256": sha256, "path": str(Path(path).resolve())}
+    return from_module(
+        module, "embedded" if embed else "checkpoint", f"checkpoint {path}", reference
+    )
+
+
+# ---------------------------------------------------------------------- packaged models
+def packaged_models() -> list[dict[str, Any]]:
+    """The models shipped with the package: ``index.json`` entries (name, sha256, schema,
+    what it was fitted on), each with its decoder and encoder files beside it."""
+    index = PACKAGED / "index.json"
+    if not index.is_file():
+        return []
+    return json.loads(index.read_text())["models"]
+
+
+def load_packaged(entry: dict[str, Any]) -> CodingModel:
+    """A packaged model ready to code (its bytes are checked against the index's hash)."""
+    data = (PACKAGED / f"{entry['sha256']}.mtim").read_bytes()
+    model = IntegerModel.from_bytes(data)
+    if model.sha256 != entry["sha256"]:
+        raise DataError(f"packaged model {entry['name']} does not match its hash (reinstall)")
+    encoder = IntegerEncoder.from_bytes((PACKAGED / f"{entry['sha256']}.mtie").read_bytes())
+    schema = FeatureSchema.from_config(entry["schema"])
+    return CodingModel(model, encoder, schema, "packaged", None, f"packaged model {entry['name']}")
+
+
+def _packaged_by_hash(sha256: str) -> FileModel | None:
+    for entry in packaged_models():
+        if entry["sha256"] == sha256:
+            coding = load_packaged(entry)
+            return FileModel(coding.model, coding.schema, coding.grid)
+    return None
+
+
+# ---------------------------------------------------------------------- compress: which model
+def choose_model(
+    con: sqlite3.Connection,
+    snapshot: str,
+    name: str,
+    ckpt_path: str | None,
+    trusted: Any,
+    choice: str,
+    embed: bool,
+    fit_seconds: float,
+) -> CodingModel:
+    """The model to code ``con``'s agent states with: the checkpoint's when given; else
+    (``choice``) the packaged model, one fitted on the database within ``fit_seconds``, or
+    (``auto``) whichever of them gives the smaller whole file, estimated by coding a sample."""
+    if choice not in MODEL_CHOICES:
+        raise ConfigError(f"model={choice!r} is invalid: expected one of {MODEL_CHOICES}")
+    if ckpt_path:
+        return from_checkpoint(ckpt_path, trusted, embed)
+    candidates = []
+    if choice in ("auto", "packaged"):
+        candidates += [c for c in map(load_packaged, packaged_models()) if _fits(con, c)]
+        if choice == "packaged" and not candidates:
+            raise DataError(f"{name}: no packaged model codes this database's agent states")
+    if choice in ("auto", "fit") and fit_seconds > 0:
+        candidates.append(fit_model(snapshot, name, fit_seconds))
+    if not candidates:
+        raise ConfigError("no model to code with: give ckpt_path=, or fit_seconds > 0")
+    if len(candidates) == 1:
+        return candidates[0]
+    from meaning_transform.codec.estimate import total_bytes  # codes a sample with each
+
+    sizes = [total_bytes(con, c) for c in candidates]
+    best = int(np.argmin(sizes))
+    log.info(
+        "model: %s, %s",
+        candidates[best].describe(),
+        "; ".join(
+            f"{c.describe()} ~{s:,.0f} bytes" for c, s in zip(candidates, sizes, strict=True)
+        ),
+    )
+    return candidates[best]
+
+
+def _fits(con: sqlite3.Connection, coding: CodingModel) -> bool:
+    """Whether the packaged model knows every feature and category of this database."""
+    from meaning_transform.codec.source import AGENTS, STATES, layout_of
+
+    try:
+        layout = layout_of(con, "database", coding.schema)
+    except DataError:
+        return False
+    for f in coding.schema.of_kind("categorical"):
+        table = AGENTS if f.name in layout.agent_features else STATES
+        column = quote(f.name)
+        seen = con.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL")
+        if not {str(v) for (v,) in seen} <= set(f.categories or ()):
+            return False
+    return True
+
+
+def _duration(seconds: float) -> str:
+    """Lightning's ``max_time`` as DD:HH:MM:SS."""
+    s = max(1, int(seconds))
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def fit_model(snapshot: str, name: str, seconds: float) -> CodingModel:
+    """A lossless model with ``model.context=history`` fitted on the database's agents for at
+    most ``seconds`` of training (the best epoch on its validation agents), as a coding model
+    to embed."""
+    from meaning_transform.api import load_config
+    from meaning_transform.training import run
+
+    with tempfile.TemporaryDirectory(prefix="mt-fit-") as folder:
+        cfg = load_config(
+            [
+                "compression=lossless",
+                "model.context=history",
+                "data=sqlite",
+                f"data.path={snapshot}",
+                "data.drop_invalid=true",
+                "data.batch_size=256",
+                "trainer.max_epochs=1000",
+                f"++trainer.max_time={_duration(seconds)}",
+                "logger=none",
+                "test=false",
+                "callbacks.periodic_checkpoint.every_n_epochs=1000",
+                "callbacks.curve_plotter.plot_every_n_epochs=1000",
+                "experiment_name=codec_fit",
+                f"paths.output_dir={folder}",
+            ]
+        )
+        summary = run(cfg)
+        best = summary["best_model_path"]
+        ckpt, _ = read_model(best)
+        module = build_model(ckpt, f"model fitted on {name}")
+        epochs = summary.get("epochs_run")
+    return from_module(module, "embedded", f"model fitted on {Path(name).name} ({epochs} epochs)")
+
+
+# ---------------------------------------------------------------------- decompress
+def open_file_model(reader: Any, ckpt_path: str | None, trusted: Any = ()) -> FileModel:
+    """The model a file was coded with: embedded, packaged (by hash) or exported again from
+    its checkpoint (``ckpt_path``, default the recorded path; hash compared before anything
+    is built). Refused unless its SHA-256 is the one the header records."""
+    recorded = reader.header["model"]
+    where = f"{reader.name}: header"
+    source = recorded["source"]
+    if source == "embedded":
+        model = IntegerModel.from_bytes(reader.model)
+        schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
+        file_model = FileModel(model, schema, MeaningGrid(schema, 1))
+    elif source == "packaged":
+        found = _packaged_by_hash(recorded["integer_sha256"])
+        if found is None:
+            raise CodecFileError(
+                f"{reader.name} was coded with a packaged model this installation does not "
+                f"have (SHA-256 {recorded['integer_sha256'][:12]}...): install the release "
+                "that wrote it"
+            )
+        file_model = found
+    else:
+        file_model = _from_recorded_checkpoint(reader, ckpt_path, trusted)
+    if file_model.model.sha256 != recorded["integer_sha256"]:
+        raise CheckpointError(
+            f"{reader.name} was coded with another integer model (SHA-256 "
+            f"{recorded['integer_sha256'][:12]}...) than this one: the file is corrupted, or "
+            "the model was exported on another machine (compress with embed_model=true)"
+        )
+    _check_header_fits(reader, file_model)
+    return file_model
+
+
+def _from_recorded_checkpoint(reader: Any, ckpt_path: str | None, trusted: Any) -> FileModel:
+    recorded = reader.header["model"]["checkpoint"]
+    path = ckpt_path or recorded["path"]
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"{reader.name} was coded with model {path!r}, which does not exist: pass "
+            "ckpt_path=<that checkpoint> (or compress with embed_model=true)"
+        )
+    ckpt, sha256 = read_model(path)
+    if sha256 != recorded["sha256"]:
+        raise CheckpointError(
+            f"{reader.name} was coded with another model (SHA-256 {recorded['sha256'][:12]}...); "
+            "decompress with the checkpoint it was compressed with"
+        )
+    module = build_model(ckpt, f"checkpoint {str(path)!r}", trusted)
+    coding = from_module(module, "checkpoint", str(path))
+    return FileModel(coding.model, coding.schema, coding.grid)
+
+
+def _check_header_fits(reader: Any, file_model: FileModel) -> None:
+    """CodecFileError unless the header's context and features agree with the model."""
+    header, states = reader.header, reader.header["states"]
+    names = [f.name for f in file_model.schema.features]
+    coded = states["features"] + states["agent_features"]
+    if (
+        header["context"] != file_model.model.context
+        or file_model.model.num_features != len(names)
+        or sorted(coded) != sorted(names)
+    ):
+        raise CodecFileError(f"{reader.name}: its header does not match the model's features")

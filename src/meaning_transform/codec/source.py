@@ -122,8 +122,8 @@ def _kind(con: sqlite3.Connection, name: str) -> str | None:
 
 
 def layout_of(con: sqlite3.Connection, path: str, schema: FeatureSchema) -> Layout:
-    """Split the database's columns for ``schema``; DataError when a coded feature is missing,
-    ``agent_states`` is not a table, or ``agents`` lists an agent twice."""
+    """Split the database's columns for ``schema``; DataError when a coded feature is missing
+    or ``agent_states`` is not a table."""
     kind = _kind(con, STATES)
     if kind is None:
         raise DataError(f"{path}: no table {STATES!r}")
@@ -136,8 +136,6 @@ def layout_of(con: sqlite3.Connection, path: str, schema: FeatureSchema) -> Layo
         if key not in columns:
             raise DataError(f"{path}: {STATES} has no {key!r} column")
     agent_cols = (table_columns(con, AGENTS) or []) if _kind(con, AGENTS) == "table" else []
-    if agent_cols:
-        _check_unique_agents(con, path)
     features, agent_features = [], []
     for f in schema.features:
         if f.source == "agents" and f.name in agent_cols:
@@ -152,18 +150,6 @@ def layout_of(con: sqlite3.Connection, path: str, schema: FeatureSchema) -> Layo
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (STATES,)
     ).fetchone()[0]
     return Layout(sql, columns, features, agent_features, bool(agent_cols))
-
-
-def _check_unique_agents(con: sqlite3.Connection, path: str) -> None:
-    """DataError when ``agents`` lists an agent twice: its states would be read twice."""
-    twice = con.execute(
-        f"SELECT agent_id FROM {AGENTS} GROUP BY agent_id HAVING COUNT(*) > 1 LIMIT 1"
-    ).fetchone()
-    if twice is not None:
-        raise DataError(
-            f"{path}: table {AGENTS!r} lists agent {str(twice[0])[:80]!r} more than once; "
-            "its states would be read (and restored) twice"
-        )
 
 
 def count_states(con: sqlite3.Connection) -> int:
@@ -442,12 +428,14 @@ def create_output(path: str, layout: dict[str, Any], where: str) -> sqlite3.Conn
     return con
 
 
-def insert_states(con: sqlite3.Connection, columns: list[str], data: dict[str, list[Any]]) -> None:
-    """Append one chunk of rows."""
+def insert_rows(
+    con: sqlite3.Connection, table: str, columns: list[str], data: dict[str, list[Any]]
+) -> None:
+    """Append one chunk of rows to ``table``."""
     marks = ", ".join("?" for _ in columns)
     names = ", ".join(quote(c) for c in columns)
     rows = zip(*(data[c] for c in columns), strict=True)
-    con.executemany(f"INSERT INTO {STATES} ({names}) VALUES ({marks})", rows)
+    con.executemany(f"INSERT INTO {quote(table)} ({names}) VALUES ({marks})", rows)
 
 
 def arrow_column(values: Any) -> pa.Array | None:
@@ -470,8 +458,10 @@ class StatesWriter:
     row by row through ``sqlite3``. ``finish`` waits for the last append (and raises its
     error); ``close`` always stops the thread and closes the ADBC connection."""
 
-    def __init__(self, con: sqlite3.Connection, path: str, columns: list[str]) -> None:
-        self.con, self.path, self.columns = con, path, columns
+    def __init__(
+        self, con: sqlite3.Connection, path: str, columns: list[str], table: str = STATES
+    ) -> None:
+        self.con, self.path, self.columns, self.table = con, path, columns, table
         con.commit()  # the tables exist for the ADBC connection
         self.arrow_con = adbc.connect(path, autocommit=True)
         with closing(self.arrow_con.cursor()) as cur:
@@ -490,15 +480,15 @@ class StatesWriter:
             self.pending = self.pool.submit(self._ingest, table)
             return
         lists = {c: v.to_pylist() if isinstance(v, pa.Array) else v for c, v in data.items()}
-        insert_states(self.con, self.columns, lists)
+        insert_rows(self.con, self.table, self.columns, lists)
         self.con.commit()
 
     def _ingest(self, table: pa.Table) -> None:
         try:
             with closing(self.arrow_con.cursor()) as cur:
-                cur.adbc_ingest(STATES, table, "append")
+                cur.adbc_ingest(self.table, table, "append")
         except DRIVER_ERRORS as e:
-            raise DataError(f"{self.path}: cannot write {STATES} ({e})") from None
+            raise DataError(f"{self.path}: cannot write {self.table} ({e})") from None
 
     def finish(self) -> None:
         """Wait for the pending append; its error, if any."""
