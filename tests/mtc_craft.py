@@ -14,27 +14,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from meaning_transform.codec.container import CHUNK, MAGIC, VERSION, Chunk, Reader, Writer
+from meaning_transform.codec.container import (
+    CHUNK,
+    MAGIC,
+    TABLE_BLOCK,
+    VERSION,
+    Chunk,
+    Reader,
+    Writer,
+)
 from meaning_transform.codec.model import checkpoint_hash
 
 
-def parts(path: Path) -> tuple[dict[str, Any], bytes, list[Chunk]]:
-    """(header, embedded model bytes, chunks) of a valid file."""
+def parts(path: Path) -> tuple[dict[str, Any], bytes, list[Any]]:
+    """(header, embedded model bytes, sections) of a valid file: each section a Chunk of
+    agent_states or a (table, block bytes) pair."""
     with open(path, "rb") as fh:
         reader = Reader(fh, str(path))
-        return reader.header, reader.model, list(reader.chunks())
+        return reader.header, reader.model, [item for _, item, _ in reader.sections()]
 
 
-def assemble(path: Path, header: dict[str, Any], model: bytes, chunks: list[Chunk]) -> Path:
+def assemble(path: Path, header: dict[str, Any], model: bytes, sections: list[Any]) -> Path:
     """Write a file with correct framing, CRCs and trailer from (possibly crafted) parts."""
     buf = io.BytesIO()
     writer = Writer(buf, header, model)
-    for chunk in chunks:  # as Writer.chunk, counting a crafted non-integer row count as 0
-        payload = chunk.payload()
+    for section in sections:  # as Writer does, counting a crafted non-integer row count as 0
+        if isinstance(section, Chunk):
+            tag, payload = CHUNK, section.payload()
+            n = section.meta.get("n")
+            writer.states += n if isinstance(n, int) and 0 <= n < 2**63 else 0
+        else:
+            tag, payload = TABLE_BLOCK, struct.pack("<H", writer.tables[section[0]]) + section[1]
         writer.crcs.append(zlib.crc32(payload))
-        buf.write(CHUNK + struct.pack("<II", len(payload), writer.crcs[-1]) + payload)
-        n = chunk.meta.get("n")
-        writer.states += n if isinstance(n, int) and 0 <= n < 2**63 else 0
+        buf.write(tag + struct.pack("<II", len(payload), writer.crcs[-1]) + payload)
     writer.close()
     path.write_bytes(buf.getvalue())
     return path
@@ -47,14 +59,15 @@ def rewrite(
     chunk: Callable[[Chunk], Any] | None = None,
     model: bytes | None = None,
 ) -> Path:
-    """``src`` with its header and/or each chunk changed in place by the callbacks."""
-    h, m, chunks = parts(src)
+    """``src`` with its header and/or each agent_states chunk changed in place."""
+    h, m, sections = parts(src)
     if header is not None:
         header(h)
     if chunk is not None:
-        for c in chunks:
-            chunk(c)
-    return assemble(dst, h, m if model is None else model, chunks)
+        for c in sections:
+            if isinstance(c, Chunk):
+                chunk(c)
+    return assemble(dst, h, m if model is None else model, sections)
 
 
 def raw(path: Path, head: bytes, after_header: bytes) -> Path:
@@ -81,15 +94,8 @@ def evil_checkpoint(good: str | Path, dst: Path, change: Callable[[dict], Any]) 
     return dst
 
 
-def embedded(ckpt: dict[str, Any]) -> bytes:
-    """A checkpoint dict as a file embeds it."""
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    return buf.getvalue()
-
-
 def sha(ckpt: dict[str, Any]) -> str:
-    """The model hash a header must carry for ``ckpt`` to be accepted."""
+    """The checkpoint hash a header must carry for ``ckpt`` to be accepted."""
     return checkpoint_hash(ckpt, "crafted")
 
 

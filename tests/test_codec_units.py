@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from meaning_transform.codec.chunks import blocks, decode_chunk, encode_chunk, float_bits
-from meaning_transform.codec.columns import decode_columns, encode_columns, runs
 from meaning_transform.codec.container import Chunk, CodecFileError, Reader, Writer
 from meaning_transform.data.context import has_previous, split_batch, with_previous
 from meaning_transform.data.synthetic import generate_synthetic
@@ -174,66 +173,46 @@ def test_chunk_round_trip_is_exact_and_within_one_percent(context) -> None:
         raise ValueError("decoded differently")
 
 
-# ---------------------------------------------------------------- key columns
-def test_columns_round_trip_with_id_exceptions_nulls_and_types() -> None:
-    keys = {
-        "agent_id": ["a", "a", "a", "b"],
-        "step_number": [3, 4, 6, 0],
-        "simulation_id": ["s", "s", "s", "s"],
-        "id": ["s:a-3", "s:a-4", "custom", "s:b-0"],
-    }
-    others = {
-        "position_z": [None] * 4,
-        "h": [1e300, None, -0.0, 2.5],
-        "note": [1, 2.5, "x", b"\x00\x01"],
-    }
-    assert runs(keys["agent_id"])[0] == ["a", "b"] and runs(keys["agent_id"])[1].tolist() == [3, 1]
-    blob = encode_columns(keys, others)
-    got_keys, got_others = decode_columns(blob, 4)
-    assert got_keys == keys and got_others == others
-    assert type(got_others["note"][0]) is int and type(got_others["note"][1]) is float
-
-
 # ---------------------------------------------------------------- container
-#: the smallest header the reader accepts (one feature, one chunk size)
+#: the smallest header the reader accepts (one feature, one table, chunks of 3 states)
 HEADER = {
-    "model": {
-        "sha256": "0" * 64,
-        "integer_sha256": "1" * 64,
-        "ckpt_path": "m.ckpt",
-        "embedded": True,
-    },
+    "model": {"integer_sha256": "1" * 64, "source": "embedded"},
     "schema": {"features": {"x": {}}},
     "context": None,
-    "layout": {
-        "states_sql": "CREATE TABLE agent_states (agent_id, step_number, x)",
+    "states": {
         "columns": ["agent_id", "step_number", "x"],
         "features": ["x"],
         "agent_features": [],
-        "has_agents": False,
+        "row_order": "step_agent",
+        "rows": 6,
     },
+    "objects": [],
+    "settings": {},
+    "tables": ["t"],
+    "tolerances": {},
     "chunk_size": 3,
-    "source": {"path": "s.db", "states": 6},
 }
 META = {"n": 3, "symbols_crc": 0, "estimated": 1.0, "ranges": [[0, 1]]}
 
 
-def _file(chunks: int = 2) -> bytes:
+def _file(chunks: int = 2, header: dict | None = None) -> bytes:
     buf = io.BytesIO()
-    w = Writer(buf, HEADER, b"model")
+    w = Writer(buf, header or HEADER, b"model")
+    w.block("t", b"rows of t")
     for i in range(chunks):
         w.chunk(Chunk(dict(META), np.array([i], np.uint32), np.array([1, 2], np.uint32), b"cols"))
     w.close()
     return buf.getvalue()
 
 
-def _read_all(data: bytes) -> list[Chunk]:
+def _read_all(data: bytes) -> list:
     r = Reader(io.BytesIO(data), "f.mtc")
-    return list(r.chunks())
+    return [item for _, item, _ in r.sections()]
 
 
 def test_container_round_trip() -> None:
-    chunks = _read_all(_file())
+    table, *chunks = _read_all(_file())
+    assert table == ("t", b"rows of t")
     assert [c.z_words.tolist() for c in chunks] == [[0], [1]] and chunks[1].columns == b"cols"
 
 
@@ -255,13 +234,15 @@ def test_every_corrupted_byte_is_an_error() -> None:
 
 def test_a_file_of_an_older_version_says_which() -> None:
     data = _file()
-    old = data[:8] + (2).to_bytes(2, "little") + data[10:]  # version 2: float probabilities
-    with pytest.raises(CodecFileError, match="has format version 2; this reads 3"):
+    old = data[:8] + (3).to_bytes(2, "little") + data[10:]  # version 3: agent_states only
+    with pytest.raises(
+        CodecFileError, match="has format version 3; this version of .* reads format 4"
+    ):
         _read_all(old)
 
 
 def test_a_removed_chunk_is_an_error() -> None:
-    one, two = _file(1), _file(2)
-    head = len(one) - 24  # the chunk part of a 1-chunk file ends before its 24-byte trailer
+    one, two = _file(1), _file(2)  # same header: the sections start at the same offset
+    head = len(one) - 24  # the sections of a 1-chunk file end before its 24-byte trailer
     with pytest.raises(CodecFileError, match="end marker"):
         _read_all(two[:head] + two[-24:])

@@ -267,7 +267,9 @@ def restore(reader: Reader, file_model: FileModel, path: str, progress: Progress
     order = header["states"]["row_order"]
     rows: dict[str, int] = {}
     with closing(sqlite3.connect(path)) as con, tempfile.TemporaryDirectory() as folder:
-        con.execute("PRAGMA journal_mode = OFF")
+        # a journal in memory, not none: restoring a block rolls back to a savepoint on text
+        # that is not UTF-8 (table_rows.write_rows), which needs one
+        con.execute("PRAGMA journal_mode = MEMORY")
         con.execute("PRAGMA synchronous = OFF")
         apply_settings(con, header["settings"], where)
         guard = SchemaGuard(con, where)
