@@ -974,3 +974,24 @@ def test_signals_during_compress_leave_nothing(tiny, tmp_path):
         assert proc.returncode == code, err[-2000:]
         assert one_error_line(err).startswith("error: ")
         assert list(work.iterdir()) == []
+
+
+def test_checkpoints_small_in_the_file_but_huge_when_walked_are_refused(tiny, tmp_path, capsys):
+    """A zero-stride tensor view (a few bytes stored, a billion elements once materialized, as
+    hashing would) and hyperparameters that share one list at every level (a small pickle,
+    64**8 items to walk): refused at reading, one line, before anything walks them."""
+    _, db, good = tiny
+    wide = torch.zeros(1).expand(10**9)
+    shared: Any = [0]
+    for _ in range(8):
+        shared = [shared] * 64
+    for name, change in (
+        ("view", lambda c: c["state_dict"].__setitem__("extra", wide)),
+        ("shared", lambda c: c["hyper_parameters"]["model"].__setitem__("x", shared)),
+    ):
+        evil = mtc_craft.evil_checkpoint(good, tmp_path / f"{name}.ckpt", change)
+        assert evil.stat().st_size < 1 << 20
+        out = tmp_path / "o.mtc"
+        args = ["compress", f"ckpt_path={evil}", f"data.path={db}", f"out={out}"]
+        _exit_2(capsys, codec_main(args), "cannot be read")
+        _exit_2(capsys, evaluate_main([f"ckpt_path={evil}"]), "cannot be read")

@@ -35,7 +35,7 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not one line
             warnings.simplefilter("ignore")
-            return torch.load(p, map_location=map_location, weights_only=True)
+            loaded = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
@@ -47,6 +47,35 @@ def load_safely(path: str | Path, map_location: Any = "cpu") -> Any:
         raise _unreadable(p, _unpickler_detail(e)) from None
     except Exception as e:  # noqa: BLE001 - any failure to parse the file is the file's fault
         raise _unreadable(p, one_line(e)) from None
+    _check_walkable(loaded, p, torch)
+    return loaded
+
+
+#: most containers, scalars and tensors a checkpoint may hold when walked (shared references
+#: counted every time they are met: a list that holds one list 4,096 times, nested, is small in
+#: the file and endless to walk; ours hold a few thousand)
+MAX_NODES = 1_000_000
+
+
+def _check_walkable(obj: Any, path: Path, torch: Any) -> None:
+    """CheckpointError unless walking ``obj`` (as hashing or validating it does) visits at most
+    MAX_NODES items, and no tensor claims more elements than its storage holds (a view with a
+    zero stride is a few bytes in the file and any size once materialized)."""
+    stack, seen = [obj], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise _unreadable(path, f"it holds more than {MAX_NODES:,} items when walked")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set):
+            stack.extend(item)
+        elif isinstance(item, torch.Tensor):
+            storage = item.untyped_storage().nbytes() // max(item.element_size(), 1)
+            if item.numel() > storage:
+                raise _unreadable(path, "a tensor is larger than the storage it is a view of")
 
 
 #: most entries a checkpoint archive may list (ours hold a few hundred: one per tensor)
