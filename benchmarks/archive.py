@@ -22,7 +22,6 @@ Prints a table and writes benchmarks/results/archive.json.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -121,7 +120,9 @@ def table(results: dict[str, Any]) -> str:
     for name, r in results["databases"].items():
         n, ours, pq = r["states"], r["ours"], r["parquet"]
         lines.append(f"\n{name}: {r['db_bytes']:,} bytes, {n:,} agent states")
-        lines.append(f"  {'table':<22} {'ours bits/state':>16} {'Parquet+zstd-19':>16} {'ratio':>7}")
+        lines.append(
+            f"  {'table':<22} {'ours bits/state':>16} {'Parquet+zstd-19':>16} {'ratio':>7}"
+        )
         pq_tables = {t: v["bytes"] for t, v in pq["tables"].items()}
         for t, b in sorted(ours["tables"].items(), key=lambda x: -x[1]):
             p = pq_tables.get(t)
