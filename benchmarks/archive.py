@@ -139,8 +139,8 @@ def table(results: dict[str, Any]) -> str:
             f = files[tool]
             lines.append(
                 f"  vs {tool} of the db file: {f['bytes']:,} bytes ({8 * f['bytes'] / n:.1f} "
-                f"bits/state), ours {total / f['bytes']:.3f}x; compress {f['compress_mb_s']:.2f} "
-                f"MB/s, decompress {f['decompress_mb_s']:.1f} MB/s"
+                f"bits/state), ours {total / f['bytes']:.3f}x; compress {f['compress_mb_per_s']:.2f} "
+                f"MB/s, decompress {f['decompress_mb_per_s']:.1f} MB/s"
             )
         lines.append(
             f"  ours: compress {ours['compress_mb_s']:.2f} MB/s ({ours['compress']['seconds']:.1f} s, "

@@ -343,13 +343,10 @@ def _decode_chunks(
 def _states_layout(header: dict[str, Any], objects: list[SchemaObject], where: str) -> Layout:
     """The agent_states layout the header describes (checked against its schema objects)."""
     states = header["states"]
-    table = next((o for o in objects if o.kind == "table" and o.name == STATES), None)
-    if table is None:
+    if not any(o.kind == "table" and o.name == STATES for o in objects):
         raise CodecFileError(f"{where}: the header's schema has no {STATES!r} table")
     agents = any(o.kind == "table" and o.name == AGENTS for o in objects)
-    return Layout(
-        table.sql or "", states["columns"], states["features"], states["agent_features"], agents
-    )
+    return Layout(states["columns"], states["features"], states["agent_features"], agents)
 
 
 # ---------------------------------------------------------------------- verify

@@ -42,7 +42,6 @@ from meaning_transform.schema import FeatureSchema
 class Layout:
     """Which columns of ``agent_states`` are keys, coded features and others."""
 
-    states_sql: str  # CREATE TABLE statement of agent_states
     columns: list[str]  # agent_states columns in table order
     features: list[str]  # agent_states columns the model codes
     agent_features: list[str]  # features read from the agents table
@@ -57,10 +56,6 @@ class Layout:
     def others(self) -> list[str]:
         """Columns stored losslessly beside the model's code."""
         return [c for c in self.columns if c not in KEY_COLUMNS and c not in self.features]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (file header)."""
-        return dict(self.__dict__)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -141,10 +136,7 @@ def layout_of(con: sqlite3.Connection, path: str, schema: FeatureSchema) -> Layo
             raise DataError(
                 f"{path}: the model codes {f.name!r}, which this database does not have"
             )
-    sql = con.execute(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (STATES,)
-    ).fetchone()[0]
-    return Layout(sql, columns, features, agent_features, bool(agent_cols))
+    return Layout(columns, features, agent_features, bool(agent_cols))
 
 
 def count_states(con: sqlite3.Connection) -> int:
