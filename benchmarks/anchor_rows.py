@@ -24,7 +24,7 @@ import torch
 import zstandard
 
 from meaning_transform.baselines import deltas, first_of_agent
-from meaning_transform.codec.commands import TOLERANCE_SLACK
+from meaning_transform.metrics import TOLERANCE_SLACK
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.messages import one_line
 from meaning_transform.schema import table as schema_table
@@ -148,7 +148,7 @@ def column_errors(rows: StateRows, j: int, decoded: np.ndarray) -> tuple[int, fl
     if not rows.continuous[j]:
         return int((decoded != rows.native[:, j]).sum()), 0.0
     err = np.abs(decoded - rows.native[:, j]) / rows.tolerances[j]
-    bad = ~(err <= TOLERANCE_SLACK)  # NaN counts as bad
+    bad = ~(err <= 1 + TOLERANCE_SLACK)  # NaN counts as bad
     return int(bad.sum()), float(np.nanmax(err, initial=0.0))
 
 
