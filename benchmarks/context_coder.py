@@ -1,0 +1,175 @@
+"""Bits per agent state of the adaptive context coder (``codec/context_coder.py``) on the
+shared databases, with each row context the other tables offer, beside the integer model.
+
+Every database is read by the codec's own reading code (``coding_rows``, the schema fitted to
+the database, the meaning grid), as one chunk; each variant is encoded, decoded, checked equal,
+and timed. Rows:
+
+- adaptive alone (no row context);
+- + the action of the same (agent, step) (``agent_actions.action_type``);
+- + the action of the step before; + both;
+- + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action.
+
+``--model`` also compresses each database once with the codec's default fitted model
+(``model=fit``) and reads the agent_states sections and the embedded model off the file.
+
+    python benchmarks/context_coder.py [--model]
+
+Prints a table and writes benchmarks/results/context_coder.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import new_results, write_results  # noqa: E402
+
+from meaning_transform.codec import context_coder  # noqa: E402
+from meaning_transform.codec.adaptive import fitted_schema  # noqa: E402
+from meaning_transform.codec.source import feature_table, layout_of  # noqa: E402
+from meaning_transform.codec.state_context import (  # noqa: E402
+    ACTIONS,
+    INCIDENTS,
+    PREVIOUS_ACTIONS,
+    EventContext,
+    combined,
+    has_source,
+)
+from meaning_transform.codec.states import coding_rows, same_agent  # noqa: E402
+from meaning_transform.grid import MeaningGrid  # noqa: E402
+from meaning_transform.schema.table import encode  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL = {"run1": SHARED / "agentfarm_run1.db", "run3_moving": SHARED / "agentfarm_run3_moving.db"}
+VARIANTS = {
+    "adaptive alone": (),
+    "+ action (same step)": (ACTIONS,),
+    "+ action (step before)": (PREVIOUS_ACTIONS,),
+    "+ action (same step and step before)": (ACTIONS, PREVIOUS_ACTIONS),
+    "+ action + health incidents (same step)": (ACTIONS, INCIDENTS),
+}
+
+
+def states_of(db: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[bool]]:
+    """(grid symbols [n, F], same-agent flags, the rows, which features are discrete)."""
+    schema = fitted_schema(db)
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        layout = layout_of(con, str(db), schema)
+        with closing(coding_rows(con, layout, "none", 1 << 22)) as chunks:
+            rows = next(chunks)
+    table, _ = feature_table(schema, rows)
+    symbols = MeaningGrid(schema, 1).encode(encode(schema, table))
+    discrete = [f.kind != "continuous" for f in schema.features]
+    return symbols, same_agent(rows["agent_id"]), rows, discrete
+
+
+def variant(
+    db: Path, symbols: np.ndarray, flag: np.ndarray, rows: dict[str, Any], discrete: list[bool],
+    sources: tuple,
+) -> dict[str, Any] | None:  # fmt: skip
+    """One row of the table: bits per state and seconds, or None if a source is missing."""
+    start = time.perf_counter()
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        if not all(has_source(con, s) for s in sources):
+            return None
+        events = [EventContext(con, s) for s in sources]
+    parts = [(e.of(rows["agent_id"], rows["step_number"]), e.size) for e in events]
+    context, size = combined(parts, len(symbols))
+    read = time.perf_counter() - start
+    layout = context_coder.Layout(tuple(discrete), size, tuple(symbols.min(axis=0).tolist()))
+    start = time.perf_counter()
+    words, estimated = context_coder.encode(symbols, flag, context, layout)
+    encoded = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = context_coder.decode(words, flag, context, layout)
+    decoded_s = time.perf_counter() - start
+    if not np.array_equal(decoded, symbols):
+        raise RuntimeError(f"{db.name}: {sources} does not decode to the coded symbols")
+    n = len(symbols)
+    return {
+        "bits_per_state": 32 * len(words) / n,
+        "estimated_bits_per_state": estimated / n,
+        "contexts": size,
+        "read_context_s": read,
+        "encode_s": encoded,
+        "decode_s": decoded_s,
+    }
+
+
+def model_row(db: Path) -> dict[str, Any]:
+    """The codec's fitted integer model: agent_states sections and embedded model, per state."""
+    from archive import section_bytes
+
+    from meaning_transform.codec.commands import compress
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "f.mtc"
+        stats = compress(str(db), str(out), model="fit")
+        sizes = section_bytes(out)
+    n = stats["states"]
+    return {
+        "agent_states_bits_per_state": 8 * sizes["agent_states"] / n,
+        "model_bits_per_state": 8 * sizes["(model)"] / n,
+        "compress_s": stats["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="store_true", help="also compress with model=fit")
+    parser.add_argument("--data", nargs="+", default=list(REAL), choices=list(REAL))
+    args = parser.parse_args()
+    results = new_results(args)
+    for name in args.data:
+        db = REAL[name]
+        symbols, flag, rows, discrete = states_of(db)
+        entry: dict[str, Any] = {"states": len(symbols), "features": symbols.shape[1]}
+        for label, sources in VARIANTS.items():
+            entry[label] = variant(db, symbols, flag, rows, discrete, sources)
+        if args.model:
+            entry["integer model (model=fit)"] = model_row(db)
+        results["data"][name] = entry
+    print(table(results["data"]))
+    write_results("context_coder", results)
+
+
+def table(data: dict[str, Any]) -> str:
+    """The printed table: a row per variant, a column per database."""
+    names = list(data)
+    lines = [f"{'bits per state (features only)':<44}" + "".join(f"{n:>22}" for n in names)]
+    for label in VARIANTS:
+        cells = []
+        for n in names:
+            r = data[n][label]
+            cells.append(
+                f"{'(no table)':>22}" if r is None
+                else f"{r['bits_per_state']:>7.3f} ({r['encode_s']:.1f}/{r['decode_s']:.1f} s)"
+                .rjust(22)
+            )  # fmt: skip
+        lines.append(f"{label:<44}" + "".join(cells))
+    if all("integer model (model=fit)" in data[n] for n in names):
+        m = [data[n]["integer model (model=fit)"] for n in names]
+        lines.append(
+            f"{'integer model: agent_states sections':<44}"
+            + "".join(f"{r['agent_states_bits_per_state']:>22.3f}" for r in m)
+        )
+        lines.append(
+            f"{'integer model: + its embedded bytes':<44}"
+            + "".join(f"{r['model_bits_per_state']:>22.3f}" for r in m)
+        )
+    lines.append("(encode/decode seconds in brackets; every variant decoded exactly)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
