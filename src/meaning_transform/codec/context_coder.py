@@ -46,8 +46,11 @@ SPAN = 15  # later waves: differences -SPAN..SPAN have a bin of their own
 FIRST = 64  # wave 0: values lowest..lowest + FIRST - 1 have a bin of their own
 RUN = 16  # steps since a feature last changed, counted up to RUN - 1
 LIMIT = 1 << 13  # a context's counts are halved once their total passes this
-GROWTH = 256  # wave 0 groups double in size up to this many rows
-MAX_CONTEXTS = 1 << 10  # row contexts a chunk may declare
+GROWTH = 256  # groups of a wave double in size up to this many rows
+FIRST_GROUPS = 1 << 30  # waves of more rows than this are cut into growing groups
+MAX_CONTEXTS = 1 << 10
+MAX_WAVES = 1 << 20
+TRUST = (1, 1, 1, 16)  # per level past the first: its escape weight (higher: trusted later)  # row contexts a chunk may declare
 _ROW_CHANGES = 3  # features that changed before this one in the row: 0, 1, 2 or more
 _OWN = RUN * 3  # own history: run length x (last change down / none / up, or value 0 / 1 / 2+)
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -107,9 +110,9 @@ def _weights(levels: list[_Counts], ids: list[np.ndarray]) -> np.ndarray:
     number of distinct symbols it has seen (at least 1); the coarsest over a prior of 1/2."""
     w = 2 * levels[0].n[ids[0]] + 1
     s = w.sum(axis=1)
-    for level, rows in zip(levels[1:], ids[1:], strict=True):
+    for level, rows, weight in zip(levels[1:], ids[1:], TRUST, strict=False):
         n = level.n[rows]
-        d = np.maximum((n > 0).sum(axis=1), 1)
+        d = np.maximum((n > 0).sum(axis=1), 1) * weight
         w = n * s[:, None] + d[:, None] * w  # < 2**(14 + 30) + 2**(6 + 30): exact
         s = w.sum(axis=1)
         shift = np.maximum(_bit_length(s) - 30, 0)  # keep sums below 2**30
@@ -138,7 +141,7 @@ class _State:
         self.layout = layout
         self.discrete = np.asarray(layout.discrete, dtype=bool)
         self.first = _Counts(FIRST + 1)
-        self.levels = [_Counts(2 * SPAN + 2) for _ in range(4)]
+        self.levels = [_Counts(2 * SPAN + 2) for _ in range(5)]
         self.symbols = np.zeros((n, f), dtype=np.int64)
         self.run = np.zeros((n, f), dtype=np.int64)  # steps since the last change, capped
         self.sign = np.zeros((n, f), dtype=np.int64)  # last change's sign (0: none yet)
@@ -149,11 +152,19 @@ class _State:
         third = np.clip(self.symbols[prev, j], 0, 2) if self.discrete[j] else self.sign[prev, j] + 1
         return self.run[prev, j] * 3 + third
 
-    def contexts(self, rows: np.ndarray, j: int, ctx: np.ndarray, changed: np.ndarray) -> list:
-        """Context ids of the four levels for feature j of later-wave rows."""
+    def contexts(
+        self, rows: np.ndarray, j: int, ctx: np.ndarray, changed: np.ndarray, wave: int
+    ) -> list:
+        """Context ids of the levels for feature j of later-wave rows."""
         own = j * _OWN + self.own(rows, j)
         with_ctx = own * self.layout.contexts + ctx
-        return [np.full(len(rows), j), own, with_ctx, with_ctx * _ROW_CHANGES + changed]
+        return [
+            np.full(len(rows), j),
+            own,
+            with_ctx,
+            with_ctx * _ROW_CHANGES + changed,
+            own * (MAX_WAVES + 1) + min(wave, MAX_WAVES),
+        ]
 
     def record(self, rows: np.ndarray, j: int, delta: np.ndarray | None) -> None:
         """Rows' history of feature j once coded (``delta`` None: agents' first states)."""
@@ -167,16 +178,14 @@ class _State:
         self.sign[rows, j] = np.where(same, self.sign[prev, j], np.sign(delta))
 
 
-def _groups(flag: np.ndarray) -> list[tuple[bool, np.ndarray]]:
-    """(later wave?, rows) in coding order: ``chunks.blocks``, wave 0 cut into growing groups."""
+def _groups(flag: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(wave, rows) in coding order: ``chunks.blocks``, each cut into groups of 1, 1, 2, 4, ...
+    rows (so counts learn what a wave's agents do alike before most of them are coded)."""
     out = []
     for wave, rows in blocks(flag):
-        if wave:
-            out.append((True, rows))
-            continue
         start, size = 0, 1
         while start < len(rows):
-            out.append((False, rows[start : start + size]))
+            out.append((wave, rows[start : start + size]))
             start += size
             size = min(2 * size if start > 1 else 1, GROWTH)
     return out
@@ -200,12 +209,13 @@ def _walk(
     n, f_count = len(flag), len(layout.discrete)
     state = _State(layout, n)
     lowest = np.asarray(layout.lowest, dtype=np.int64)
-    for later, rows in _groups(flag):
+    for wave, rows in _groups(flag):
+        later = wave > 0
         changed = np.zeros(len(rows), dtype=np.int64)
         for j in range(f_count):
             if later:
                 base, size = state.symbols[rows - 1, j] - SPAN, 2 * SPAN + 1
-                ids = state.contexts(rows, j, context[rows], np.minimum(changed, 2))
+                ids = state.contexts(rows, j, context[rows], np.minimum(changed, 2), wave)
                 levels = state.levels
             else:
                 base, size = np.full(len(rows), lowest[j]), FIRST
