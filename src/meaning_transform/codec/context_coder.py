@@ -50,7 +50,12 @@ GROWTH = 256  # groups of a wave double in size up to this many rows
 FIRST_GROUPS = 1 << 30  # waves of more rows than this are cut into growing groups
 MAX_CONTEXTS = 1 << 10
 MAX_WAVES = 1 << 20
-TRUST = (1, 1, 1, 16)  # per level past the first: its escape weight (higher: trusted later)  # row contexts a chunk may declare
+TRUST = (
+    1,
+    1,
+    1,
+    16,
+)  # per level past the first: its escape weight (higher: trusted later)  # row contexts a chunk may declare
 _ROW_CHANGES = 3  # features that changed before this one in the row: 0, 1, 2 or more
 _OWN = RUN * 3  # own history: run length x (last change down / none / up, or value 0 / 1 / 2+)
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -84,22 +89,21 @@ class _Counts:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """The rows of contexts ``ids`` (new contexts get new, zero rows)."""
-        unique, inverse = np.unique(ids, return_inverse=True)
-        found = np.empty(len(unique), dtype=np.int64)
-        for k, key in enumerate(unique.tolist()):
-            found[k] = self.index.setdefault(key, len(self.index))
+        index = self.index
+        found = np.array([index.setdefault(k, len(index)) for k in ids.tolist()], np.int64)
         if len(self.index) > len(self.n):
             grow = max(len(self.index), 2 * len(self.n)) - len(self.n)
             self.n = np.concatenate([self.n, np.zeros((grow, self.n.shape[1]), np.int64)])
             self.total = np.concatenate([self.total, np.zeros(grow, np.int64)])
-        return found[inverse.reshape(-1)]
+        return found
 
     def add(self, rows: np.ndarray, index: np.ndarray) -> None:
         """Count ``index`` in ``rows`` (one per coded symbol), halving rows past LIMIT."""
         np.add.at(self.n, (rows, index), 1)
         np.add.at(self.total, rows, 1)
-        full = np.unique(rows[self.total[rows] > LIMIT])
-        if len(full):
+        over = self.total[rows] > LIMIT
+        if over.any():
+            full = np.unique(rows[over])
             self.n[full] = (self.n[full] + 1) >> 1
             self.total[full] = self.n[full].sum(axis=1)
 
@@ -113,7 +117,7 @@ def _weights(levels: list[_Counts], ids: list[np.ndarray]) -> np.ndarray:
     for level, rows, weight in zip(levels[1:], ids[1:], TRUST, strict=False):
         n = level.n[rows]
         d = np.maximum((n > 0).sum(axis=1), 1) * weight
-        w = n * s[:, None] + d[:, None] * w  # < 2**(14 + 30) + 2**(6 + 30): exact
+        w = n * s[:, None] + d[:, None] * w  # sums below 2**49: exact, also in float64
         s = w.sum(axis=1)
         shift = np.maximum(_bit_length(s) - 30, 0)  # keep sums below 2**30
         w = w >> shift[:, None]
@@ -126,11 +130,8 @@ def _weights(levels: list[_Counts], ids: list[np.ndarray]) -> np.ndarray:
 
 
 def _bit_length(x: np.ndarray) -> np.ndarray:
-    """Bit length of positive int64s (exact: by comparisons, no float logarithm)."""
-    out = np.zeros(x.shape, dtype=np.int64)  # floor(log2 x), found bit by bit
-    for b in (32, 16, 8, 4, 2, 1):
-        out += np.where((x >> (out + b)) > 0, b, 0)
-    return out + (x > 0)
+    """Bit length of positive int64s below 2**53 (exact: they are exact in float64)."""
+    return np.frexp(x.astype(np.float64))[1].astype(np.int64)
 
 
 class _State:
