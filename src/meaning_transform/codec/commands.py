@@ -25,7 +25,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from meaning_transform.codec.chunks import in_order, workers_for
+from meaning_transform.codec.chunks import in_order
 from meaning_transform.codec.compare import DatabasesDiffer, compare_databases
 from meaning_transform.codec.container import MAX_CHUNK, Chunk, CodecFileError, Reader, Writer
 from meaning_transform.codec.database import encode_tables
@@ -135,8 +135,9 @@ def compress(
         settings = database_settings(con)
         total = count_states(con)
         coding = choose_model(
-            con, snapshot, str(data_path), ckpt_path, trusted, model, embed_model, fit_seconds
-        )
+            con, snapshot, str(data_path), ckpt_path, trusted, model, embed_model, fit_seconds,
+            declared,
+        )  # fmt: skip
         layout = layout_of(con, str(data_path), coding.schema)
         has_rowid = table_layout(con, STATES).rowid is not None
         order = row_order(con, has_rowid, layout.has_agents)
@@ -145,7 +146,7 @@ def compress(
         header = {
             "model": coding.header(),
             "schema": coding.schema.to_dict(),
-            "context": coding.model.context,
+            "context": coding.context,
             "states": {
                 "columns": layout.columns,
                 "features": layout.features,
@@ -159,7 +160,7 @@ def compress(
             "tolerances": declared,
             "chunk_size": chunk_size,
         }
-        blob = coding.model.to_bytes() if coding.source == "embedded" else b""
+        blob = coding.blob()
         stats.update(model=coding.describe(), model_bytes=len(blob), rows=0)
         progress = Progress("compress", total)
 
@@ -221,14 +222,15 @@ def _write_states(
     progress: Progress,
 ) -> None:
     """``agent_states`` chunk by chunk (a few in flight: ``chunks.in_order``)."""
+    coder = coding.coder(con)
 
     def code(rows: dict[str, Any]) -> tuple[Chunk, float]:
-        return encode_states(coding.grid, coding.model, coding.encoder, layout, order, rows, known)
+        return encode_states(coding.grid, coder, layout, order, rows, known)
 
     size = 0
     rows = coding_rows(con, layout, order, chunk_size)
     with closing(rows):
-        for chunk, estimated in in_order(code, rows, workers_for(coding.model)):
+        for chunk, estimated in in_order(code, rows, coder.workers):
             size += writer.chunk(chunk)
             stats["states"] += chunk.meta["n"]
             stats["estimated_bits"] += estimated
@@ -284,7 +286,8 @@ def restore(reader: Reader, file_model: FileModel, path: str, progress: Progress
                     rows[table] = restore_table(con, table, blocks, where)
                     continue
                 known = read_known(con) if known is None else known
-                for decoded in _decode_chunks(file_model, layout, order, item, known):
+                coder = file_model.coder(con)
+                for decoded in _decode_chunks(file_model, coder, layout, order, item, known):
                     staged.append(decoded)
                     progress.update(len(decoded["agent_id"]))
                 rows[STATES] = staged.finish(con)
@@ -329,15 +332,16 @@ def _in_restore_order(reader: Reader) -> Iterator[tuple[str, Any, str]]:
 
 def _decode_chunks(
     file_model: FileModel,
+    coder: Any,
     layout: Layout,
     order: str,
     chunks: Iterator[tuple[Chunk, str]],
     known: dict[str, list[Any]],
 ) -> Iterator[dict[str, Any]]:
     def decode(item: tuple[Chunk, str]) -> dict[str, Any]:
-        return decode_states(file_model, layout, order, item[0], known, item[1])
+        return decode_states(file_model, coder, layout, order, item[0], known, item[1])
 
-    yield from in_order(decode, chunks, workers_for(file_model.model))
+    yield from in_order(decode, chunks, coder.workers)
 
 
 def _states_layout(header: dict[str, Any], objects: list[SchemaObject], where: str) -> Layout:

@@ -51,7 +51,7 @@ MAX_CHUNK = 1 << 18
 MAX_META = 1 << 16
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 CONTEXTS = (None, "previous", "history")
-MODEL_SOURCES = ("embedded", "packaged", "checkpoint")
+MODEL_SOURCES = ("embedded", "packaged", "checkpoint", "adaptive")
 ROW_ORDERS = ("step_agent", "rowid", "none")
 MAX_TABLES = 1 << 12
 
@@ -135,8 +135,11 @@ def check_header(header: Any, where: str) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise CodecFileError(f"{where}: header is not a JSON object")
     model = field(header, "model", dict, where)
-    field(model, "integer_sha256", str, f"{where} model", _SHA256.fullmatch)
-    field(model, "source", str, f"{where} model", MODEL_SOURCES.__contains__)
+    source = field(model, "source", str, f"{where} model", MODEL_SOURCES.__contains__)
+    if source == "adaptive":  # no model: the row contexts it reads (checked when opened)
+        field(model, "contexts", list, f"{where} model")
+    else:
+        field(model, "integer_sha256", str, f"{where} model", _SHA256.fullmatch)
     checkpoint = model.get("checkpoint")
     if model["source"] == "checkpoint":
         field(checkpoint, "sha256", str, f"{where} model.checkpoint", _SHA256.fullmatch)

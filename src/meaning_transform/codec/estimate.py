@@ -25,11 +25,9 @@ def total_bytes(con: sqlite3.Connection, coding: Any) -> float:
     known = read_known(con)
     with closing(coding_rows(con, layout, "none", SAMPLE)) as rows:
         sample = next(rows, None)
-    model = len(coding.model.to_bytes()) if coding.source == "embedded" else 0
+    model = len(coding.blob())
     if sample is None:
         return float(model)
-    chunk, _ = encode_states(
-        coding.grid, coding.model, coding.encoder, layout, "none", sample, known
-    )
+    chunk, _ = encode_states(coding.grid, coding.coder(con), layout, "none", sample, known)
     n = len(sample["agent_id"])
     return model + len(chunk.payload()) * total / n

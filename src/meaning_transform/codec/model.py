@@ -32,7 +32,7 @@ import torch
 from meaning_transform.checkpoint_reader import read_checkpoint
 from meaning_transform.codec.bounded import CodecFileError
 from meaning_transform.codec.sql_guard import quote
-from meaning_transform.codec.states import FileModel
+from meaning_transform.codec.states import FileModel, IntegerCoder
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.model_loading import build_checked, checked_schema, load_weights
@@ -44,7 +44,7 @@ from meaning_transform.schema import FeatureSchema
 log = logging.getLogger("meaning_transform")
 
 PACKAGED = Path(__file__).with_name("packaged")
-MODEL_CHOICES = ("auto", "packaged", "fit")
+MODEL_CHOICES = ("auto", "adaptive", "packaged", "fit")
 
 
 def build_model(ckpt: dict[str, Any], where: str, trusted: Any = ()) -> Any:
@@ -83,14 +83,33 @@ def checkpoint_hash(ckpt: dict[str, Any], where: str) -> str:
 
 @dataclass
 class CodingModel:
-    """What compress codes with: the integer model and encoder, its schema, where it comes from."""
+    """What compress codes with: the integer model and encoder (None: the adaptive coder and
+    the row contexts it reads), its schema, where it comes from."""
 
-    model: IntegerModel
-    encoder: IntegerEncoder
+    model: IntegerModel | None
+    encoder: IntegerEncoder | None
     schema: FeatureSchema
-    source: str  # embedded | packaged | checkpoint
+    source: str  # embedded | packaged | checkpoint | adaptive
     checkpoint: dict[str, str] | None = None  # sha256, path (source checkpoint)
     origin: str = ""  # how it was obtained, for the user
+    sources: tuple[Any, ...] = ()  # the adaptive coder's row contexts (state_context.Source)
+
+    @property
+    def context(self) -> str | None:
+        """The integer model's ``model.context`` (the header's ``context``)."""
+        return None if self.model is None else self.model.context
+
+    def coder(self, con: sqlite3.Connection) -> Any:
+        """The chunks' coder, its row contexts read from ``con``."""
+        if self.model is None:
+            from meaning_transform.codec.adaptive import AdaptiveCoder
+
+            return AdaptiveCoder.reading(self.schema, con, self.sources)
+        return IntegerCoder(self.model, self.encoder)
+
+    def blob(self) -> bytes:
+        """The bytes the file carries as its model (empty unless embedded)."""
+        return self.model.to_bytes() if self.model and self.source == "embedded" else b""
 
     @property
     def grid(self) -> MeaningGrid:
@@ -99,6 +118,8 @@ class CodingModel:
 
     def header(self) -> dict[str, Any]:
         """The file header's ``model`` entry."""
+        if self.model is None:
+            return {"source": self.source, "contexts": [s.name for s in self.sources]}
         entry: dict[str, Any] = {"integer_sha256": self.model.sha256, "source": self.source}
         if self.checkpoint is not None:
             entry["checkpoint"] = self.checkpoint
@@ -106,7 +127,12 @@ class CodingModel:
 
     def describe(self) -> str:
         """One phrase: which model, where it travels."""
-        where = {"embedded": "in the file", "packaged": "in the package", "checkpoint": "by path"}
+        where = {
+            "embedded": "in the file",
+            "packaged": "in the package",
+            "checkpoint": "by path",
+            "adaptive": "nothing stored: counts learned while coding",
+        }
         return f"{self.origin} ({where[self.source]})"
 
 
@@ -171,20 +197,25 @@ def choose_model(
     choice: str,
     embed: bool,
     fit_seconds: float,
+    tolerances: Any = (),
 ) -> CodingModel:
     """The model to code ``con``'s agent states with: the checkpoint's when given; else
-    (``choice``) the packaged model, one fitted on the database within ``fit_seconds``, or
-    (``auto``) whichever of them gives the smaller whole file, estimated by coding a sample."""
+    (``choice``) the adaptive coder (``auto``: no model, no training), the packaged model, one
+    fitted on the database within ``fit_seconds``, or (``packaged`` and ``fit`` both possible)
+    whichever of them gives the smaller whole file, estimated by coding a sample.
+    ``tolerances``: the declared ones (tables with one give no row context)."""
     if choice not in MODEL_CHOICES:
         raise ConfigError(f"model={choice!r} is invalid: expected one of {MODEL_CHOICES}")
     if ckpt_path:
         return from_checkpoint(ckpt_path, trusted, embed)
+    if choice in ("auto", "adaptive"):
+        return adaptive_model(con, snapshot, tolerances)
     candidates = []
-    if choice in ("auto", "packaged"):
+    if choice == "packaged":
         candidates += [c for c in map(load_packaged, packaged_models()) if _fits(con, c)]
         if choice == "packaged" and not candidates:
             raise DataError(f"{name}: no packaged model codes this database's agent states")
-    if choice in ("auto", "fit") and fit_seconds > 0:
+    if choice == "fit" and fit_seconds > 0:
         candidates.append(fit_model(snapshot, name, fit_seconds))
     if not candidates:
         raise ConfigError("no model to code with: give ckpt_path=, or fit_seconds > 0")
@@ -202,6 +233,19 @@ def choose_model(
         ),
     )
     return candidates[best]
+
+
+def adaptive_model(con: sqlite3.Connection, snapshot: str, tolerances: Any) -> CodingModel:
+    """The adaptive coder (``codec.adaptive``) with the schema fitted to the database and the
+    row contexts it has."""
+    from meaning_transform.codec.adaptive import fitted_schema, usable_sources
+
+    sources = usable_sources(con, dict(tolerances or {}))
+    names = ", ".join(s.name for s in sources) or "no other table"
+    return CodingModel(
+        None, None, fitted_schema(snapshot), "adaptive", None, f"adaptive coder given {names}",
+        sources,
+    )  # fmt: skip
 
 
 def _fits(con: sqlite3.Connection, coding: CodingModel) -> bool:
@@ -269,6 +313,14 @@ def open_file_model(reader: Any, ckpt_path: str | None, trusted: Any = ()) -> Fi
     recorded = reader.header["model"]
     where = f"{reader.name}: header"
     source = recorded["source"]
+    if source == "adaptive":
+        from meaning_transform.codec.adaptive import sources_of
+
+        schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
+        sources = sources_of(recorded.get("contexts"), where)
+        file_model = FileModel(None, schema, MeaningGrid(schema, 1), sources)
+        _check_header_fits(reader, file_model)
+        return file_model
     if source == "embedded":
         model = IntegerModel.from_bytes(reader.model)
         schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
@@ -284,6 +336,7 @@ def open_file_model(reader: Any, ckpt_path: str | None, trusted: Any = ()) -> Fi
         file_model = found
     else:
         file_model = _from_recorded_checkpoint(reader, ckpt_path, trusted)
+    assert file_model.model is not None
     if file_model.model.sha256 != recorded["integer_sha256"]:
         raise CheckpointError(
             f"{reader.name} was coded with another integer model (SHA-256 "
@@ -318,9 +371,10 @@ def _check_header_fits(reader: Any, file_model: FileModel) -> None:
     header, states = reader.header, reader.header["states"]
     names = [f.name for f in file_model.schema.features]
     coded = states["features"] + states["agent_features"]
+    model = file_model.model
     if (
-        header["context"] != file_model.model.context
-        or file_model.model.num_features != len(names)
+        header["context"] != (None if model is None else model.context)
+        or (model is not None and model.num_features != len(names))
         or sorted(coded) != sorted(names)
     ):
         raise CodecFileError(f"{reader.name}: its header does not match the model's features")

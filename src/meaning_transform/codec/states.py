@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from meaning_transform.codec.bounded import CodecFileError
-from meaning_transform.codec.chunks import decode_chunk, encode_chunk, symbols_crc
+from meaning_transform.codec.chunks import decode_chunk, encode_chunk, symbols_crc, workers_for
 from meaning_transform.codec.container import Chunk
 from meaning_transform.codec.source import (
     AGENTS,
@@ -54,13 +54,56 @@ ROWID_KEY = "\0rowid"  # the rowid in a chunk's rows (not a name SQL can give a 
 _AGENT_RANK = f"(SELECT MIN(a.rowid) FROM {AGENTS} a WHERE a.agent_id = s.agent_id)"
 
 
+class IntegerCoder:
+    """Chunks' features coded by an integer coding model (``chunks``): latents and symbols."""
+
+    def __init__(self, model: IntegerModel, encoder: IntegerEncoder | None = None) -> None:
+        self.model, self.encoder = model, encoder
+        self.workers = workers_for(model)
+
+    def encode(
+        self, symbols: np.ndarray, flag: np.ndarray, keys: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """(latent words, symbol words, estimated bits) of a chunk's grid symbols."""
+        assert self.encoder is not None
+        try:
+            coded = encode_chunk(self.model, symbols, flag, self.encoder.offsets(symbols, flag))
+        except ValueError as e:  # escapes or latents too far out to code
+            raise DataError(
+                f"states cannot be coded by this model ({str(e).splitlines()[0]}): values far "
+                "outside the range it was trained on"
+            ) from None
+        return coded.z_words, coded.x_words, coded.estimated_bits
+
+    def decode(
+        self,
+        z_words: np.ndarray,
+        x_words: np.ndarray,
+        flag: np.ndarray,
+        keys: Mapping[str, Any],
+        ranges: list[list[int]],
+    ) -> np.ndarray:
+        """The grid symbols of a chunk; ValueError if its streams do not fit the model."""
+        return decode_chunk(self.model, z_words, x_words, flag)
+
+
 @dataclass(frozen=True)
 class FileModel:
-    """What decodes a file: its integer coding model, and the schema and grid of its states."""
+    """What decodes a file: its integer coding model (None: the adaptive coder, with the row
+    contexts it names), and the schema and grid of its states."""
 
-    model: IntegerModel
+    model: IntegerModel | None
     schema: FeatureSchema
     grid: MeaningGrid
+    sources: tuple[Any, ...] = ()  # state_context.Source of the adaptive coder
+
+    def coder(self, con: sqlite3.Connection) -> Any:
+        """The chunks' coder, its row contexts read from ``con`` (the tables restored)."""
+        if self.model is not None:
+            return IntegerCoder(self.model)
+        from meaning_transform.codec.adaptive import AdaptiveCoder
+
+        return AdaptiveCoder.reading(self.schema, con, self.sources)
 
 
 def row_order(con: sqlite3.Connection, has_rowid: bool, has_agents: bool) -> str:
@@ -78,26 +121,20 @@ def row_order(con: sqlite3.Connection, has_rowid: bool, has_agents: bool) -> str
 
 def encode_states(
     grid: MeaningGrid,
-    model: IntegerModel,
-    encoder: IntegerEncoder,
+    coder: Any,
     layout: Layout,
     order: str,
     rows: dict[str, Any],
     known: Mapping[str, Sequence[Any]],
 ) -> tuple[Chunk, float]:
-    """One chunk of rows (coding order) -> (Chunk, the model's estimated bits for its states)."""
+    """One chunk of rows (coding order) -> (Chunk, the coder's estimated bits for its states);
+    ``coder``: an ``IntegerCoder`` or ``adaptive.AdaptiveCoder``."""
     schema = grid.schema
     table, nulls = feature_table(schema, rows)
     symbols = grid.encode(encode(schema, table))
     agents = rows["agent_id"]
     flag = same_agent(agents)
-    try:
-        coded = encode_chunk(model, symbols, flag, encoder.offsets(symbols, flag))
-    except ValueError as e:  # escapes or latents too far out to code
-        raise DataError(
-            f"states cannot be coded by this model ({str(e).splitlines()[0]}): values far "
-            "outside the range it was trained on"
-        ) from None
+    z_words, x_words, estimated = coder.encode(symbols, flag, rows)
     others = {COLUMN + c: rows[c] for c in layout.others}
     for name, mask in nulls.items():
         others[NULLS + name] = mask.astype(int).tolist()
@@ -106,11 +143,11 @@ def encode_states(
     keys = encode_state_keys({k: rows[k] for k in layout.keys}, others, known)
     meta = {
         "n": len(agents),
-        "symbols_crc": coded.symbols_crc,
-        "estimated": coded.estimated_bits,
+        "symbols_crc": symbols_crc(symbols),
+        "estimated": estimated,
         "ranges": np.stack([symbols.min(axis=0), symbols.max(axis=0)], axis=1).tolist(),
     }
-    return Chunk(meta, coded.z_words, coded.x_words, keys), coded.estimated_bits
+    return Chunk(meta, z_words, x_words, keys), estimated
 
 
 def same_agent(agents: Sequence[Any]) -> np.ndarray:
@@ -125,6 +162,7 @@ def same_agent(agents: Sequence[Any]) -> np.ndarray:
 
 def decode_states(
     file_model: FileModel,
+    coder: Any,
     layout: Layout,
     order: str,
     chunk: Chunk,
@@ -133,7 +171,7 @@ def decode_states(
 ) -> dict[str, Any]:
     """A chunk's rows as columns: keys and other columns as lists, features as Arrow arrays
     (NULLs masked), ``ROWID_KEY`` when rowids are carried; CodecFileError if it does not
-    decode to states within the ranges it declares."""
+    decode to states within the ranges it declares. ``coder``: ``file_model.coder(...)``."""
     schema, grid = file_model.schema, file_model.grid
     n = int(chunk.meta["n"])
     keys, others = decode_state_keys(chunk.columns, n, known, where)
@@ -143,7 +181,7 @@ def decode_states(
         raise CodecFileError(f"{where}: its columns are not those the header lists")
     try:
         flag = same_agent(keys["agent_id"])
-        symbols = decode_chunk(file_model.model, chunk.z_words, chunk.x_words, flag)
+        symbols = coder.decode(chunk.z_words, chunk.x_words, flag, keys, chunk.meta["ranges"])
     except (ValueError, KeyError, IndexError, OverflowError) as e:
         raise CodecFileError(f"{where} does not decode ({str(e).splitlines()[0]})") from None
     if symbols_crc(symbols) != chunk.meta["symbols_crc"]:
