@@ -119,3 +119,51 @@ def test_event_context_numbers_sets_from_the_table_itself() -> None:
     assert before.of(["a", "a", "b"], [0, 1, 2]).tolist() == [0, 3, 2]
     both, size = combined([(ids, 5), (ids, 5)], 5)
     assert size == 25 and both.tolist() == [18, 6, 0, 6, 12]
+
+
+# ---------------------------------------------------------------- in the codec (model=adaptive)
+def _db_with_actions(path):
+    """A small simulation.db whose agent_actions say when agents move."""
+    from agentfarm_db import write_agentfarm_db
+
+    write_agentfarm_db(path, 600, num_agents=6, nulls={"resource_level": 3})
+    with closing(sqlite3.connect(path)) as con:
+        con.execute("CREATE TABLE agent_actions (action_id INTEGER PRIMARY KEY, agent_id TEXT, "
+                    "step_number INTEGER, action_type TEXT)")  # fmt: skip
+        rows = con.execute("SELECT agent_id, step_number FROM agent_states").fetchall()
+        con.executemany(
+            "INSERT INTO agent_actions (agent_id, step_number, action_type) VALUES (?, ?, ?)",
+            [(a, s, ("move", "gather", "defend")[s % 3]) for a, s in rows],
+        )
+        con.commit()
+    return path
+
+
+def test_compress_without_a_model_reads_the_restored_actions(tmp_path, capsys) -> None:
+    from codec_helpers import assert_same_meaning
+    from mtc_craft import rewrite
+
+    from meaning_transform.codec.__main__ import main as codec_main
+    from meaning_transform.codec.container import Reader
+
+    db = _db_with_actions(tmp_path / "sim.db")
+    out, restored = tmp_path / "a.mtc", tmp_path / "a.db"
+    assert codec_main(["compress", f"data.path={db}", f"out={out}", "chunk_size=250"]) == 0
+    assert "adaptive coder given agent_actions.action_type" in capsys.readouterr().out
+    with open(out, "rb") as fh:
+        reader = Reader(fh, str(out))
+        assert reader.model == b"" and reader.header["model"] == {
+            "source": "adaptive", "contexts": ["agent_actions.action_type"]}  # fmt: skip
+    assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+    assert assert_same_meaning(db, restored) == 600
+    # a header naming a context this version does not read is one line
+    bad = rewrite(out, tmp_path / "bad.mtc",
+                  header=lambda h: h["model"].update(contexts=["agents.genome_id"]))  # fmt: skip
+    assert codec_main(["decompress", f"in={bad}", f"out={tmp_path / 'b.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown row context" in err
+    # other actions restored than were coded: the states decode to others, refused
+    swapped = rewrite(out, tmp_path / "swap.mtc",
+                      header=lambda h: h["model"].update(contexts=["health_incidents.cause"]))  # fmt: skip
+    assert codec_main(["decompress", f"in={swapped}", f"out={tmp_path / 's.db'}"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
