@@ -10,8 +10,10 @@ and timed. Rows:
 - + the action of the step before; + both;
 - + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action.
 
-``--model`` also compresses each database once with the codec's default fitted model
-(``model=fit``) and reads the agent_states sections and the embedded model off the file.
+Each database is then compressed whole with the codec's default (``model=adaptive``) and the
+agent_states sections (features, keys, framing) and header are read off the file; ``--model``
+does the same with the integer model fitted to the database (``model=fit``, 60 s of training),
+whose embedded bytes count too.
 
     python benchmarks/context_coder.py [--model]
 
@@ -106,21 +108,26 @@ def variant(
     }
 
 
-def model_row(db: Path) -> dict[str, Any]:
-    """The codec's fitted integer model: agent_states sections and embedded model, per state."""
+def codec_row(db: Path, model: str) -> dict[str, Any]:
+    """The whole database compressed with ``model`` (``adaptive``: the default; ``fit``: the
+    integer model fitted to it): its agent_states sections (features, keys and other columns,
+    framing), the header and the embedded model, per state; compress and decompress seconds."""
     from archive import section_bytes
 
-    from meaning_transform.codec.commands import compress
+    from meaning_transform.codec.commands import compress, decompress
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "f.mtc"
-        stats = compress(str(db), str(out), model="fit")
+        stats = compress(str(db), str(out), model=model)
         sizes = section_bytes(out)
+        restored = decompress(str(out), str(Path(folder) / "r.db"))
     n = stats["states"]
     return {
         "agent_states_bits_per_state": 8 * sizes["agent_states"] / n,
+        "header_bits_per_state": 8 * sizes["(header)"] / n,
         "model_bits_per_state": 8 * sizes["(model)"] / n,
         "compress_s": stats["seconds"],
+        "decompress_s": restored["seconds"],
     }
 
 
@@ -136,8 +143,8 @@ def main() -> None:
         entry: dict[str, Any] = {"states": len(symbols), "features": symbols.shape[1]}
         for label, sources in VARIANTS.items():
             entry[label] = variant(db, symbols, flag, rows, discrete, sources)
-        if args.model:
-            entry["integer model (model=fit)"] = model_row(db)
+        for model in ("adaptive", *(["fit"] if args.model else [])):
+            entry[f"codec, model={model}"] = codec_row(db, model)
         results["data"][name] = entry
     print(table(results["data"]))
     write_results("context_coder", results)
@@ -157,15 +164,20 @@ def table(data: dict[str, Any]) -> str:
                 .rjust(22)
             )  # fmt: skip
         lines.append(f"{label:<44}" + "".join(cells))
-    if all("integer model (model=fit)" in data[n] for n in names):
-        m = [data[n]["integer model (model=fit)"] for n in names]
+    for model in ("adaptive", "fit"):
+        if not all(f"codec, model={model}" in data[n] for n in names):
+            continue
+        m = [data[n][f"codec, model={model}"] for n in names]
+        lines.append(f"the whole-database codec, model={model}:")
+        for key, label in (
+            ("agent_states_bits_per_state", "  agent_states sections (features + keys)"),
+            ("header_bits_per_state", "  header (schema, SQL, settings)"),
+            ("model_bits_per_state", "  model in the file"),
+        ):
+            lines.append(f"{label:<44}" + "".join(f"{r[key]:>22.3f}" for r in m))
         lines.append(
-            f"{'integer model: agent_states sections':<44}"
-            + "".join(f"{r['agent_states_bits_per_state']:>22.3f}" for r in m)
-        )
-        lines.append(
-            f"{'integer model: + its embedded bytes':<44}"
-            + "".join(f"{r['model_bits_per_state']:>22.3f}" for r in m)
+            f"{'  compress / decompress seconds':<44}"
+            + "".join(f"{r['compress_s']:>14.1f} / {r['decompress_s']:<5.1f}" for r in m)
         )
     lines.append("(encode/decode seconds in brackets; every variant decoded exactly)")
     return "\n".join(lines)
