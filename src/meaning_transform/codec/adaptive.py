@@ -27,6 +27,7 @@ from meaning_transform.codec.state_context import (
     Source,
     combined,
     has_source,
+    readable,
 )
 from meaning_transform.errors import DataError
 from meaning_transform.schema import FeatureSchema
@@ -67,7 +68,7 @@ def usable_sources(con: sqlite3.Connection, tolerances: Mapping[str, float]) -> 
     found = []
     for source in SOURCES:
         loose = any(key.rpartition(".")[0] == source.table for key in tolerances)
-        if not loose and has_source(con, source) and EventContext(con, source).usable:
+        if not loose and has_source(con, source) and readable(con, source):
             found.append(source)
     return tuple(found[:MAX_SOURCES])
 
@@ -113,7 +114,10 @@ class AdaptiveCoder:
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """(no latent words, symbol words, estimated bits) of a chunk's grid symbols."""
         context, layout = self._layout(keys, symbols.min(axis=0))
-        words, bits = context_coder.encode(symbols, flag, context, layout)
+        try:
+            words, bits = context_coder.encode(symbols, flag, context, layout)
+        except ValueError as e:  # a change too large for an escape (beyond 2**30 cells)
+            raise DataError(f"states cannot be coded ({str(e).splitlines()[0]})") from None
         return np.zeros(0, dtype=np.uint32), words, bits
 
     def decode(

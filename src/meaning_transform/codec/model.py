@@ -1,7 +1,11 @@
 """Which model codes a file's agent states, and how a reader gets the same one back.
 
-A file is coded by an integer coding model (``models/integer_export.py``: the same integers on
-every machine) and names it by the SHA-256 of its bytes. The model comes from
+Without a checkpoint (``model=auto``, or ``adaptive``) no model at all: the adaptive coder
+(``codec/adaptive.py``) learns integer counts while coding, given the tables restored before
+the states; the header names the row contexts it read (``source: adaptive``).
+
+Otherwise a file is coded by an integer coding model (``models/integer_export.py``: the same
+integers on every machine) and names it by the SHA-256 of its bytes. The model comes from
 
 - ``embedded``: carried in the file (its bytes count in the file size): the default, so a file
   decodes with nothing but the installed package;
@@ -10,9 +14,8 @@ every machine) and names it by the SHA-256 of its bytes. The model comes from
 - ``checkpoint``: exported again from a checkpoint the header names (``embed_model=false``;
   the checkpoint's hash is compared before anything is built from it).
 
-``compress`` without a checkpoint fits a model on the database itself within a time budget
-(``fit_seconds``) and/or takes the packaged one, and keeps whichever gives the smaller whole
-file (``choose_model``).
+``model=fit`` fits a model on the database itself within a time budget (``fit_seconds``);
+``model=packaged`` takes the packaged one that gives the smallest whole file (``choose_model``).
 """
 
 from __future__ import annotations

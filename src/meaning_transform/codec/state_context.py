@@ -56,7 +56,7 @@ class EventContext:
         for agent, step, value in con.execute(sql):
             if isinstance(step, int) and not isinstance(agent, bytes | float):
                 sets.setdefault((str(agent), step), set()).add(str(value))
-        self.usable = len(sets) <= MAX_EVENTS
+        self.usable = len(sets) <= MAX_EVENTS  # (agent, step) pairs: at most its rows
         keys = {k: tuple(sorted(v)) for k, v in sets.items()}
         frequent = Counter(keys.values()).most_common()
         kept = sorted(s for s, _ in sorted(frequent, key=lambda c: (-c[1], c[0]))[: MAX_SETS - 2])
@@ -82,6 +82,12 @@ def has_source(con: sqlite3.Connection, source: Source) -> bool:
     """Whether the database has the source's table with agent_id, step_number and its column."""
     columns = {r[1] for r in con.execute(f"PRAGMA table_info({quote(source.table)})")}
     return {"agent_id", "step_number", source.column} <= columns
+
+
+def readable(con: sqlite3.Connection, source: Source) -> bool:
+    """Whether the source's table has at most MAX_EVENTS rows (``EventContext.usable``)."""
+    sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM {quote(source.table)} LIMIT {MAX_EVENTS + 1})"
+    return con.execute(sql).fetchone()[0] <= MAX_EVENTS
 
 
 def combined(parts: Sequence[tuple[np.ndarray, int]], n: int) -> tuple[np.ndarray, int]:
