@@ -7,13 +7,14 @@ Rows are coded in **waves** (``chunks.blocks``: wave w holds every agent's w-th 
 by feature in schema order, every wave-feature in one vectorized range-coder call:
 
 - wave 0 (an agent's first state): the symbol less the chunk's declared lowest value of the
-  feature, over ``FIRST`` bins plus an escape; wave 0 is cut into groups of 1, 1, 2, 4, ... rows
-  so its counts adapt;
+  feature, over ``FIRST`` bins plus an escape; its counts adapt from group to group;
 - later waves: the difference from the agent's previous state over ``-SPAN .. SPAN`` plus an
-  escape. Its distribution blends counts of four nested contexts (Witten-Bell style, coarse to
+  escape. Its distribution blends counts of nested contexts (Witten-Bell style, coarse to
   fine): the feature; + its own history (steps since it last changed, capped at ``RUN``, and the
   sign of that change, or the previous value for a binary / categorical feature); + the row
-  context; + how many features coded before it in this row changed (0, 1, 2+).
+  context; + how many features coded before it in this row changed (0, 1, 2+); and last the
+  feature's own history in this wave alone (agents born together change alike: age crosses a
+  cell edge in the same wave), which is why waves are cut into groups of 1, 1, 2, 4, ... rows.
 
 Counts are integers updated after every coded group, so a group's probabilities depend only on
 groups before it; they are turned into the integer weights constriction codes exactly
@@ -47,15 +48,11 @@ FIRST = 64  # wave 0: values lowest..lowest + FIRST - 1 have a bin of their own
 RUN = 16  # steps since a feature last changed, counted up to RUN - 1
 LIMIT = 1 << 13  # a context's counts are halved once their total passes this
 GROWTH = 256  # groups of a wave double in size up to this many rows
-FIRST_GROUPS = 1 << 30  # waves of more rows than this are cut into growing groups
-MAX_CONTEXTS = 1 << 10
-MAX_WAVES = 1 << 20
-TRUST = (
-    1,
-    1,
-    1,
-    16,
-)  # per level past the first: its escape weight (higher: trusted later)  # row contexts a chunk may declare
+MAX_CONTEXTS = 1 << 10  # row contexts a chunk may declare
+MAX_WAVES = 1 << 20  # waves past this share the wave level's contexts
+#: per level past the first (own history, + row context, + row changes, the wave): its weight
+#: on the escape to the coarser level (higher: its own counts are trusted later)
+TRUST = (4, 4, 4, 16)
 _ROW_CHANGES = 3  # features that changed before this one in the row: 0, 1, 2 or more
 _OWN = RUN * 3  # own history: run length x (last change down / none / up, or value 0 / 1 / 2+)
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
@@ -111,10 +108,11 @@ class _Counts:
 def _weights(levels: list[_Counts], ids: list[np.ndarray]) -> np.ndarray:
     """Integer weights [m, K] summing to ``2**PRECISION - K`` per row: the blend of the levels'
     counts (coarse to fine), each level ``p = (n + d * p_coarser) / (N + d)`` with ``d`` the
-    number of distinct symbols it has seen (at least 1); the coarsest over a prior of 1/2."""
+    number of distinct symbols it has seen (at least 1) times its ``TRUST``; the coarsest over
+    a prior of 1/2."""
     w = 2 * levels[0].n[ids[0]] + 1
     s = w.sum(axis=1)
-    for level, rows, weight in zip(levels[1:], ids[1:], TRUST, strict=False):
+    for level, rows, weight in zip(levels[1:], ids[1:], TRUST, strict=True):
         n = level.n[rows]
         d = np.maximum((n > 0).sum(axis=1), 1) * weight
         w = n * s[:, None] + d[:, None] * w  # sums below 2**49: exact, also in float64
