@@ -112,7 +112,7 @@ def _weights(levels: list[_Counts], ids: list[np.ndarray]) -> np.ndarray:
     a prior of 1/2."""
     w = 2 * levels[0].n[ids[0]] + 1
     s = w.sum(axis=1)
-    for level, rows, weight in zip(levels[1:], ids[1:], TRUST, strict=True):
+    for level, rows, weight in zip(levels[1:], ids[1:], TRUST[: len(levels) - 1], strict=True):
         n = level.n[rows]
         d = np.maximum((n > 0).sum(axis=1), 1) * weight
         w = n * s[:, None] + d[:, None] * w  # sums below 2**49: exact, also in float64
