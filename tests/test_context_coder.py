@@ -53,6 +53,24 @@ def test_escapes_round_trip() -> None:
     _round_trip(symbols, flag)
 
 
+def test_first_states_from_a_guess() -> None:
+    """Bases for agents' first states: a right guess makes them cheap, a wild one escapes."""
+    symbols, flag = _chunk([10] * 30, 2, seed=3)
+    layout = cc.Layout((False, False), 1, tuple(symbols.min(axis=0).tolist()))
+    context = np.zeros(len(flag), np.int64)
+    bits = {}
+    for name, first in {
+        "lowest": None,
+        "right": symbols - cc.FIRST // 2,
+        "wild": symbols + 10**6 * (np.arange(len(flag)) % 2)[:, None],
+    }.items():
+        words, bits[name] = cc.encode(symbols, flag, context, layout, first)
+        assert np.array_equal(cc.decode(words, flag, context, layout, first), symbols)
+    assert bits["right"] < bits["lowest"] - 30 * 2 * 3  # >= 3 bits saved per first state
+    with pytest.raises(ValueError, match="first-state bases"):
+        cc.encode(symbols, flag, context, layout, symbols[:, :1])
+
+
 def test_empty_chunk() -> None:
     words, bits = _round_trip(np.zeros((0, 2), np.int64), np.zeros(0, bool))
     assert bits == 0 and len(cc.decode(words, np.zeros(0, bool), np.zeros(0, np.int64),
@@ -152,8 +170,10 @@ def test_compress_without_a_model_reads_the_restored_actions(tmp_path, capsys) -
     assert "adaptive coder given agent_actions.action_type" in capsys.readouterr().out
     with open(out, "rb") as fh:
         reader = Reader(fh, str(out))
-        assert reader.model == b"" and reader.header["model"] == {
-            "source": "adaptive", "contexts": ["agent_actions.action_type"]}  # fmt: skip
+        model = reader.header["model"]
+    assert reader.model == b"" and model["source"] == "adaptive"
+    assert model["contexts"] == ["agent_actions.action_type"]
+    assert model["anchors"] == ["position_x", "position_y"]  # agents' birth places
     assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
     assert assert_same_meaning(db, restored) == 600
     # a header naming a context this version does not read is one line
@@ -162,6 +182,10 @@ def test_compress_without_a_model_reads_the_restored_actions(tmp_path, capsys) -
     assert codec_main(["decompress", f"in={bad}", f"out={tmp_path / 'b.db'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown row context" in err
+    bad = rewrite(out, tmp_path / "bad2.mtc",
+                  header=lambda h: h["model"].update(anchors=["is_defending"]))  # fmt: skip
+    assert codec_main(["decompress", f"in={bad}", f"out={tmp_path / 'b.db'}"]) == 2
+    assert "field 'anchors'" in capsys.readouterr().err
     # other actions restored than were coded: the states decode to others, refused
     swapped = rewrite(out, tmp_path / "swap.mtc",
                       header=lambda h: h["model"].update(contexts=["health_incidents.cause"]))  # fmt: skip

@@ -23,6 +23,7 @@ from meaning_transform.codec.state_context import (
     ACTIONS,
     INCIDENTS,
     PREVIOUS_ACTIONS,
+    AgentValues,
     EventContext,
     Source,
     combined,
@@ -30,6 +31,7 @@ from meaning_transform.codec.state_context import (
     readable,
 )
 from meaning_transform.errors import DataError
+from meaning_transform.grid import MeaningGrid
 from meaning_transform.schema import FeatureSchema
 from meaning_transform.schema import table as schema_table
 
@@ -82,19 +84,63 @@ def sources_of(names: Any, where: str) -> tuple[Source, ...]:
     return tuple(KNOWN_SOURCES[n] for n in names)
 
 
+def anchor_columns(
+    con: sqlite3.Connection, schema: FeatureSchema, coded: list[str], tolerances: Mapping
+) -> tuple[str, ...]:
+    """Continuous features coded from agent_states that ``agents`` also has (where an agent
+    was born: a guess at its first state), carried exactly (no declared tolerance)."""
+    columns = {r[1] for r in con.execute("PRAGMA table_info(agents)")}
+    return tuple(
+        f.name
+        for f in schema.of_kind("continuous")
+        if f.name in coded and f.name in columns and f"agents.{f.name}" not in tolerances
+    )
+
+
+def anchors_of(names: Any, schema: FeatureSchema, where: str) -> tuple[str, ...]:
+    """The anchors a file's header names; CodecFileError unless distinct continuous features."""
+    continuous = {f.name for f in schema.of_kind("continuous")}
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) and n in continuous for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise CodecFileError(f"{where}: field 'anchors' is not a list of continuous features")
+    return tuple(names)
+
+
 class AdaptiveCoder:
-    """Chunks' features coded by ``context_coder`` given the row contexts of ``events``."""
+    """Chunks' features coded by ``context_coder`` given the row contexts of ``events`` and,
+    for the ``anchors``, first states guessed from the ``agents`` table."""
 
     workers = 1  # its many small steps hold the GIL: threads would not help
 
-    def __init__(self, discrete: tuple[bool, ...], events: list[EventContext]) -> None:
-        self.discrete, self.events = discrete, events
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        events: list[EventContext],
+        anchors: tuple[str, ...] = (),
+        values: AgentValues | None = None,
+    ) -> None:
+        self.discrete = tuple(f.kind != "continuous" for f in schema.features)
+        self.events, self.anchors, self.values = events, anchors, values
+        self.steps = MeaningGrid(schema, 1).steps
+        self.index = {f.name: j for j, f in enumerate(schema.features)}
 
     @classmethod
     def reading(
-        cls, schema: FeatureSchema, con: sqlite3.Connection, sources: tuple[Source, ...]
+        cls,
+        schema: FeatureSchema,
+        con: sqlite3.Connection,
+        sources: tuple[Source, ...],
+        anchors: tuple[str, ...] = (),
     ) -> AdaptiveCoder:
         """The coder of ``schema``'s features, its row contexts read from ``con``."""
+        if anchors:
+            have = {r[1] for r in con.execute("PRAGMA table_info(agents)")}
+            if not set(anchors) <= have:
+                raise CodecFileError("the database's agents table lacks the columns it names")
+        values = AgentValues(con, anchors) if anchors else None
         events = []
         for source in sources:
             if not has_source(con, source):
@@ -102,20 +148,38 @@ class AdaptiveCoder:
             events.append(EventContext(con, source))
             if not events[-1].usable:
                 raise CodecFileError(f"{source.table} holds too many rows to read contexts from")
-        return cls(tuple(f.kind != "continuous" for f in schema.features), events)
+        return cls(schema, events, anchors, values)
 
     def _layout(self, keys: Mapping[str, Any], lowest: Any) -> tuple[np.ndarray, Layout]:
         parts = [(e.of(keys["agent_id"], keys["step_number"]), e.size) for e in self.events]
         context, size = combined(parts, len(keys["agent_id"]))
         return context, Layout(self.discrete, size, tuple(int(v) for v in lowest))
 
+    def _first(self, keys: Mapping[str, Any], lowest: Any, highest: Any) -> np.ndarray | None:
+        """Each state's first-state base: its agent's ``agents`` value on the grid, less half
+        the first-state bins, kept within the chunk's range (else the feature's lowest)."""
+        if self.values is None:
+            return None
+        lo, hi = np.asarray(lowest, dtype=np.int64), np.asarray(highest, dtype=np.int64)
+        base = np.tile(lo, (len(keys["agent_id"]), 1))
+        values = self.values.of(keys["agent_id"])
+        for a, name in enumerate(self.anchors):
+            j = self.index[name]
+            guess = np.rint(np.clip(values[:, a] / self.steps[name], -(2.0**50), 2.0**50))
+            known = np.isfinite(guess)
+            cell = np.where(known, guess, 0).astype(np.int64) - context_coder.FIRST // 2
+            base[:, j] = np.where(known, np.clip(cell, lo[j] - context_coder.FIRST, hi[j]), lo[j])
+        return base
+
     def encode(
         self, symbols: np.ndarray, flag: np.ndarray, keys: Mapping[str, Any]
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """(no latent words, symbol words, estimated bits) of a chunk's grid symbols."""
-        context, layout = self._layout(keys, symbols.min(axis=0))
+        lowest, highest = symbols.min(axis=0), symbols.max(axis=0)
+        context, layout = self._layout(keys, lowest)
+        first = self._first(keys, lowest, highest)
         try:
-            words, bits = context_coder.encode(symbols, flag, context, layout)
+            words, bits = context_coder.encode(symbols, flag, context, layout, first)
         except ValueError as e:  # a change too large for an escape (beyond 2**30 cells)
             raise DataError(f"states cannot be coded ({str(e).splitlines()[0]})") from None
         return np.zeros(0, dtype=np.uint32), words, bits
@@ -131,5 +195,7 @@ class AdaptiveCoder:
         """The grid symbols of a chunk; ValueError if its words do not fit."""
         if len(z_words):
             raise ValueError("an adaptive chunk has no latent stream")
-        context, layout = self._layout(keys, [r[0] for r in ranges])
-        return context_coder.decode(x_words, flag, context, layout)
+        lowest, highest = [r[0] for r in ranges], [r[1] for r in ranges]
+        context, layout = self._layout(keys, lowest)
+        first = self._first(keys, lowest, highest)
+        return context_coder.decode(x_words, flag, context, layout, first)

@@ -6,8 +6,8 @@ previous state) with one small integer of **row context** per state (``context[i
 Rows are coded in **waves** (``chunks.blocks``: wave w holds every agent's w-th state), feature
 by feature in schema order, every wave-feature in one vectorized range-coder call:
 
-- wave 0 (an agent's first state): the symbol less the chunk's declared lowest value of the
-  feature, over ``FIRST`` bins plus an escape; its counts adapt from group to group;
+- wave 0 (an agent's first state): the symbol less a base (the chunk's declared lowest value
+  of the feature, or per state a guess the caller makes from other tables, ``first``), over ``FIRST`` bins plus an escape; its counts adapt from group to group;
 - later waves: the difference from the agent's previous state over ``-SPAN .. SPAN`` plus an
   escape. Its distribution blends counts of nested contexts (Witten-Bell style, coarse to
   fine): the feature; + its own history (steps since it last changed, capped at ``RUN``, and the
@@ -200,6 +200,7 @@ def _walk(
     layout: Layout,
     flag: np.ndarray,
     context: np.ndarray,
+    first: np.ndarray,
     code: Code,
     escape: Escape,
     symbols: np.ndarray | None,
@@ -207,7 +208,6 @@ def _walk(
     """Code (``symbols`` given) or decode (None) a chunk group by group; the symbols."""
     n, f_count = len(flag), len(layout.discrete)
     state = _State(layout, n)
-    lowest = np.asarray(layout.lowest, dtype=np.int64)
     for wave, rows in _groups(flag):
         later = wave > 0
         changed = np.zeros(len(rows), dtype=np.int64)
@@ -217,7 +217,7 @@ def _walk(
                 ids = state.contexts(rows, j, context[rows], np.minimum(changed, 2), wave)
                 levels = state.levels
             else:
-                base, size = np.full(len(rows), lowest[j]), FIRST
+                base, size = first[rows, j], FIRST
                 ids, levels = [np.full(len(rows), j)], [state.first]
             rel = None if symbols is None else symbols[rows, j] - base
             index = None if rel is None else np.where((rel < 0) | (rel >= size), size, rel)
@@ -240,6 +240,16 @@ def _walk(
     return state.symbols
 
 
+def _first(first: np.ndarray | None, n: int, layout: Layout) -> np.ndarray:
+    """Each state's first-state base [n, F]: ``first`` (checked) or the features' lowest."""
+    if first is None:
+        return np.broadcast_to(np.asarray(layout.lowest, dtype=np.int64), (n, len(layout.lowest)))
+    first = np.asarray(first, dtype=np.int64)
+    if first.shape != (n, len(layout.lowest)):
+        raise ValueError(f"first-state bases must be [{n}, {len(layout.lowest)}]")
+    return first
+
+
 def _check(symbols: np.ndarray | None, flag: np.ndarray, context: np.ndarray, layout: Layout):
     n = len(flag)
     if context.shape != (n,) or (n and (context.min() < 0 or context.max() >= layout.contexts)):
@@ -249,13 +259,19 @@ def _check(symbols: np.ndarray | None, flag: np.ndarray, context: np.ndarray, la
 
 
 def encode(
-    symbols: np.ndarray, flag: np.ndarray, context: np.ndarray, layout: Layout
+    symbols: np.ndarray,
+    flag: np.ndarray,
+    context: np.ndarray,
+    layout: Layout,
+    first: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """(range-coded words, bits the counts priced the symbols at) of a chunk's grid symbols
-    [n, F]; ``flag`` as ``states.same_agent``, ``context`` one row context per row."""
+    [n, F]; ``flag`` as ``states.same_agent``, ``context`` one row context per row, ``first``
+    each row's base should it be an agent's first state (default: the features' lowest)."""
     symbols = np.asarray(symbols, dtype=np.int64)
     flag, context = np.asarray(flag, dtype=bool), np.asarray(context, dtype=np.int64)
     _check(symbols, flag, context, layout)
+    first = _first(first, len(flag), layout)
     encoder = RangeEncoder()
     bits = [0.0]
 
@@ -272,14 +288,21 @@ def encode(
         bits[0] += float(escape_bits(rel, size).sum())
         return rel
 
-    _walk(layout, flag, context, code, escape, symbols)
+    _walk(layout, flag, context, first, code, escape, symbols)
     return encoder.get_compressed().astype(np.uint32), bits[0]
 
 
-def decode(words: np.ndarray, flag: np.ndarray, context: np.ndarray, layout: Layout) -> np.ndarray:
+def decode(
+    words: np.ndarray,
+    flag: np.ndarray,
+    context: np.ndarray,
+    layout: Layout,
+    first: np.ndarray | None = None,
+) -> np.ndarray:
     """Invert ``encode``: the grid symbols [n, F]; ValueError if the words do not fit."""
     flag, context = np.asarray(flag, dtype=bool), np.asarray(context, dtype=np.int64)
     _check(None, flag, context, layout)
+    first = _first(first, len(flag), layout)
     decoder = RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
 
     def code(index: np.ndarray | None, q: np.ndarray) -> np.ndarray:
@@ -289,7 +312,7 @@ def decode(words: np.ndarray, flag: np.ndarray, context: np.ndarray, layout: Lay
         return decode_escapes(decoder, count, size)
 
     try:
-        symbols = _walk(layout, flag, context, code, escape, None)
+        symbols = _walk(layout, flag, context, first, code, escape, None)
     except (
         AssertionError,
         RuntimeError,

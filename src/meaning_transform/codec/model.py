@@ -96,6 +96,7 @@ class CodingModel:
     checkpoint: dict[str, str] | None = None  # sha256, path (source checkpoint)
     origin: str = ""  # how it was obtained, for the user
     sources: tuple[Any, ...] = ()  # the adaptive coder's row contexts (state_context.Source)
+    anchors: tuple[str, ...] = ()  # its features whose first states agents' columns guess
 
     @property
     def context(self) -> str | None:
@@ -107,7 +108,7 @@ class CodingModel:
         if self.model is None:
             from meaning_transform.codec.adaptive import AdaptiveCoder
 
-            return AdaptiveCoder.reading(self.schema, con, self.sources)
+            return AdaptiveCoder.reading(self.schema, con, self.sources, self.anchors)
         return IntegerCoder(self.model, self.encoder)
 
     def blob(self) -> bytes:
@@ -122,7 +123,11 @@ class CodingModel:
     def header(self) -> dict[str, Any]:
         """The file header's ``model`` entry."""
         if self.model is None:
-            return {"source": self.source, "contexts": [s.name for s in self.sources]}
+            return {
+                "source": self.source,
+                "contexts": [s.name for s in self.sources],
+                "anchors": list(self.anchors),
+            }
         entry: dict[str, Any] = {"integer_sha256": self.model.sha256, "source": self.source}
         if self.checkpoint is not None:
             entry["checkpoint"] = self.checkpoint
@@ -241,13 +246,18 @@ def choose_model(
 def adaptive_model(con: sqlite3.Connection, snapshot: str, tolerances: Any) -> CodingModel:
     """The adaptive coder (``codec.adaptive``) with the schema fitted to the database and the
     row contexts it has."""
-    from meaning_transform.codec.adaptive import fitted_schema, usable_sources
+    from meaning_transform.codec.adaptive import anchor_columns, fitted_schema, usable_sources
+    from meaning_transform.codec.source import layout_of
 
-    sources = usable_sources(con, dict(tolerances or {}))
-    names = ", ".join(s.name for s in sources) or "no other table"
+    declared = dict(tolerances or {})
+    sources = usable_sources(con, declared)
+    schema = fitted_schema(snapshot)
+    coded = layout_of(con, snapshot, schema).features
+    anchors = anchor_columns(con, schema, coded, declared)
+    names = ", ".join([s.name for s in sources] + [f"agents.{a}" for a in anchors])
     return CodingModel(
-        None, None, fitted_schema(snapshot), "adaptive", None, f"adaptive coder given {names}",
-        sources,
+        None, None, schema, "adaptive", None, f"adaptive coder given {names or 'no other table'}",
+        sources, anchors,
     )  # fmt: skip
 
 
@@ -317,11 +327,12 @@ def open_file_model(reader: Any, ckpt_path: str | None, trusted: Any = ()) -> Fi
     where = f"{reader.name}: header"
     source = recorded["source"]
     if source == "adaptive":
-        from meaning_transform.codec.adaptive import sources_of
+        from meaning_transform.codec.adaptive import anchors_of, sources_of
 
         schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
         sources = sources_of(recorded.get("contexts"), where)
-        file_model = FileModel(None, schema, MeaningGrid(schema, 1), sources)
+        anchors = anchors_of(recorded.get("anchors", []), schema, where)
+        file_model = FileModel(None, schema, MeaningGrid(schema, 1), sources, anchors)
         _check_header_fits(reader, file_model)
         return file_model
     if source == "embedded":

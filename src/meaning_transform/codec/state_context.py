@@ -78,6 +78,29 @@ class EventContext:
         )
 
 
+class AgentValues:
+    """Per agent: numbers of its row in ``agents`` (its first, as ``states.coding_rows`` joins
+    agent features), e.g. where it was born: a guess at its first state."""
+
+    def __init__(self, con: sqlite3.Connection, columns: Sequence[str]) -> None:
+        names = ", ".join(quote(c) for c in columns)
+        self.width = len(columns)
+        self.rows: dict[str, tuple] = {}
+        sql = f"SELECT agent_id, {names} FROM agents ORDER BY rowid LIMIT {MAX_EVENTS}"
+        for agent, *values in con.execute(sql) if columns else ():
+            self.rows.setdefault(str(agent), tuple(values))
+
+    def of(self, agents: Sequence[object]) -> np.ndarray:
+        """[n, columns] float64: each state's agent's values (NaN: missing or not a number)."""
+        out = np.full((len(agents), self.width), np.nan)
+        for i, agent in enumerate(agents):
+            row = self.rows.get(str(agent))
+            if row is not None:
+                out[i] = [v if isinstance(v, int | float) and not isinstance(v, bool) else np.nan
+                          for v in row]  # fmt: skip
+        return out
+
+
 def has_source(con: sqlite3.Connection, source: Source) -> bool:
     """Whether the database has the source's table with agent_id, step_number and its column."""
     columns = {r[1] for r in con.execute(f"PRAGMA table_info({quote(source.table)})")}

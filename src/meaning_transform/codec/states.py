@@ -96,6 +96,7 @@ class FileModel:
     schema: FeatureSchema
     grid: MeaningGrid
     sources: tuple[Any, ...] = ()  # state_context.Source of the adaptive coder
+    anchors: tuple[str, ...] = ()  # its features whose first states agents' columns guess
 
     def coder(self, con: sqlite3.Connection) -> Any:
         """The chunks' coder, its row contexts read from ``con`` (the tables restored)."""
@@ -103,7 +104,7 @@ class FileModel:
             return IntegerCoder(self.model)
         from meaning_transform.codec.adaptive import AdaptiveCoder
 
-        return AdaptiveCoder.reading(self.schema, con, self.sources)
+        return AdaptiveCoder.reading(self.schema, con, self.sources, self.anchors)
 
 
 def row_order(con: sqlite3.Connection, has_rowid: bool, has_agents: bool) -> str:
