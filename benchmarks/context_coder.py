@@ -2,13 +2,14 @@
 shared databases, with each row context the other tables offer, beside the integer model.
 
 Every database is read by the codec's own reading code (``coding_rows``, the schema fitted to
-the database, the meaning grid), as one chunk; each variant is encoded, decoded, checked equal,
-and timed. Rows:
+the database, the meaning grid), as one chunk; each variant is encoded and decoded by the
+codec's chunk coder (``adaptive.AdaptiveCoder``), checked equal, and timed. Rows:
 
 - adaptive alone (no row context);
 - + the action of the same (agent, step) (``agent_actions.action_type``);
 - + the action of the step before; + both;
-- + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action.
+- + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action;
+- + agents' first states guessed from ``agents`` (birth position), with both.
 
 Each database is then compressed whole with the codec's default (``model=adaptive``) and the
 agent_states sections (features, keys, framing) and header are read off the file; ``--model``
@@ -36,15 +37,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import new_results, write_results  # noqa: E402
 
-from meaning_transform.codec import context_coder  # noqa: E402
-from meaning_transform.codec.adaptive import fitted_schema  # noqa: E402
+from meaning_transform.codec.adaptive import (  # noqa: E402
+    AdaptiveCoder,
+    anchor_columns,
+    fitted_schema,
+)
 from meaning_transform.codec.source import feature_table, layout_of  # noqa: E402
 from meaning_transform.codec.state_context import (  # noqa: E402
     ACTIONS,
     INCIDENTS,
     PREVIOUS_ACTIONS,
-    EventContext,
-    combined,
     has_source,
 )
 from meaning_transform.codec.states import coding_rows, same_agent  # noqa: E402
@@ -53,17 +55,20 @@ from meaning_transform.schema.table import encode  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = {"run1": SHARED / "agentfarm_run1.db", "run3_moving": SHARED / "agentfarm_run3_moving.db"}
+#: row contexts, and whether agents' first states are guessed from ``agents`` (birth position)
 VARIANTS = {
-    "adaptive alone": (),
-    "+ action (same step)": (ACTIONS,),
-    "+ action (step before)": (PREVIOUS_ACTIONS,),
-    "+ action (same step and step before)": (ACTIONS, PREVIOUS_ACTIONS),
-    "+ action + health incidents (same step)": (ACTIONS, INCIDENTS),
+    "adaptive alone": ((), False),
+    "+ action (same step)": ((ACTIONS,), False),
+    "+ action (step before)": ((PREVIOUS_ACTIONS,), False),
+    "+ action (same step and step before)": ((ACTIONS, PREVIOUS_ACTIONS), False),
+    "+ action + health incidents (same step)": ((ACTIONS, INCIDENTS), False),
+    "+ action + incidents + first states from agents": ((ACTIONS, INCIDENTS), True),
 }
 
 
-def states_of(db: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[bool]]:
-    """(grid symbols [n, F], same-agent flags, the rows, which features are discrete)."""
+def states_of(db: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], Any, list[str]]:
+    """(grid symbols [n, F], same-agent flags, the rows, the schema, the features coded from
+    agent_states)."""
     schema = fitted_schema(db)
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         layout = layout_of(con, str(db), schema)
@@ -71,29 +76,28 @@ def states_of(db: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[bo
             rows = next(chunks)
     table, _ = feature_table(schema, rows)
     symbols = MeaningGrid(schema, 1).encode(encode(schema, table))
-    discrete = [f.kind != "continuous" for f in schema.features]
-    return symbols, same_agent(rows["agent_id"]), rows, discrete
+    return symbols, same_agent(rows["agent_id"]), rows, schema, layout.features
 
 
 def variant(
-    db: Path, symbols: np.ndarray, flag: np.ndarray, rows: dict[str, Any], discrete: list[bool],
-    sources: tuple,
+    db: Path, symbols: np.ndarray, flag: np.ndarray, rows: dict[str, Any], schema: Any,
+    coded: list[str], sources: tuple, first: bool,
 ) -> dict[str, Any] | None:  # fmt: skip
-    """One row of the table: bits per state and seconds, or None if a source is missing."""
+    """One row of the table: bits per state and seconds (the codec's own chunk coder), or
+    None if a source is missing."""
     start = time.perf_counter()
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
         if not all(has_source(con, s) for s in sources):
             return None
-        events = [EventContext(con, s) for s in sources]
-    parts = [(e.of(rows["agent_id"], rows["step_number"]), e.size) for e in events]
-    context, size = combined(parts, len(symbols))
+        anchors = anchor_columns(con, schema, coded, {}) if first else ()
+        coder = AdaptiveCoder.reading(schema, con, sources, anchors)
     read = time.perf_counter() - start
-    layout = context_coder.Layout(tuple(discrete), size, tuple(symbols.min(axis=0).tolist()))
     start = time.perf_counter()
-    words, estimated = context_coder.encode(symbols, flag, context, layout)
+    z_words, words, estimated = coder.encode(symbols, flag, rows)
     encoded = time.perf_counter() - start
+    ranges = np.stack([symbols.min(axis=0), symbols.max(axis=0)], axis=1).tolist()
     start = time.perf_counter()
-    decoded = context_coder.decode(words, flag, context, layout)
+    decoded = coder.decode(z_words, words, flag, rows, ranges)
     decoded_s = time.perf_counter() - start
     if not np.array_equal(decoded, symbols):
         raise RuntimeError(f"{db.name}: {sources} does not decode to the coded symbols")
@@ -101,7 +105,7 @@ def variant(
     return {
         "bits_per_state": 32 * len(words) / n,
         "estimated_bits_per_state": estimated / n,
-        "contexts": size,
+        "anchors": list(anchors),
         "read_context_s": read,
         "encode_s": encoded,
         "decode_s": decoded_s,
@@ -139,10 +143,10 @@ def main() -> None:
     results = new_results(args)
     for name in args.data:
         db = REAL[name]
-        symbols, flag, rows, discrete = states_of(db)
+        symbols, flag, rows, schema, coded = states_of(db)
         entry: dict[str, Any] = {"states": len(symbols), "features": symbols.shape[1]}
-        for label, sources in VARIANTS.items():
-            entry[label] = variant(db, symbols, flag, rows, discrete, sources)
+        for label, (sources, first) in VARIANTS.items():
+            entry[label] = variant(db, symbols, flag, rows, schema, coded, sources, first)
         for model in ("adaptive", *(["fit"] if args.model else [])):
             entry[f"codec, model={model}"] = codec_row(db, model)
         results["data"][name] = entry
