@@ -1,8 +1,10 @@
-"""Every relative link and image in README.md and docs/*.md points at a file that exists, and
-every ``#anchor`` at a heading of that file (GitHub's anchor rule)."""
+"""Every relative link and image in README.md and docs/*.md points at a file that exists, every
+``#anchor`` at a heading of that file (GitHub's anchor rule), and every figure is one that
+``scripts/make_figures.py`` makes from real runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -50,3 +52,16 @@ def test_link_resolves(doc, target):
     assert file.is_file(), f"{doc}: {target}: no file {file}"
     if fragment:
         assert fragment in anchors(file), f"{doc}: {target}: no heading #{fragment}"
+
+
+def test_every_figure_is_made_by_make_figures():
+    spec = importlib.util.spec_from_file_location("make_figures", REPO / "scripts/make_figures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    made = {f"docs/{name}" for _, figures, _ in module.RUNS for name in figures.values()}
+    shown = {
+        str(((REPO if doc == "README.md" else REPO / "docs") / t).resolve().relative_to(REPO))
+        for doc, t in links()
+        if t.endswith(".png")
+    }
+    assert shown and shown <= made, shown - made
