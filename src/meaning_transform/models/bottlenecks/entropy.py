@@ -55,7 +55,7 @@ class _CDFNetwork(torch.autograd.Function):
     on all but the last. Recorded op by op, autograd builds ~25 nodes per call; here the forward
     records nothing and the backward is ~12 ops per gated layer: 40 ops fewer per training step
     (two networks), and forward + backward of both ~14% faster at batch 64 (the step is dispatch
-    bound, see the README's benchmarks). ``tests/test_entropy_bottleneck.py`` gradchecks it.
+    bound, see docs/benchmarks.md). ``tests/test_entropy_bottleneck.py`` gradchecks it.
     """
 
     @staticmethod
