@@ -20,6 +20,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from meaning_transform.io import atomic_write  # noqa: E402
 
@@ -374,6 +375,8 @@ def plot_rate_drift(
         )
     elif all(p["rate_bits"] > 0 for p in points) and all(b > 0 for b in baseline_bits):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 30, not 3 x 10^1
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short axis
     else:  # a zero-rate code (e.g. collapsed VQ) has no place on a log axis
         ax.set_xscale("symlog", linthresh=1e-2)
     ax.set_xlabel("rate (bits per state)")
