@@ -108,8 +108,10 @@ def tiny_db(case: Path, base: Path) -> None:
 
 
 def evil_ckpt(case: Path, base: Path) -> None:
-    """``loss.terms.pwn`` names ``pathlib.Path.write_text(<marker>, "x")``."""
-    pwn = {"_target_": "pathlib.Path.write_text", "_args_": [str(case / "pwned"), "x"]}
+    """``loss.terms.pwn`` names ``pathlib.Path.write_text(Path(<marker>), "x")`` (the Path
+    built by instantiate too: any file, any content)."""
+    marker = {"_target_": "pathlib.Path", "_args_": [str(case / "pwned")]}
+    pwn = {"_target_": "pathlib.Path.write_text", "_args_": [marker, "x"]}
     _fmt.evil_checkpoint(
         base / "good.ckpt",
         case / "evil.ckpt",
@@ -206,15 +208,33 @@ def mtc_header_bomb(case: Path, base: Path) -> None:
 
 
 def mtc_columns_bomb(case: Path, base: Path) -> None:
-    def change(c: Any) -> None:
-        c.columns = (case / "bomb.zlib").read_bytes()
+    """A chunk's key columns are a bomb: 960 MiB of zlib (the old format's columns are zlib);
+    format 4's blocks declare each stream's raw length and bound it by the block's size, so
+    there the worst a 1 MB block can be: 250 MiB of zeros as one zstd stream, padded."""
+    if OLD_FORMAT:
+        columns = (case / "bomb.zlib").read_bytes()
+    else:
+        from meaning_transform.codec import backend
 
-    _rewrite(base / "good.mtc", case / "x.mtc", chunk=change)
+        backend.compress.__defaults__ = ((backend.ZSTD,),)  # crafting only: xz takes 20 s here
+        columns = backend.pack([bytes(250 << 20)])
+    _rewrite(base / "good.mtc", case / "x.mtc", chunk=lambda c: setattr(c, "columns", columns))
+
+
+def _claim_rows(rows: int) -> Callable[[dict], Any] | None:
+    """Format 4's header states how many states the file holds (checked against the trailer):
+    a crafter who changes a chunk's row count changes it too."""
+    return None if OLD_FORMAT else (lambda h: h["states"].update(rows=rows))
 
 
 def mtc_many_rows(case: Path, base: Path) -> None:
-    """A chunk claims 3e8 states."""
-    _rewrite(base / "good.mtc", case / "x.mtc", chunk=lambda c: c.meta.update(n=300_000_000))
+    """The (one) chunk claims 3e8 states."""
+    _rewrite(
+        base / "good.mtc",
+        case / "x.mtc",
+        header=_claim_rows(300_000_000),
+        chunk=lambda c: c.meta.update(n=300_000_000),
+    )
 
 
 def _model_length(length: int) -> Callable[[Path, Path], None]:
@@ -246,7 +266,11 @@ def mtc_chunk_size(case: Path, base: Path) -> None:
 
 
 def mtc_n_text(case: Path, base: Path) -> None:
-    _rewrite(base / "good.mtc", case / "x.mtc", chunk=lambda c: c.meta.update(n="abc"))
+    """A chunk's row count is text (the trailer, and format 4's header, count it as 0)."""
+    change = _claim_rows(0)
+    _rewrite(
+        base / "good.mtc", case / "x.mtc", header=change, chunk=lambda c: c.meta.update(n="abc")
+    )
 
 
 def mtc_columns_not_zlib(case: Path, base: Path) -> None:
@@ -260,23 +284,20 @@ def mtc_far_symbols(case: Path, base: Path) -> None:
 
     feature = "position_x"
     if OLD_FORMAT:
-        from meaning_transform.codec.columns import decode_columns
+        from meaning_transform.codec import chunks as old
+        from meaning_transform.codec import columns, commands, model
 
-        from meaning_transform.codec.chunks import decode_chunk, deterministic_threads, encode_chunk
-        from meaning_transform.codec.commands import _same_agent
-        from meaning_transform.codec.model import load_model
-
-        module = load_model(base / "good.ckpt")
-        header, model, chunks = _old_parts(base / "good.mtc")
-        c = chunks[0]
-        flag = _same_agent(decode_columns(c.columns, c.meta["n"])[0]["agent_id"])
-        with deterministic_threads():
-            symbols = decode_chunk(module, c.z_words, c.x_words, flag)
+        module = model.load_model(base / "good.ckpt")
+        header, blob, sections = _old_parts(base / "good.mtc")
+        c = sections[0]
+        flag = commands._same_agent(columns.decode_columns(c.columns, c.meta["n"])[0]["agent_id"])
+        with old.deterministic_threads():
+            symbols = old.decode_chunk(module, c.z_words, c.x_words, flag)
             symbols[:, [f.name for f in module.schema.features].index(feature)] += 100_000
-            coded = encode_chunk(module, symbols, flag)
+            coded = old.encode_chunk(module, symbols, flag)
         c.z_words, c.x_words = coded.z_words, coded.x_words
         c.meta["symbols_crc"] = coded.symbols_crc
-        _old_assemble(case / "x.mtc", header, model, chunks)
+        _old_assemble(case / "x.mtc", header, blob, sections)
         return
     import sqlite3
     from contextlib import closing
