@@ -120,14 +120,17 @@ def evil_ckpt(case: Path, base: Path) -> None:
 
 
 def evil_run_data_ckpt(case: Path, base: Path) -> None:
-    """``run_config.data`` names ``shutil.copyfile(victim.txt, <marker>)``."""
-    data = {
+    """``run_config.data.num_states`` names ``shutil.copyfile(victim.txt, <marker>)`` (built
+    before the data module it is an argument of)."""
+    copy = {
         "_target_": "shutil.copyfile",
         "src": str(case / "victim.txt"),
         "dst": str(case / "pwned"),
     }
     _fmt.evil_checkpoint(
-        base / "good.ckpt", case / "evil.ckpt", lambda c: c["run_config"].__setitem__("data", data)
+        base / "good.ckpt",
+        case / "evil.ckpt",
+        lambda c: c["run_config"]["data"].__setitem__("num_states", copy),
     )
 
 
