@@ -13,6 +13,11 @@ new process with that version's ``src`` on the path. Each cell says what happene
 (benchmarks/_hostile_run.py: WROTE FILE, DATA LOSS, WRONG RESULT, MEMORY, TRACEBACK, ... or
 ``one line, exit N`` / ``ok``). Prints a markdown table and the counts per outcome, and writes
 benchmarks/results/hostile_files.json.
+
+Some 110 fresh processes that each import torch: about 11 minutes on the shared 2-core machine
+at load 5 (``--only NAME ...`` runs the cases whose name contains one of the words). Memory-heavy
+cases run alone, the rest ``--jobs`` at a time. Checkpoints, databases and blobs are crafted in
+this tree's environment (the same for both versions); ``--after`` is meant to be this tree.
 """
 
 from __future__ import annotations
