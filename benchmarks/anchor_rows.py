@@ -24,9 +24,9 @@ import torch
 import zstandard
 
 from meaning_transform.baselines import deltas, first_of_agent
-from meaning_transform.metrics import TOLERANCE_SLACK
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.messages import one_line
+from meaning_transform.metrics import TOLERANCE_SLACK
 from meaning_transform.schema import table as schema_table
 from meaning_transform.schema.layout import SchemaLayout
 

@@ -1,10 +1,10 @@
 """How many ops a training step dispatches, by phase, by op and by source line.
 
-The step is dispatch bound (each op costs a few microseconds whatever its size, see the README's
-benchmarks), so its op count is the number to cut. Builds the default model (``conf/``, or the
-overrides given) on synthetic data, runs a few plain optimizer steps at ``--batch-size``, then
-counts one step's ops under a ``TorchDispatchMode``: per phase (forward + losses, backward,
-Adam), the most frequent ops, the forward's ops per source line of ``meaning_transform`` and the
+The step is dispatch bound (each op costs a few microseconds whatever its size, see
+docs/benchmarks.md, "Training throughput"), so its op count is the number to cut. Builds the
+default model (``conf/``, or the overrides given) on synthetic data, runs a few plain optimizer
+steps at ``--batch-size``, then counts one step's ops under a ``TorchDispatchMode``: per phase
+(forward + losses, backward, Adam), the most frequent ops, the forward's ops per source line of ``meaning_transform`` and the
 backward's per autograd node. Ops that a kernel calls inside itself (a Python scalar cast to a
 tensor's dtype, say) are not seen; ``detach`` is partly an artifact of autograd saving tensors
 under the mode.

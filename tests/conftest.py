@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from meaning_transform.schema import FeatureSchema
@@ -13,6 +15,14 @@ from meaning_transform.schema import FeatureSchema
 REPO = Path(__file__).resolve().parents[1]
 AGENTFARM_SCHEMA = REPO / "conf" / "schema" / "agentfarm.yaml"
 REAL_DB = REPO.parent / "shared" / "data" / "agentfarm_run1.db"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist the workers are the parallelism: one torch thread each (and in the
+    processes they start), not every worker spinning a thread per core."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -43,7 +53,6 @@ def real_db() -> Path:
 
 # ---------------------------------------------------------------- end-to-end helpers
 import json  # noqa: E402
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 

@@ -1,14 +1,13 @@
-"""The Python API: README examples run verbatim, multi-stage training, evaluation."""
+"""The Python API: the docs' examples run verbatim, multi-stage training, evaluation."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from doc_blocks import examples
 
 from meaning_transform.errors import ConfigError
 from meaning_transform.evaluate import evaluate_checkpoint
@@ -17,29 +16,20 @@ from meaning_transform.training import run
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = re.compile(r"<!-- example: (run|file (\S+)) -->\n```\w*\n(.*?)```", re.S)
+
+def test_the_docs_have_the_examples():
+    kinds = [(doc, kind) for doc, kind, _, _ in examples()]
+    assert kinds.count(("README.md", "run")) == 1  # the Python API, in the tour
+    assert [k for _, k in kinds].count("run") == 3 and [k for _, k in kinds].count("file") == 3
 
 
-def readme_examples() -> list[tuple[str, str | None, str]]:
-    """(kind, file name, code) of every marked README block, in order."""
-    text = (REPO / "README.md").read_text()
-    return [
-        ("file" if name else "run", name or None, code) for _, name, code in EXAMPLE.findall(text)
-    ]
-
-
-def test_readme_has_the_examples():
-    kinds = [k for k, _, _ in readme_examples()]
-    assert kinds.count("run") == 3 and kinds.count("file") == 3
-
-
-#: runs each README example given as an argument, in order, in a fresh namespace each: one
+#: runs each doc example given as an argument, in order, in a fresh namespace each: one
 #: Python process for all of them (each one's own would import torch and Lightning again)
 RUN_EXAMPLES = """
 import sys, traceback
 for i, code in enumerate(sys.argv[1:]):
     try:
-        exec(compile(code, f"<README example {i}>", "exec"), {"__name__": "__main__"})
+        exec(compile(code, f"<doc example {i}>", "exec"), {"__name__": "__main__"})
     except BaseException:
         print(f"example {i} failed:\\n{code}", file=sys.stderr)
         traceback.print_exc()
@@ -47,11 +37,11 @@ for i, code in enumerate(sys.argv[1:]):
 """
 
 
-def test_readme_examples_run_verbatim(tmp_path):
+def test_doc_examples_run_verbatim(tmp_path):
     elsewhere = tmp_path / "elsewhere"  # not where the example files are: any directory works
     elsewhere.mkdir()
     runs = []
-    for kind, name, code in readme_examples():
+    for _, kind, name, code in examples():
         if kind == "file":
             path = tmp_path / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles among module-level imports (README "Architecture")."""
+"""The package's import graph: no cycles among module-level imports (docs/architecture.md, "Layers")."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_no_import_cycles():
     assert len(graph) > 30  # the walk saw the package
 
 
-#: README "Architecture": each module's layer; a module imports only from its layer or above
+#: docs/architecture.md "Layers": each module's layer; a module imports only from its layer or above
 LAYERS = [
     (
         "foundation",
@@ -115,7 +115,7 @@ def _layer(module: str) -> int:
     for i, (_, prefixes) in enumerate(LAYERS):
         if first in prefixes:
             return i
-    raise AssertionError(f"{module} is in no layer of README 'Architecture'")
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md")
 
 
 def test_layers_import_only_from_above():

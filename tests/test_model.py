@@ -6,6 +6,7 @@ app), so these tests exercise the same code path as ``python train.py``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 from meaning_transform.api import load_config
 from meaning_transform.assemble import prepare
 from meaning_transform.data import generate_synthetic
+from meaning_transform.models.bottlenecks.entropy import code_jointly
+from meaning_transform.models.bottlenecks.vq import UsageCoder as VQUsage
 from meaning_transform.module import MeaningModule
 from meaning_transform.training import run
 
@@ -206,3 +209,21 @@ def test_vq_uses_most_of_a_64_code_codebook(tmp_path: Path) -> None:
     # and spread out, not a few codes with everything: usage entropy above 4 of 6 bits
     p = counts[counts > 0].double() / counts.sum()
     assert -(p * p.log2()).sum() > 4.0, counts.tolist()
+    # the really coded size covers the indices, under the codebook's training usage table
+    report = module.code(dm.rows("test"))
+    assert report["coded"][0] == "vq indices" and report["exact"], report
+    grid_only = code_jointly([p for p in module.grid.coding_parts(dm.rows("test"))])
+    index_bits = report["coded_bits_per_state"] - grid_only.coded_bits_per_state
+    assert 2.0 < index_bits <= 6.1, (report, grid_only)  # ~usage entropy, at most log2(64)
+
+
+def test_usage_coder_codes_indices_under_its_table() -> None:
+    """Counts 3:1 -> p ~ 0.75/0.25 (floored by 1e-3 of a uniform share): 0,0,0,1 cost
+    3 * 0.415 + 2 bits, and they come back exactly."""
+    coder = VQUsage(torch.tensor([[3.0, 1.0]]))
+    codes = torch.tensor([[0], [0], [0], [1]])
+    assert coder.estimate_bits(codes) == pytest.approx(3 * math.log2(4 / 3) + 2, abs=1e-2)
+    report = code_jointly([(coder, codes)])
+    assert report.exact and report.num_states == 4
+    unseen = VQUsage(torch.tensor([5.0, 0.0]))  # a code training never used is still codable
+    assert code_jointly([(unseen, torch.tensor([[1], [0]]))]).exact

@@ -30,6 +30,7 @@ from meaning_transform.api import load_config
 from meaning_transform.assemble import resolve_output_dir
 from meaning_transform.callbacks.checkpoint import AtomicCheckpointIO
 from meaning_transform.cli import check_args
+from meaning_transform.codec import backend
 from meaning_transform.errors import CheckpointError, ConfigError
 from meaning_transform.evaluate import main as evaluate_main
 from meaning_transform.training import run
@@ -309,12 +310,18 @@ def _exit_2(capsys, code: int, *expected: str) -> str:
     return err
 
 
+def _write_text(v: Victims) -> dict[str, Any]:
+    """``pathlib.Path.write_text(Path(marker), "x")``, the Path built by instantiate too: what
+    writes any file on a tree that instantiates files' targets (a plain string as ``self``
+    fails there before writing)."""
+    marker = {"_target_": "pathlib.Path", "_args_": [str(v.marker)]}
+    return {"_target_": "pathlib.Path.write_text", "_args_": [marker, "x"]}
+
+
 #: hyperparameter changes that, instantiated, write, truncate or copy a file (marker, victim)
 def _payloads(v: Victims) -> dict[str, Any]:
     return {
-        "loss.terms.pwn": lambda hp: hp["loss"]["terms"].__setitem__(
-            "pwn", {"_target_": "pathlib.Path.write_text", "_args_": [str(v.marker), "x"]}
-        ),
+        "loss.terms.pwn": lambda hp: hp["loss"]["terms"].__setitem__("pwn", _write_text(v)),
         "loss.terms.recon._target_": lambda hp: hp["loss"]["terms"]["recon"].update(
             {"_target_": "builtins.open", "file": str(v.victim), "mode": "w"}
         ),
@@ -360,12 +367,12 @@ def test_run_config_data_target_is_refused(tiny, tmp_path, victims, capsys):
     evil = mtc_craft.evil_checkpoint(
         good,
         tmp_path / "evil.ckpt",
-        lambda c: c["run_config"].__setitem__(
-            "data",
+        lambda c: c["run_config"]["data"].__setitem__(  # an argument: built before the module
+            "num_states",
             {"_target_": "shutil.copyfile", "src": str(victims.victim), "dst": str(victims.marker)},
         ),
     )
-    _exit_2(capsys, evaluate_main([f"ckpt_path={evil}"]), "run_config.data._target_")
+    _exit_2(capsys, evaluate_main([f"ckpt_path={evil}"]), "run_config.data.num_states")
     huge = mtc_craft.evil_checkpoint(
         good, tmp_path / "huge.ckpt", lambda c: c["run_config"]["data"].update(num_states=10**12)
     )
@@ -389,10 +396,7 @@ def test_files_naming_classes_are_refused_embedded_or_by_path(tiny, tmp_path, vi
     mtc = tmp_path / "good.mtc"
     assert codec_main(["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}"]) == 0
     ckpt = torch.load(good, map_location="cpu", weights_only=True)
-    ckpt["hyper_parameters"]["loss"]["terms"]["pwn"] = {
-        "_target_": "pathlib.Path.write_text",
-        "_args_": [str(victims.marker), "x"],
-    }
+    ckpt["hyper_parameters"]["loss"]["terms"]["pwn"] = _write_text(victims)
     digest = mtc_craft.sha(ckpt)
     emb = mtc_craft.rewrite(mtc, tmp_path / "emb.mtc", model=_torch_bytes(ckpt))
     out = tmp_path / "out.db"  # an embedded model is an integer coding model: it names nothing
@@ -493,6 +497,11 @@ print(json.dumps({"codes": codes, "peak_mib": peak, "slowest_s": slowest}))
 """
 
 
+def _claim_rows(rows: int) -> Any:
+    """A header change: the file holds ``rows`` states (the trailer checks the chunks' sum)."""
+    return lambda h: h["states"].update(rows=rows)
+
+
 def test_crafted_sizes_never_allocate_what_they_claim(tiny, tmp_path):
     """Files of at most 1 MB that claim huge sizes: a zlib bomb in the header and in a chunk's
     keys, a chunk claiming 3e8 rows, a named checkpoint of 24576-wide layers (its hash right),
@@ -503,18 +512,23 @@ def test_crafted_sizes_never_allocate_what_they_claim(tiny, tmp_path):
     assert codec_main(["compress", f"ckpt_path={good}", f"data.path={db}", f"out={mtc}"]) == 0
     bomb = mtc_craft.zlib_bomb(960)  # 0.94 MiB that inflate to 960 MiB
     files = [mtc_craft.raw(tmp_path / "header_bomb.mtc", bomb, b"")]
+    # a chunk's keys as the largest stream a ~1 MB block may hold (250 MiB of zeros): framing
+    # bounds each stream by the block's size, so this is the worst a keys bomb can be
+    keys_bomb = backend.pack([bytes(250 << 20)], methods=(backend.ZSTD,))
 
     def columns_bomb(c: Chunk) -> None:
-        c.columns = bomb
+        c.columns = keys_bomb
 
-    files.append(
-        mtc_craft.rewrite(mtc, tmp_path / "columns_bomb.mtc", chunk=columns_bomb, model=b"")
-    )
+    files.append(mtc_craft.rewrite(mtc, tmp_path / "columns_bomb.mtc", chunk=columns_bomb))
 
     def many_rows(c: Chunk) -> None:
         c.meta["n"] = 300_000_000
 
-    files.append(mtc_craft.rewrite(mtc, tmp_path / "rows.mtc", chunk=many_rows))
+    files.append(  # the header's count of states says so too (else the trailer refuses it)
+        mtc_craft.rewrite(
+            mtc, tmp_path / "rows.mtc", chunk=many_rows, header=_claim_rows(300_000_000)
+        )
+    )
     wide = torch.load(good, map_location="cpu", weights_only=True)
     wide["hyper_parameters"]["model"]["hidden_dims"] = [24576, 24576]
     torch.save(wide, tmp_path / "wide.ckpt")
@@ -547,6 +561,9 @@ def test_crafted_sizes_never_allocate_what_they_claim(tiny, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert result["codes"] == [2] * len(files) and len(errors) == len(files), proc.stderr
     assert "Traceback" not in proc.stderr
+    reasons = ["header inflates", "keys format", "field 'n' is out of range", "hidden_dims"]
+    reasons += ["truncated or corrupted"] * 2  # each refused by the check it was made for
+    assert all(r in e for r, e in zip(reasons, errors, strict=True)), errors
     assert result["peak_mib"] < 1024, result
     assert result["slowest_s"] < 60, result
     assert not (tmp_path / "out.db").exists()
@@ -776,8 +793,8 @@ def test_malformed_headers_and_chunks_are_one_line(tiny, tmp_path, capsys):
         "chunk_size": lambda: mtc_craft.rewrite(
             mtc, tmp_path / "cs.mtc", header=lambda h: h.update(chunk_size="many")
         ),
-        "n": lambda: mtc_craft.rewrite(
-            mtc, tmp_path / "n.mtc", chunk=lambda c: c.meta.update(n="abc")
+        "n": lambda: mtc_craft.rewrite(  # the header's count too: the trailer counts "abc" as 0
+            mtc, tmp_path / "n.mtc", chunk=lambda c: c.meta.update(n="abc"), header=_claim_rows(0)
         ),
         "meta list": lambda: mtc_craft.rewrite(
             mtc, tmp_path / "ml.mtc", chunk=lambda c: c.meta.update(ranges="x")
@@ -791,9 +808,20 @@ def test_malformed_headers_and_chunks_are_one_line(tiny, tmp_path, capsys):
             chunk=lambda c: setattr(c, "columns", zlib.compress(b"\x05\0\0\0[1,2]")),
         ),
     }
-    for make in cases.values():
+    reasons = {  # each refused by the check made for it, not by an earlier one
+        "list": "not a JSON object",
+        "no states": "field 'states' is missing",
+        "objects": "a schema object is not",
+        "settings": "text encoding 'EBCDIC'",
+        "chunk_size": "field 'chunk_size' has the wrong type",
+        "n": "field 'n' has the wrong type",
+        "meta list": "field 'ranges' has the wrong type",
+        "columns": "compression method 7 does not exist",
+        "columns json": "a grouped stream is too long",
+    }
+    for name, make in cases.items():
         path = make()
-        _exit_2(capsys, codec_main(["decompress", f"in={path}", f"out={out}"]))
+        _exit_2(capsys, codec_main(["decompress", f"in={path}", f"out={out}"]), reasons[name])
     assert not out.exists()
 
 
@@ -920,7 +948,8 @@ def test_file_size_limit_is_one_line_and_leaves_nothing(tiny, tmp_path):
     # compress copies a database nobody guarantees to be still to a snapshot first: the limit
     # stops that copy; decompress and evaluate hit it writing their outputs
     assert "cannot take a consistent snapshot to read" in errors[0], errors
-    assert "disk I/O error" in errors[1] or "cannot read or write" in errors[1], errors
+    assert "disk I/O error (a full disk or a file size limit?)" in errors[1], errors
+    assert "refused to run its SQL" not in errors[1], errors  # the file's SQL is not to blame
     assert errors[2].startswith("error: cannot read or write"), errors
     assert list(work.iterdir()) == []
 

@@ -132,5 +132,5 @@ def test_wheel_carries_its_configs_and_runs_from_anywhere(
         [str(bin_dir / "meaning-codec"), "compress", "sim.db", "sim.mtc", f"ckpt_path={ckpt}"],
         elsewhere,
     )
-    assert out.stdout.startswith("compressed 600 states into sim.mtc")
+    assert "(600 agent states) into sim.mtc" in out.stdout.splitlines()[0]
     assert (elsewhere / "sim.mtc").is_file()

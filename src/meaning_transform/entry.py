@@ -51,7 +51,8 @@ def run_command(
         what = f" {e.filename}" if e.filename else ""
         return _fail(f"cannot read or write{what}: {e.strerror or one_line(e)}", 2)
     except sqlite3.Error as e:  # e.g. "disk I/O error" when a write hits a full disk
-        return _fail(f"cannot read or write a database: SQLite says {one_line(e)}", 2)
+        hint = " (a full disk or a file size limit?)" if "I/O" in str(e) else ""
+        return _fail(f"cannot read or write a database: SQLite says {one_line(e)}{hint}", 2)
     except tuple(extra or {}) as e:
         prefix = getattr(e, "prefix", "")
         return _fail(f"{prefix}{one_line(e)}", (extra or {})[type(e)])

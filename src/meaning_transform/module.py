@@ -21,7 +21,9 @@ from meaning_transform.grid import MeaningGrid
 from meaning_transform.losses import CompositeLoss, LossContext
 from meaning_transform.metrics import MeanVector, RateMeter, SemanticDrift
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
+from meaning_transform.models.bottlenecks.coding import CodingPart
 from meaning_transform.models.bottlenecks.entropy import EntropyBottleneck, code_jointly
+from meaning_transform.models.bottlenecks.vq import VQBottleneck
 from meaning_transform.models.grid_path import GridPath, GridSteps
 from meaning_transform.schema import FeatureSchema, Table
 from meaning_transform.schema import table as schema_table
@@ -343,9 +345,9 @@ class MeaningModule(L.LightningModule):
     def code(self, x: torch.Tensor) -> dict[str, Any] | None:
         """Really code a batch (data tensor) with ``constriction``: estimated vs coded bits.
 
-        Codes the latent when its bottleneck can (entropy) and the grid channels, all in one
-        range-coded stream; ``coded`` names the parts. None when nothing can be coded (vq or none
-        without a grid path).
+        Codes the whole representation in one range-coded stream: the latent (entropy: under
+        its prior; vq: the code indices under the codebook's usage table) and the grid channels;
+        ``coded`` names the parts. None when nothing can be coded (none without a grid path).
         """
         self.eval()
         x = x.to(self.device)
@@ -353,10 +355,15 @@ class MeaningModule(L.LightningModule):
             from meaning_transform.codec.chunks import coding_report
 
             return coding_report(self, *self.unpack(x))
-        parts: dict[str, list[tuple[EntropyBottleneck, torch.Tensor]]] = {}
+        parts: dict[str, list[tuple[CodingPart, torch.Tensor]]] = {}
         if isinstance(self.bottleneck, EntropyBottleneck):
             z = self.codec.encoder(self.layout.model_input(x)).mu
             parts["latent"] = [(self.bottleneck, z)]
+        elif isinstance(self.bottleneck, VQBottleneck):
+            with torch.no_grad():
+                latent = self.codec.encoder(self.layout.model_input(x))
+                codes = self.bottleneck(latent).codes.reshape(x.shape[0], -1)
+            parts["vq indices"] = [(self.bottleneck.usage_coder(), codes)]
         if self.grid is not None:
             parts["grid"] = self.grid.coding_parts(x)
         if not parts:

@@ -20,6 +20,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from meaning_transform.io import atomic_write  # noqa: E402
 
@@ -374,14 +375,17 @@ def plot_rate_drift(
         )
     elif all(p["rate_bits"] > 0 for p in points) and all(b > 0 for b in baseline_bits):
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, 50
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 20, not 2 x 10^1
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short axis
     else:  # a zero-rate code (e.g. collapsed VQ) has no place on a log axis
         ax.set_xscale("symlog", linthresh=1e-2)
     ax.set_xlabel("rate (bits per state)")
     ax.set_ylabel("semantic drift (0 = nothing lost)")
     ax.set_title("Rate-drift trade-off (labels: compression level, n seeds)")
     ax.grid(alpha=0.3, which="both")
-    if points or baseline_bits:
-        ax.legend(fontsize=8)
+    if points or baseline_bits:  # curves fall from top left to bottom right: the top middle is free
+        ax.legend(fontsize=8, loc="upper center")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)

@@ -9,27 +9,36 @@ from __future__ import annotations
 
 import sys
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from meaning_transform.errors import ConfigError
 
 COMMANDS = ("compress", "decompress", "verify")
 
 
-def run(argv: list[str]) -> str:
-    """Run one command; the line to print."""
-    from meaning_transform.cli import HELP_FLAGS, compose_checked, config_help
-    from meaning_transform.codec.arguments import USAGE, positional_overrides
+def parse(argv: list[str]) -> DictConfig:
+    """The composed and checked config of a command line (not ``--help``); ConfigError (one
+    line) for a bad one. Nothing is read or written."""
+    from meaning_transform.cli import compose_checked
+    from meaning_transform.codec.arguments import positional_overrides
+    from meaning_transform.config import validate_config
 
-    if HELP_FLAGS & set(argv):
-        return config_help("codec", USAGE)
     if not argv or argv[0] not in COMMANDS:
         given = repr(argv[0]) if argv else "none"
         raise ConfigError(f"first argument must be one of {', '.join(COMMANDS)} (got {given})")
-    from meaning_transform.config import validate_config
-
     cfg = compose_checked("codec", positional_overrides(argv[0], argv[1:]))
     validate_config(cfg)
+    return cfg
+
+
+def run(argv: list[str]) -> str:
+    """Run one command; the line to print."""
+    from meaning_transform.cli import HELP_FLAGS, config_help
+    from meaning_transform.codec.arguments import USAGE
+
+    if HELP_FLAGS & set(argv):
+        return config_help("codec", USAGE)
+    cfg = parse(argv)
     from meaning_transform.codec import commands
 
     src, trusted = cfg.get("in"), list(cfg.trusted_targets)

@@ -83,12 +83,12 @@ def decompress(method: int, data: bytes, n: int, where: str) -> bytes:
     return out
 
 
-def pack(streams: Sequence[bytes]) -> bytes:
-    """All of a block's streams as one byte string."""
+def pack(streams: Sequence[bytes], methods: Sequence[int] = (ZSTD, XZ, XZ_FLAT)) -> bytes:
+    """All of a block's streams as one byte string, each the smallest of ``methods``."""
     if len(streams) > MAX_STREAMS:
         raise ValueError(f"{len(streams)} streams in one block (at most {MAX_STREAMS})")
     grouped = [s for s in streams if len(s) < GROUP_BELOW]
-    g_method, g_bytes = compress(b"".join(grouped))
+    g_method, g_bytes = compress(b"".join(grouped), methods)
     head, payloads, total_raw = ByteWriter(), [g_bytes], 0
     head.uint(len(streams))
     separate = []
@@ -97,7 +97,7 @@ def pack(streams: Sequence[bytes]) -> bytes:
         if len(s) < GROUP_BELOW:
             head.uint(len(s) << _METHOD_BITS | GROUPED)
             continue
-        method, c = compress(s)
+        method, c = compress(s, methods)
         head.uint(len(s) << _METHOD_BITS | method)
         separate.append(len(c))
         payloads.append(c)

@@ -113,16 +113,23 @@ class SchemaGuard:
             raise UnsafeSQL(
                 f"{what}: its SQL does not create exactly that {kind} on {str(table)[:80]!r}"
             )
-        self._run(self.con, kind, name, sql, what)
+        self._run(self.con, kind, name, sql, what, checked=True)
 
     @staticmethod
-    def _run(con: sqlite3.Connection, kind: str, name: str, sql: str, what: str) -> None:
+    def _run(
+        con: sqlite3.Connection, kind: str, name: str, sql: str, what: str, checked: bool = False
+    ) -> None:
+        """``sql`` under the authorizer. On the output (``checked``: it ran on the scratch copy),
+        a failure that the authorizer did not cause is the output's (disk full, a size limit):
+        raised as SQLite's own error, not blamed on the file."""
         guard = _Authorizer(kind, name)
         con.set_authorizer(guard)
         try:
             with closing(con.cursor()) as cur:
                 cur.execute(sql)
         except (sqlite3.Error, sqlite3.Warning) as e:
+            if checked and not guard.denied:
+                raise
             reason = f"it needs {guard.denied}" if guard.denied else str(e).splitlines()[0]
             raise UnsafeSQL(
                 f"{what}: refused to run its SQL ({reason}); only a single CREATE {kind.upper()} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import constriction
 import numpy as np
@@ -22,6 +23,23 @@ _CHUNK_BITS = 16  # uniform models in constriction must have fewer than 2**24 sy
 
 Categorical = constriction.stream.model.Categorical
 AnsCoder = constriction.stream.stack.AnsCoder
+
+
+class CodingPart(Protocol):
+    """What ``entropy.code_jointly`` codes values [N, D] with: the bits it expects, the values
+    it codes (``quantize``), and writing and reading them on a shared range-coded stream."""
+
+    training: bool
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def estimate_bits(self, z: Any) -> float: ...
+
+    def quantize(self, z: Any) -> Any: ...
+
+    def encode(self, encoder: Any, z: Any) -> None: ...
+
+    def decode(self, decoder: Any, num_states: int) -> Any: ...
 
 
 @dataclass

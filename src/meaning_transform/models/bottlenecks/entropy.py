@@ -13,6 +13,7 @@ from torch import nn
 from .base import Bottleneck, BottleneckOutput, Latent
 from .coding import (
     MISMATCH,
+    CodingPart,
     CodingReport,
     CodingTables,
     RangeDecoder,
@@ -54,7 +55,7 @@ class _CDFNetwork(torch.autograd.Function):
     on all but the last. Recorded op by op, autograd builds ~25 nodes per call; here the forward
     records nothing and the backward is ~12 ops per gated layer: 40 ops fewer per training step
     (two networks), and forward + backward of both ~14% faster at batch 64 (the step is dispatch
-    bound, see the README's benchmarks). ``tests/test_entropy_bottleneck.py`` gradchecks it.
+    bound, see docs/benchmarks.md). ``tests/test_entropy_bottleneck.py`` gradchecks it.
     """
 
     @staticmethod
@@ -372,18 +373,23 @@ class EntropyBottleneck(Bottleneck):
         close_decoder(decoder)
         return z
 
+    def estimate_bits(self, z: torch.Tensor) -> float:
+        """The eval forward's bits for ``z`` [N, D] (its likelihood of the rounded values)."""
+        return self(Latent(z=z, mu=z)).rate_bits.sum().item()
+
     def coding_report(self, z: torch.Tensor) -> CodingReport:
         """Code ``z`` [N, D] for real: estimated (eval forward) vs coded bits, exact round trip."""
         return code_jointly([(self, z)])
 
 
 @torch.no_grad()
-def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> CodingReport:
+def code_jointly(parts: Sequence[tuple[CodingPart, torch.Tensor]]) -> CodingReport:
     """Code every (model, values [N, D_i]) part into one range-coded stream and decode it back.
 
     One stream, so the stream's fixed cost (its end, ~16 bits, see coding.py) is paid once per
-    batch rather than once per part. The estimate is each
-    model's eval-forward ``rate_bits`` (its likelihood of the rounded values); the coder's tables
+    batch rather than once per part. A part is any model with ``estimate_bits``, ``quantize``,
+    ``encode`` and ``decode`` (an entropy bottleneck, a grid channel, ``vq.UsageCoder``). The
+    estimate is each model's eval-forward ``rate_bits`` (its likelihood of the rounded values); the coder's tables
     come from the same likelihood, so the two differ only by the overflow bin, the 24-bit
     fixed-point tables and that fixed cost (``benchmarks/coding_overhead.py`` breaks it down).
     """
@@ -392,9 +398,9 @@ def code_jointly(parts: Sequence[tuple[EntropyBottleneck, torch.Tensor]]) -> Cod
         raise ValueError(f"every part must hold the same states, got batch sizes {sorted(sizes)}")
     modes = [model.training for model, _ in parts]
     for model, _ in parts:
-        model.eval()
+        model.train(False)
     try:
-        estimated = sum(model(Latent(z=z, mu=z)).rate_bits.sum().item() for model, z in parts)
+        estimated = sum(model.estimate_bits(z) for model, z in parts)
         expected = [model.quantize(z) for model, z in parts]
         encoder = new_encoder()
         for model, z in parts:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from meaning_transform.models.bottlenecks.base import Bottleneck, BottleneckOutput, Latent
+from meaning_transform.models.bottlenecks.coding import RangeDecoder, RangeEncoder, categorical
+
+#: every code keeps at least this share of a uniform code's probability in the usage table
+USAGE_FLOOR = 1e-3
 
 
 def usage_bits(codes: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,6 +102,10 @@ class VQBottleneck(Bottleneck):
         """Bits per state of a fixed-length code: log2(K)."""
         return math.log2(self.codebook_size)
 
+    def usage_coder(self) -> UsageCoder:
+        """The indices' coder: the codebook's usage over training (its EMA assignment counts)."""
+        return UsageCoder(self.vq._codebook.cluster_size)
+
     def _set_dead_code_threshold(self, batch: int) -> None:
         """Relative mode: this batch's threshold, and the count a re-seeded code starts at.
 
@@ -121,3 +130,34 @@ class VQBottleneck(Bottleneck):
             aux_loss=commit.sum(),
             codes=codes,
         )
+
+
+class UsageCoder:
+    """Codes VQ indices [N, 1] under a usage table: ``counts`` of each code (how often training
+    assigned it), floored so that every code is codable. A part for ``entropy.code_jointly``;
+    the table is the model's (it travels in the checkpoint), not the coded batch's."""
+
+    training = False
+
+    def __init__(self, counts: torch.Tensor) -> None:
+        c = counts.detach().double().flatten().clamp_min(0).cpu().numpy()
+        k = len(c)
+        p = c / c.sum() if c.sum() > 0 else np.full(k, 1.0 / k)
+        p = np.maximum(p, USAGE_FLOOR / k)
+        self.pmf = p / p.sum()
+        self.model = categorical(self.pmf)
+
+    def train(self, mode: bool = True) -> UsageCoder:
+        return self  # nothing to switch: the table is fixed
+
+    def estimate_bits(self, codes: torch.Tensor) -> float:
+        return float(-np.log2(self.pmf[codes.flatten().cpu().numpy()]).sum())
+
+    def quantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes
+
+    def encode(self, encoder: RangeEncoder, codes: torch.Tensor) -> None:
+        encoder.encode(codes.flatten().cpu().numpy().astype(np.int32), self.model)
+
+    def decode(self, decoder: RangeDecoder, num_states: int) -> torch.Tensor:
+        return torch.from_numpy(decoder.decode(self.model, num_states).astype(np.int64))[:, None]
