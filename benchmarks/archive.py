@@ -158,7 +158,7 @@ def main() -> None:
                         choices=[*REAL, "synthetic"])  # fmt: skip
     parser.add_argument("--synthetic-states", type=int, default=1_000_000)
     parser.add_argument("--out", default="archive")
-    parser.add_argument("codec_args", nargs="*", help="extra codec overrides, e.g. model=fit")
+    parser.add_argument("codec_args", nargs="*", help="extra codec overrides, e.g. coder=fit")
     args = parser.parse_args()
     results: dict[str, Any] = {"codec_args": args.codec_args, "databases": {}}
     with tempfile.TemporaryDirectory() as folder:

@@ -11,9 +11,9 @@ codec's chunk coder (``adaptive.AdaptiveCoder``), checked equal, and timed. Rows
 - + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action;
 - + agents' first states guessed from ``agents`` (birth position), with both.
 
-Each database is then compressed whole with the codec's default (``model=adaptive``) and the
+Each database is then compressed whole with the codec's default (``coder=adaptive``) and the
 agent_states sections (features, keys, framing) and header are read off the file; ``--model``
-does the same with the integer model fitted to the database (``model=fit``, 60 s of training),
+does the same with the integer model fitted to the database (``coder=fit``, 60 s of training),
 whose embedded bytes count too.
 
     python benchmarks/context_coder.py [--model]
@@ -122,7 +122,7 @@ def codec_row(db: Path, model: str) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "f.mtc"
-        stats = compress(str(db), str(out), model=model)
+        stats = compress(str(db), str(out), coder=model)
         sizes = section_bytes(out)
         restored = decompress(str(out), str(Path(folder) / "r.db"))
     n = stats["states"]
@@ -137,7 +137,7 @@ def codec_row(db: Path, model: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="store_true", help="also compress with model=fit")
+    parser.add_argument("--model", action="store_true", help="also compress with coder=fit")
     parser.add_argument("--data", nargs="+", default=list(REAL), choices=list(REAL))
     args = parser.parse_args()
     results = new_results(args)
@@ -148,7 +148,7 @@ def main() -> None:
         for label, (sources, first) in VARIANTS.items():
             entry[label] = variant(db, symbols, flag, rows, schema, coded, sources, first)
         for model in ("adaptive", *(["fit"] if args.model else [])):
-            entry[f"codec, model={model}"] = codec_row(db, model)
+            entry[f"codec, coder={model}"] = codec_row(db, model)
         results["data"][name] = entry
     print(table(results["data"]))
     write_results("context_coder", results)
@@ -169,10 +169,10 @@ def table(data: dict[str, Any]) -> str:
             )  # fmt: skip
         lines.append(f"{label:<44}" + "".join(cells))
     for model in ("adaptive", "fit"):
-        if not all(f"codec, model={model}" in data[n] for n in names):
+        if not all(f"codec, coder={model}" in data[n] for n in names):
             continue
-        m = [data[n][f"codec, model={model}"] for n in names]
-        lines.append(f"the whole-database codec, model={model}:")
+        m = [data[n][f"codec, coder={model}"] for n in names]
+        lines.append(f"the whole-database codec, coder={model}:")
         for key, label in (
             ("agent_states_bits_per_state", "  agent_states sections (features + keys)"),
             ("header_bits_per_state", "  header (schema, SQL, settings)"),

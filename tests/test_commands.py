@@ -10,6 +10,7 @@ from conftest import REPO
 
 from meaning_transform.cli import compose_checked
 from meaning_transform.codec.__main__ import main as codec_main
+from meaning_transform.codec.__main__ import parse as codec_parse
 from meaning_transform.codec.arguments import hydra_quoted, positional_overrides
 from meaning_transform.errors import ConfigError
 from meaning_transform.evaluate import main as evaluate_main
@@ -48,6 +49,19 @@ def test_too_many_paths_or_a_key_given_twice_is_one_line():
 def test_any_path_composes_to_itself(path):
     cfg = compose_checked("codec", [f"data.path={hydra_quoted(path)}"])
     assert cfg.data.path == path
+
+
+@pytest.mark.parametrize("coder", ["auto", "adaptive", "packaged", "fit"])
+def test_every_coder_composes_from_the_command_line(coder):
+    """``coder=`` is a plain key (``model=`` would be the training configs' model group)."""
+    assert codec_parse(["compress", "run.db", "run.mtc", f"coder={coder}"]).coder == coder
+
+
+def test_an_unknown_coder_is_one_line_before_anything_is_read(capsys, tmp_path):
+    args = ["compress", str(tmp_path / "none.db"), str(tmp_path / "o.mtc"), "coder=neural"]
+    assert codec_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: coder='neural' is invalid") and err.count("\n") == 1, err
 
 
 def test_codec_and_evaluate_help_list_their_groups_and_keys(capsys):

@@ -139,7 +139,7 @@ def test_event_context_numbers_sets_from_the_table_itself() -> None:
     assert size == 25 and both.tolist() == [18, 6, 0, 6, 12]
 
 
-# ---------------------------------------------------------------- in the codec (model=adaptive)
+# ---------------------------------------------------------------- in the codec (coder=adaptive)
 def _db_with_actions(path):
     """A small simulation.db whose agent_actions say when agents move."""
     from agentfarm_db import write_agentfarm_db

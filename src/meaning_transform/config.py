@@ -43,6 +43,8 @@ FRACTION = (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)")
 FLAG = (lambda v: isinstance(v, bool), "true or false")
 #: most states per .mtc chunk (a chunk is decoded in memory at once)
 MAX_CHUNK = 1 << 18
+#: what codes a codec file's agent states without a checkpoint (``codec.model.choose_model``)
+CODERS = ("auto", "adaptive", "packaged", "fit")
 #: model.activation: element-wise torch.nn activations (a name is looked up in torch.nn, so
 #: only these: any other torch.nn class would be built with no arguments)
 ACTIVATIONS = (
@@ -111,6 +113,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "overwrite": FLAG,
     "embed_model": FLAG,
     "fit_seconds": NON_NEGATIVE,
+    "coder": (lambda v: v in CODERS, f"one of {', '.join(CODERS)}"),
     "chunk_size": (lambda v: _int(v) and 1 <= v <= MAX_CHUNK, f"an integer in 1..{MAX_CHUNK}"),
     "trusted_targets": (
         lambda v: isinstance(v, Sequence) and all(isinstance(t, str) and "." in t for t in v),

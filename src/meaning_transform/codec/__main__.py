@@ -54,7 +54,7 @@ def run(argv: list[str]) -> str:
             cfg.overwrite,
             trusted,
             OmegaConf.to_container(cfg.tolerances),
-            cfg.model,
+            cfg.coder,
             cfg.fit_seconds,
         )
         return compress_report(cfg.out, s)

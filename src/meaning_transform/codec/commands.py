@@ -61,6 +61,7 @@ from meaning_transform.codec.states import (
 )
 from meaning_transform.codec.table_rows import table_layout
 from meaning_transform.codec.tables import flat_tolerances, restore_table
+from meaning_transform.config import CODERS
 from meaning_transform.errors import ConfigError
 from meaning_transform.io import atomic_write, check_input, check_output
 
@@ -111,13 +112,15 @@ def compress(
     overwrite: bool = False,
     trusted: Any = (),
     tolerances: Any = None,
-    model: str = "auto",
+    coder: str = "auto",
     fit_seconds: float = 60.0,
 ) -> dict[str, Any]:
-    """Code the whole database ``data_path`` into ``out``; returns statistics. ``model``:
-    ``auto`` (the checkpoint when given, else the smaller total file of the packaged model and
-    one fitted on the database within ``fit_seconds``), ``packaged``, ``fit`` (see
+    """Code the whole database ``data_path`` into ``out``; returns statistics. ``coder``
+    (without a checkpoint): ``auto`` / ``adaptive`` (no model: the adaptive context coder),
+    ``packaged``, ``fit`` (a model trained within ``fit_seconds``; see
     ``codec.model.choose_model``)."""
+    if coder not in CODERS:
+        raise ConfigError(f"coder={coder!r} is invalid: expected one of {CODERS}")
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
         raise ConfigError(f"chunk_size must be an integer, got {chunk_size!r}")
     if not 1 <= chunk_size <= MAX_CHUNK:
@@ -135,7 +138,7 @@ def compress(
         settings = database_settings(con)
         total = count_states(con)
         coding = choose_model(
-            con, snapshot, str(data_path), ckpt_path, trusted, model, embed_model, fit_seconds,
+            con, snapshot, str(data_path), ckpt_path, trusted, coder, embed_model, fit_seconds,
             declared,
         )  # fmt: skip
         layout = layout_of(con, str(data_path), coding.schema)

@@ -1,6 +1,6 @@
 """Which model codes a file's agent states, and how a reader gets the same one back.
 
-Without a checkpoint (``model=auto``, or ``adaptive``) no model at all: the adaptive coder
+Without a checkpoint (``coder=auto``, or ``adaptive``) no model at all: the adaptive coder
 (``codec/adaptive.py``) learns integer counts while coding, given the tables restored before
 the states; the header names the row contexts it read (``source: adaptive``).
 
@@ -14,8 +14,8 @@ integers on every machine) and names it by the SHA-256 of its bytes. The model c
 - ``checkpoint``: exported again from a checkpoint the header names (``embed_model=false``;
   the checkpoint's hash is compared before anything is built from it).
 
-``model=fit`` fits a model on the database itself within a time budget (``fit_seconds``);
-``model=packaged`` takes the packaged one that gives the smallest whole file (``choose_model``).
+``coder=fit`` fits a model on the database itself within a time budget (``fit_seconds``);
+``coder=packaged`` takes the packaged one that gives the smallest whole file (``choose_model``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from meaning_transform.checkpoint_reader import read_checkpoint
 from meaning_transform.codec.bounded import CodecFileError
 from meaning_transform.codec.sql_guard import quote
 from meaning_transform.codec.states import FileModel, IntegerCoder
+from meaning_transform.config import CODERS
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.model_loading import build_checked, checked_schema, load_weights
@@ -47,7 +48,6 @@ from meaning_transform.schema import FeatureSchema
 log = logging.getLogger("meaning_transform")
 
 PACKAGED = Path(__file__).with_name("packaged")
-MODEL_CHOICES = ("auto", "adaptive", "packaged", "fit")
 
 
 def build_model(ckpt: dict[str, Any], where: str, trusted: Any = ()) -> Any:
@@ -212,8 +212,8 @@ def choose_model(
     fitted on the database within ``fit_seconds``, or (``packaged`` and ``fit`` both possible)
     whichever of them gives the smaller whole file, estimated by coding a sample.
     ``tolerances``: the declared ones (tables with one give no row context)."""
-    if choice not in MODEL_CHOICES:
-        raise ConfigError(f"model={choice!r} is invalid: expected one of {MODEL_CHOICES}")
+    if choice not in CODERS:
+        raise ConfigError(f"coder={choice!r} is invalid: expected one of {CODERS}")
     if ckpt_path:
         return from_checkpoint(ckpt_path, trusted, embed)
     if choice in ("auto", "adaptive"):
