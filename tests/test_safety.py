@@ -850,8 +850,11 @@ def test_odd_databases_are_one_line(tiny, tmp_path, capsys):
     far = _db_variant(
         db, tmp_path / "far.db", "UPDATE agent_states SET total_reward = 1e15 WHERE rowid = 9"
     )
+    empty = _db_variant(db, tmp_path / "empty.db", "DELETE FROM agent_states")
     base = [f"ckpt_path={good}", f"out={out}"]
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={view}"]), "is a view")
+    _exit_2(capsys, codec_main(["compress", f"out={out}", f"data.path={empty}"]),
+            f"data.path={empty}: table 'agent_states' has no rows")  # fmt: skip
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={lots}"]), "resource_level")
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={yes}"]), "is_defending")
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={far}"]), "outside the range")

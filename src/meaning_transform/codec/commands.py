@@ -62,7 +62,7 @@ from meaning_transform.codec.states import (
 from meaning_transform.codec.table_rows import table_layout
 from meaning_transform.codec.tables import flat_tolerances, restore_table
 from meaning_transform.config import CODERS
-from meaning_transform.errors import ConfigError
+from meaning_transform.errors import ConfigError, DataError
 from meaning_transform.io import atomic_write, check_input, check_output
 
 
@@ -137,6 +137,11 @@ def compress(
         _check_tolerances(declared, objects)
         settings = database_settings(con)
         total = count_states(con)
+        if not total:  # nothing for the states' coders to learn from or code
+            raise DataError(
+                f"data.path={data_path}: table {STATES!r} has no rows; the codec archives "
+                "databases with agent states (use zstd or xz for this one)"
+            )
         coding = choose_model(
             con, snapshot, str(data_path), ckpt_path, trusted, coder, embed_model, fit_seconds,
             declared,
