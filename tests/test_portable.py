@@ -249,3 +249,29 @@ def test_every_kernel_set_and_thread_count_decodes_both_files(models, capability
     assert sorted(decoded.files) == [f"{w}_{t}" for w in sorted(WRITERS) for t in (1, 2)]
     for key in decoded.files:
         assert np.array_equal(decoded[key], symbols), key
+
+
+# ---------------------------------------------------------------- the default coder, whole file
+def test_the_default_coder_writes_the_same_file_and_decodes_under_portable_kernels(
+    real_db, tmp_path
+) -> None:
+    """The default (adaptive) coder, whole database: the first 60 steps of a real run written
+    under the default kernels and under ``ATEN_CPU_CAPABILITY=default`` (numpy and OpenBLAS at
+    their baseline too) are the same bytes, and the file verifies under the portable ones."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    db = tmp_path / "slice.db"
+    shutil.copy(real_db, db)
+    with closing(sqlite3.connect(db)) as con:
+        for table in ("agent_states", "agent_actions", "health_incidents", "resource_states"):
+            con.execute(f"DELETE FROM {table} WHERE step_number > 60")
+        con.commit()
+        con.execute("VACUUM")
+    portable = {"ATEN_CPU_CAPABILITY": "default", **_numpy_baseline()}
+    codec = "from meaning_transform.codec.__main__ import main; import sys; sys.exit(main(sys.argv[1:]))"
+    for name, env in (("native", {}), ("portable", portable)):
+        _run(codec, env, "compress", str(db), str(tmp_path / f"{name}.mtc"))
+    assert (tmp_path / "native.mtc").read_bytes() == (tmp_path / "portable.mtc").read_bytes()
+    _run(codec, portable, "verify", str(tmp_path / "native.mtc"), str(db))
