@@ -208,25 +208,23 @@ def choose_model(
     tolerances: Any = (),
 ) -> CodingModel:
     """The model to code ``con``'s agent states with: the checkpoint's when given; else
-    (``choice``) the adaptive coder (``auto``: no model, no training), the packaged model, one
-    fitted on the database within ``fit_seconds``, or (``packaged`` and ``fit`` both possible)
-    whichever of them gives the smaller whole file, estimated by coding a sample.
-    ``tolerances``: the declared ones (tables with one give no row context)."""
+    (``choice``) the adaptive coder (``auto``: no model, no training), one fitted on the
+    database within ``fit_seconds``, or the packaged model that gives the smallest whole file
+    (estimated by coding a sample with each). ``tolerances``: the declared ones (tables with
+    one give no row context)."""
     if choice not in CODERS:
         raise ConfigError(f"coder={choice!r} is invalid: expected one of {CODERS}")
     if ckpt_path:
         return from_checkpoint(ckpt_path, trusted, embed)
     if choice in ("auto", "adaptive"):
         return adaptive_model(con, snapshot, tolerances)
-    candidates = []
-    if choice == "packaged":
-        candidates += [c for c in map(load_packaged, packaged_models()) if _fits(con, c)]
-        if choice == "packaged" and not candidates:
-            raise DataError(f"{name}: no packaged model codes this database's agent states")
-    if choice == "fit" and fit_seconds > 0:
-        candidates.append(fit_model(snapshot, name, fit_seconds))
+    if choice == "fit":
+        if fit_seconds <= 0:
+            raise ConfigError("coder=fit needs fit_seconds > 0 (or give ckpt_path=)")
+        return fit_model(snapshot, name, fit_seconds)
+    candidates = [c for c in map(load_packaged, packaged_models()) if _fits(con, c)]
     if not candidates:
-        raise ConfigError("no model to code with: give ckpt_path=, or fit_seconds > 0")
+        raise DataError(f"{name}: no packaged model codes this database's agent states")
     if len(candidates) == 1:
         return candidates[0]
     from meaning_transform.codec.estimate import total_bytes  # codes a sample with each
