@@ -7,6 +7,7 @@ leave nothing on disk.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -20,6 +21,7 @@ from codec_helpers import assert_same_meaning, train_lossless
 from conftest import REPO
 
 from meaning_transform.codec.__main__ import main as codec_main
+from meaning_transform.codec.container import Reader
 
 pytestmark = pytest.mark.slow  # trains models and runs the codec as a subprocess
 
@@ -275,3 +277,47 @@ def test_kill_9_during_compress_leaves_no_file_and_a_second_try_works(tiny, tmp_
     assert not out.exists()  # no partial output under the name a user would open
     assert codec_main(args) == 0  # the second try removes the killed writer's temp file
     assert [p.name for p in tmp_path.iterdir()] == ["k.mtc"]
+
+
+def test_coder_fit_trains_within_its_budget_and_carries_the_model(tiny, tmp_path, capsys) -> None:
+    """``coder=fit``: a lossless history model trained on the database itself for at most
+    ``fit_seconds``, embedded in the file (which then decodes with nothing else)."""
+    _, db, _ = tiny
+    out = tmp_path / "fit.mtc"
+    assert codec_main(["compress", str(db), str(out), "coder=fit", "fit_seconds=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "model fitted on sim.db" in printed and "(in the file)" in printed, printed
+    with open(out, "rb") as fh:
+        reader = Reader(fh, str(out))
+        assert reader.header["model"]["source"] == "embedded" and len(reader.model) > 1000
+    assert codec_main(["verify", f"in={out}", f"data.path={db}"]) == 0
+
+
+def test_coder_packaged_names_the_model_by_hash_and_carries_no_bytes(
+    tiny, tmp_path, monkeypatch, capsys
+) -> None:
+    """``coder=packaged`` with a model shipped in the package (a folder standing in for
+    ``codec/packaged/``): 0 model bytes in the file, decoded by the hash the header names; none
+    shipped that fits the database is one line."""
+    from meaning_transform.codec import model as codec_model
+
+    _, db, ckpt = tiny
+    out = tmp_path / "p.mtc"
+    monkeypatch.setattr(codec_model, "PACKAGED", tmp_path / "none")
+    _one_line_exit_2(capsys, ["compress", str(db), str(out), "coder=packaged"],
+                     "no packaged model codes", tmp_path)  # fmt: skip
+    coding = codec_model.from_checkpoint(str(ckpt), (), True)
+    shipped = tmp_path / "packaged"
+    shipped.mkdir()
+    sha = coding.model.sha256
+    (shipped / f"{sha}.mtim").write_bytes(coding.model.to_bytes())
+    (shipped / f"{sha}.mtie").write_bytes(coding.encoder.to_bytes())
+    entry = {"name": "tiny", "sha256": sha, "schema": coding.schema.to_dict()}
+    (shipped / "index.json").write_text(json.dumps({"models": [entry]}))
+    monkeypatch.setattr(codec_model, "PACKAGED", shipped)
+    assert codec_main(["compress", str(db), str(out), "coder=packaged"]) == 0
+    assert "packaged model tiny (in the package), 0 bytes in the file" in capsys.readouterr().out
+    with open(out, "rb") as fh:
+        header = Reader(fh, str(out)).header["model"]
+    assert header == {"integer_sha256": sha, "source": "packaged"}
+    assert codec_main(["verify", f"in={out}", f"data.path={db}"]) == 0
