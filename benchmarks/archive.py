@@ -89,7 +89,7 @@ def section_bytes(path: Path) -> dict[str, int]:
 def bench(name: str, db: Path, work: Path, extra: list[str]) -> dict[str, Any]:
     """Everything measured on one database."""
     states = agent_states_rows(db)
-    mtc, restored = work / f"{name}.mtc", work / f"{name}.db"
+    mtc, restored = work / f"{name}.mtc", work / f"{name}.restored.db"
     size = db.stat().st_size
     compress = run_codec("compress", f"data.path={db}", f"out={mtc}", *extra)
     decompress = run_codec("decompress", f"in={mtc}", f"out={restored}")
