@@ -335,7 +335,7 @@ def plot_rate_drift(
     """Bits per state (log x) vs drift: a marker per kind, seed error bars, the Pareto front,
     and the classical baselines (quantizer curve, per-agent delta) when given."""
     points = group_seeds(rows)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
     baseline_bits = _plot_baselines(ax, baselines) if baselines else []
     for kind in sorted({str(p["kind"]) for p in points}):
         mine = [p for p in points if str(p["kind"]) == kind]
@@ -384,8 +384,8 @@ def plot_rate_drift(
     ax.set_ylabel("semantic drift (0 = nothing lost)")
     ax.set_title("Rate-drift trade-off (labels: compression level, n seeds)")
     ax.grid(alpha=0.3, which="both")
-    if points or baseline_bits:  # curves fall from top left to bottom right: the top middle is free
-        ax.legend(fontsize=8, loc="upper center")
+    if points or baseline_bits:  # beside the axes: inside, it covers some sweep's points
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
