@@ -856,6 +856,9 @@ def test_odd_databases_are_one_line(tiny, tmp_path, capsys):
     _exit_2(capsys, codec_main(["compress", f"out={out}", f"data.path={empty}"]),
             f"data.path={empty}: table 'agent_states' has no rows")  # fmt: skip
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={lots}"]), "resource_level")
+    # the default coder reads a snapshot of the database; its errors still name the user's file
+    _exit_2(capsys, codec_main(["compress", f"out={out}", f"data.path={lots}"]),
+            f"{lots}: agent_states.resource_level")  # fmt: skip
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={yes}"]), "is_defending")
     _exit_2(capsys, codec_main(["compress", *base, f"data.path={far}"]), "outside the range")
     # a column named with a quote and SQL in it is just a name: carried, restored, verified

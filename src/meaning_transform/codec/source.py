@@ -84,7 +84,12 @@ def consistent_source(path: str | Path) -> Iterator[str]:
                 src.backup(dst)
         except sqlite3.Error as e:
             raise DataError(f"{file}: cannot take a consistent snapshot to read ({e})") from None
-        yield str(copy)
+        try:
+            yield str(copy)
+        except DataError as e:  # a reader names the file it read: the user's, not our copy
+            if str(copy) not in str(e):
+                raise
+            raise type(e)(str(e).replace(str(copy), str(path))) from None
 
 
 def _open_for_snapshot(file: Path) -> sqlite3.Connection:
