@@ -356,14 +356,13 @@ class MeaningModule(L.LightningModule):
 
             return coding_report(self, *self.unpack(x))
         parts: dict[str, list[tuple[CodingPart, torch.Tensor]]] = {}
-        if isinstance(self.bottleneck, EntropyBottleneck):
-            z = self.codec.encoder(self.layout.model_input(x)).mu
-            parts["latent"] = [(self.bottleneck, z)]
-        elif isinstance(self.bottleneck, VQBottleneck):
-            with torch.no_grad():
-                latent = self.codec.encoder(self.layout.model_input(x))
+        if isinstance(self.bottleneck, EntropyBottleneck | VQBottleneck):
+            latent = self.codec.encoder(self.layout.model_input(x))
+            if isinstance(self.bottleneck, EntropyBottleneck):
+                parts["latent"] = [(self.bottleneck, latent.mu)]
+            else:
                 codes = self.bottleneck(latent).codes.reshape(x.shape[0], -1)
-            parts["vq indices"] = [(self.bottleneck.usage_coder(), codes)]
+                parts["vq indices"] = [(self.bottleneck.usage_coder(), codes)]
         if self.grid is not None:
             parts["grid"] = self.grid.coding_parts(x)
         if not parts:

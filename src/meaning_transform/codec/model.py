@@ -36,7 +36,6 @@ from meaning_transform.checkpoint_reader import read_checkpoint
 from meaning_transform.codec.bounded import CodecFileError
 from meaning_transform.codec.sql_guard import quote
 from meaning_transform.codec.states import FileModel, IntegerCoder
-from meaning_transform.config import CODERS
 from meaning_transform.errors import CheckpointError, ConfigError, DataError
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.model_loading import build_checked, checked_schema, load_weights
@@ -210,10 +209,9 @@ def choose_model(
     """The model to code ``con``'s agent states with: the checkpoint's when given; else
     (``choice``) the adaptive coder (``auto``: no model, no training), one fitted on the
     database within ``fit_seconds``, or the packaged model that gives the smallest whole file
-    (estimated by coding a sample with each). ``tolerances``: the declared ones (tables with
-    one give no row context)."""
-    if choice not in CODERS:
-        raise ConfigError(f"coder={choice!r} is invalid: expected one of {CODERS}")
+    (estimated by coding a sample with each). ``choice`` is one of ``config.CODERS`` (checked
+    by ``compress`` before any work). ``tolerances``: the declared ones (tables with one give no
+    row context)."""
     if ckpt_path:
         return from_checkpoint(ckpt_path, trusted, embed)
     if choice in ("auto", "adaptive"):
