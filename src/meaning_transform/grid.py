@@ -56,6 +56,12 @@ class _Crossing:
     passed_when_true: bool  # the predicate's truth equals "passed" (else its negation)
 
 
+def _side(m: np.ndarray, passed: np.ndarray, t: float, step: float) -> np.ndarray:
+    """Cells ``m`` kept on the side of threshold ``t`` that ``passed`` says."""
+    m_t = np.rint(t / step)
+    return np.where(passed, np.maximum(m, m_t), np.minimum(m, m_t))
+
+
 class MeaningGrid:
     """Per-column symbols of agent states on cells of 2 x k x tolerance (see module docstring)."""
 
@@ -112,11 +118,25 @@ class MeaningGrid:
                     passed = v32 > t32 if c.strict else v32 >= t32
                 # A value within float noise of t may round to a neighbouring cell: keep it
                 # on the side of t that the predicate says (it is still within tolerance).
-                m_t = np.rint(c.t / step)
-                m = np.where(passed, np.maximum(m, m_t), np.minimum(m, m_t))
+                m = _side(m, passed, c.t, step)
                 passed_total += passed
             out[:, i] = m.astype(np.int64) + passed_total
         return out
+
+    def cells(self, name: str, native: np.ndarray) -> np.ndarray:
+        """The symbols of continuous feature ``name``'s native values (float64), each
+        threshold crossing read from the value alone: ``encode``'s symbols for a schema whose
+        predicates on the feature read only it (else a symbol may differ from ``encode``'s by
+        one near a threshold). Callers take them as guesses, not as the states' symbols."""
+        native = np.asarray(native, dtype=np.float64)
+        step = self.steps[name]
+        m = np.rint(native / step)
+        passed_total = np.zeros(len(m), dtype=np.int64)
+        for c in self._crossings[name]:
+            passed = native > c.t if c.strict else native >= c.t
+            m = _side(m, passed, c.t, step)
+            passed_total += passed
+        return m.astype(np.int64) + passed_total
 
     # ------------------------------------------------------------------ decode
     def decode(self, symbols: np.ndarray) -> torch.Tensor:

@@ -30,6 +30,7 @@ from meaning_transform.codec.state_context import (
     has_source,
     readable,
 )
+from meaning_transform.codec.state_hints import Hint, HintValues
 from meaning_transform.errors import DataError
 from meaning_transform.grid import MeaningGrid
 from meaning_transform.schema import FeatureSchema
@@ -110,8 +111,9 @@ def anchors_of(names: Any, schema: FeatureSchema, where: str) -> tuple[str, ...]
 
 
 class AdaptiveCoder:
-    """Chunks' features coded by ``context_coder`` given the row contexts of ``events`` and,
-    for the ``anchors``, first states guessed from the ``agents`` table."""
+    """Chunks' features coded by ``context_coder`` given the row contexts of ``events``, for
+    the ``anchors`` first states guessed from the ``agents`` table, and states' cells guessed
+    from agent_actions' details (``guesses``, ``state_hints``)."""
 
     workers = 1  # its many small steps hold the GIL: threads would not help
 
@@ -121,9 +123,11 @@ class AdaptiveCoder:
         events: list[EventContext],
         anchors: tuple[str, ...] = (),
         values: AgentValues | None = None,
+        guesses: HintValues | None = None,
     ) -> None:
         self.discrete = tuple(f.kind != "continuous" for f in schema.features)
         self.events, self.anchors, self.values = events, anchors, values
+        self.guesses = guesses
         self.steps = MeaningGrid(schema, 1).steps
         self.index = {f.name: j for j, f in enumerate(schema.features)}
 
@@ -134,8 +138,9 @@ class AdaptiveCoder:
         con: sqlite3.Connection,
         sources: tuple[Source, ...],
         anchors: tuple[str, ...] = (),
+        hints: tuple[Hint, ...] = (),
     ) -> AdaptiveCoder:
-        """The coder of ``schema``'s features, its row contexts read from ``con``."""
+        """The coder of ``schema``'s features, its row contexts and guesses read from ``con``."""
         if anchors:
             have = {r[1] for r in con.execute("PRAGMA table_info(agents)")}
             if not set(anchors) <= have:
@@ -148,7 +153,9 @@ class AdaptiveCoder:
             events.append(EventContext(con, source))
             if not events[-1].usable:
                 raise CodecFileError(f"{source.table} holds too many rows to read contexts from")
-        return cls(schema, events, anchors, values)
+        names = [f.name for f in schema.features]
+        guesses = HintValues(con, hints, MeaningGrid(schema, 1), names) if hints else None
+        return cls(schema, events, anchors, values, guesses)
 
     def _layout(self, keys: Mapping[str, Any], lowest: Any) -> tuple[np.ndarray, Layout]:
         parts = [(e.of(keys["agent_id"], keys["step_number"]), e.size) for e in self.events]
@@ -171,15 +178,21 @@ class AdaptiveCoder:
             base[:, j] = np.where(known, np.clip(cell, lo[j] - context_coder.FIRST, hi[j]), lo[j])
         return base
 
+    def _hint(self, keys: Mapping[str, Any]) -> np.ndarray | None:
+        """Each state's cells guessed from agent_actions' details (None: no hints)."""
+        if self.guesses is None:
+            return None
+        return self.guesses.of(keys["agent_id"], keys["step_number"])
+
     def encode(
         self, symbols: np.ndarray, flag: np.ndarray, keys: Mapping[str, Any]
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """(no latent words, symbol words, estimated bits) of a chunk's grid symbols."""
         lowest, highest = symbols.min(axis=0), symbols.max(axis=0)
         context, layout = self._layout(keys, lowest)
-        first = self._first(keys, lowest, highest)
+        first, hint = self._first(keys, lowest, highest), self._hint(keys)
         try:
-            words, bits = context_coder.encode(symbols, flag, context, layout, first)
+            words, bits = context_coder.encode(symbols, flag, context, layout, first, hint)
         except ValueError as e:  # a change too large for an escape (beyond 2**30 cells)
             raise DataError(f"states cannot be coded ({str(e).splitlines()[0]})") from None
         return np.zeros(0, dtype=np.uint32), words, bits
@@ -197,5 +210,5 @@ class AdaptiveCoder:
             raise ValueError("an adaptive chunk has no latent stream")
         lowest, highest = [r[0] for r in ranges], [r[1] for r in ranges]
         context, layout = self._layout(keys, lowest)
-        first = self._first(keys, lowest, highest)
-        return context_coder.decode(x_words, flag, context, layout, first)
+        first, hint = self._first(keys, lowest, highest), self._hint(keys)
+        return context_coder.decode(x_words, flag, context, layout, first, hint)

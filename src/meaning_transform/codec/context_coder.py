@@ -16,6 +16,12 @@ by feature in schema order, every wave-feature in one vectorized range-coder cal
   feature's own history in this wave alone (agents born together change alike: age crosses a
   cell edge in the same wave), which is why waves are cut into groups of 1, 1, 2, 4, ... rows.
 
+Where another table already spells out a state's cell (``hint``, from ``state_hints``: a
+move's ``current_position`` in agent_actions' details), its bins are centred on that guess
+instead of the previous state or the first-state base, and every level's context says whether
+the state had a guess: a right guess then costs a fraction of a bit, a wrong one what a change
+would have. Without hints (None) the coder codes exactly as it would without them.
+
 Counts are integers updated after every coded group, so a group's probabilities depend only on
 groups before it; they are turned into the integer weights constriction codes exactly
 (``fixed_point.frequencies``' contract: weights summing to ``2**24 - K``, bin i coded with
@@ -33,6 +39,7 @@ import constriction
 import numpy as np
 
 from meaning_transform.codec.chunks import blocks
+from meaning_transform.codec.state_hints import NO_HINT
 from meaning_transform.models.bottlenecks.coding import (
     MISMATCH,
     RangeDecoder,
@@ -55,6 +62,7 @@ MAX_WAVES = 1 << 20  # waves past this share the wave level's contexts
 TRUST = (4, 4, 4, 16)
 _ROW_CHANGES = 3  # features that changed before this one in the row: 0, 1, 2 or more
 _OWN = RUN * 3  # own history: run length x (last change down / none / up, or value 0 / 1 / 2+)
+MAX_HINT_SPAN = 1 << 28  # a guessed cell is kept within this many of the chunk's lowest
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 
 
@@ -201,6 +209,7 @@ def _walk(
     flag: np.ndarray,
     context: np.ndarray,
     first: np.ndarray,
+    hint: np.ndarray | None,
     code: Code,
     escape: Escape,
     symbols: np.ndarray | None,
@@ -219,6 +228,10 @@ def _walk(
             else:
                 base, size = first[rows, j], FIRST
                 ids, levels = [np.full(len(rows), j)], [state.first]
+            if hint is not None:  # a guessed cell: the centre of the bins, and a context bit
+                guessed = hint[rows, j] != NO_HINT
+                base = np.where(guessed, hint[rows, j] - size // 2, base)
+                ids = [2 * i + guessed for i in ids]
             rel = None if symbols is None else symbols[rows, j] - base
             index = None if rel is None else np.where((rel < 0) | (rel >= size), size, rel)
             ids = [level.rows(i) for level, i in zip(levels, ids, strict=True)]
@@ -238,6 +251,19 @@ def _walk(
             if later:
                 changed += delta != 0
     return state.symbols
+
+
+def _hint(hint: np.ndarray | None, n: int, layout: Layout) -> np.ndarray | None:
+    """Each state's guessed cells [n, F] (``NO_HINT``: none; checked), each kept within the
+    chunk's lowest symbol and ``MAX_HINT_SPAN`` above it; None: nothing guessed."""
+    if hint is None:
+        return None
+    hint = np.asarray(hint, dtype=np.int64)
+    if hint.shape != (n, len(layout.lowest)):
+        raise ValueError(f"hints must be [{n}, {len(layout.lowest)}]")
+    lowest = np.asarray(layout.lowest, dtype=np.int64)
+    kept = np.clip(hint, lowest - MAX_HINT_SPAN, lowest + MAX_HINT_SPAN)
+    return np.where(hint == NO_HINT, NO_HINT, kept)
 
 
 def _first(first: np.ndarray | None, n: int, layout: Layout) -> np.ndarray:
@@ -264,6 +290,7 @@ def encode(
     context: np.ndarray,
     layout: Layout,
     first: np.ndarray | None = None,
+    hint: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """(range-coded words, bits the counts priced the symbols at) of a chunk's grid symbols
     [n, F]; ``flag`` as ``states.same_agent``, ``context`` one row context per row, ``first``
@@ -271,7 +298,7 @@ def encode(
     symbols = np.asarray(symbols, dtype=np.int64)
     flag, context = np.asarray(flag, dtype=bool), np.asarray(context, dtype=np.int64)
     _check(symbols, flag, context, layout)
-    first = _first(first, len(flag), layout)
+    first, hint = _first(first, len(flag), layout), _hint(hint, len(flag), layout)
     encoder = RangeEncoder()
     bits = [0.0]
 
@@ -288,7 +315,7 @@ def encode(
         bits[0] += float(escape_bits(rel, size).sum())
         return rel
 
-    _walk(layout, flag, context, first, code, escape, symbols)
+    _walk(layout, flag, context, first, hint, code, escape, symbols)
     return encoder.get_compressed().astype(np.uint32), bits[0]
 
 
@@ -298,11 +325,12 @@ def decode(
     context: np.ndarray,
     layout: Layout,
     first: np.ndarray | None = None,
+    hint: np.ndarray | None = None,
 ) -> np.ndarray:
     """Invert ``encode``: the grid symbols [n, F]; ValueError if the words do not fit."""
     flag, context = np.asarray(flag, dtype=bool), np.asarray(context, dtype=np.int64)
     _check(None, flag, context, layout)
-    first = _first(first, len(flag), layout)
+    first, hint = _first(first, len(flag), layout), _hint(hint, len(flag), layout)
     decoder = RangeDecoder(np.ascontiguousarray(words, dtype=np.uint32))
 
     def code(index: np.ndarray | None, q: np.ndarray) -> np.ndarray:
@@ -312,7 +340,7 @@ def decode(
         return decode_escapes(decoder, count, size)
 
     try:
-        symbols = _walk(layout, flag, context, first, code, escape, None)
+        symbols = _walk(layout, flag, context, first, hint, code, escape, None)
     except (
         AssertionError,
         RuntimeError,

@@ -96,6 +96,7 @@ class CodingModel:
     origin: str = ""  # how it was obtained, for the user
     sources: tuple[Any, ...] = ()  # the adaptive coder's row contexts (state_context.Source)
     anchors: tuple[str, ...] = ()  # its features whose first states agents' columns guess
+    hints: tuple[Any, ...] = ()  # state_hints.Hint: fields of agent_actions' details it reads
 
     @property
     def context(self) -> str | None:
@@ -107,7 +108,7 @@ class CodingModel:
         if self.model is None:
             from meaning_transform.codec.adaptive import AdaptiveCoder
 
-            return AdaptiveCoder.reading(self.schema, con, self.sources, self.anchors)
+            return AdaptiveCoder.reading(self.schema, con, self.sources, self.anchors, self.hints)
         return IntegerCoder(self.model, self.encoder)
 
     def blob(self) -> bytes:
@@ -126,6 +127,7 @@ class CodingModel:
                 "source": self.source,
                 "contexts": [s.name for s in self.sources],
                 "anchors": list(self.anchors),
+                "hints": [h.entry() for h in self.hints],
             }
         entry: dict[str, Any] = {"integer_sha256": self.model.sha256, "source": self.source}
         if self.checkpoint is not None:
@@ -244,16 +246,21 @@ def adaptive_model(con: sqlite3.Connection, snapshot: str, tolerances: Any) -> C
     row contexts it has."""
     from meaning_transform.codec.adaptive import anchor_columns, fitted_schema, usable_sources
     from meaning_transform.codec.source import layout_of
+    from meaning_transform.codec.state_hints import find_hints
 
     declared = dict(tolerances or {})
     sources = usable_sources(con, declared)
     schema = fitted_schema(snapshot)
     coded = layout_of(con, snapshot, schema).features
     anchors = anchor_columns(con, schema, coded, declared)
-    names = ", ".join([s.name for s in sources] + [f"agents.{a}" for a in anchors])
+    continuous = [f.name for f in schema.of_kind("continuous") if f.name in coded]
+    hints = find_hints(con, MeaningGrid(schema, 1), continuous)
+    names = [s.name for s in sources] + [f"agents.{a}" for a in anchors]
+    if hints:
+        names.append(f"{len(hints)} fields of agent_actions.details")
     return CodingModel(
-        None, None, schema, "adaptive", None, f"adaptive coder given {names or 'no other table'}",
-        sources, anchors,
+        None, None, schema, "adaptive", None,
+        f"adaptive coder given {', '.join(names) or 'no other table'}", sources, anchors, hints,
     )  # fmt: skip
 
 
@@ -324,11 +331,15 @@ def open_file_model(reader: Any, ckpt_path: str | None, trusted: Any = ()) -> Fi
     source = recorded["source"]
     if source == "adaptive":
         from meaning_transform.codec.adaptive import anchors_of, sources_of
+        from meaning_transform.codec.state_hints import hints_of
 
         schema = FeatureSchema.from_config(checked_schema(reader.header["schema"], where))
         sources = sources_of(recorded.get("contexts"), where)
         anchors = anchors_of(recorded.get("anchors", []), schema, where)
-        file_model = FileModel(None, schema, MeaningGrid(schema, 1), sources, anchors)
+        continuous = {f.name for f in schema.of_kind("continuous")}
+        hints = hints_of(recorded.get("hints", []), continuous, where)
+        grid = MeaningGrid(schema, 1)
+        file_model = FileModel(None, schema, grid, sources, anchors, hints)
         _check_header_fits(reader, file_model)
         return file_model
     if source == "embedded":

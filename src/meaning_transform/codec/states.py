@@ -97,6 +97,7 @@ class FileModel:
     grid: MeaningGrid
     sources: tuple[Any, ...] = ()  # state_context.Source of the adaptive coder
     anchors: tuple[str, ...] = ()  # its features whose first states agents' columns guess
+    hints: tuple[Any, ...] = ()  # state_hints.Hint: fields of agent_actions' details it reads
 
     def coder(self, con: sqlite3.Connection) -> Any:
         """The chunks' coder, its row contexts read from ``con`` (the tables restored)."""
@@ -104,7 +105,7 @@ class FileModel:
             return IntegerCoder(self.model)
         from meaning_transform.codec.adaptive import AdaptiveCoder
 
-        return AdaptiveCoder.reading(self.schema, con, self.sources, self.anchors)
+        return AdaptiveCoder.reading(self.schema, con, self.sources, self.anchors, self.hints)
 
 
 def row_order(con: sqlite3.Connection, has_rowid: bool, has_agents: bool) -> str:

@@ -1,0 +1,249 @@
+"""Agent states that agent_actions' ``details`` already spell out: exact guesses for the
+adaptive coder (``context_coder``'s ``hint``).
+
+An AgentFarm action logs what it did in JSON: a defend's ``resources_after``, a move's
+``current_position``, a pass's ``agent_health`` are the very values of the agent's state at that
+step. Those tables are restored before ``agent_states``, so a decoder can read them too. A
+**hint** names one such field: ``(feature, action_type, path)``, the path of keys and list
+indices into the parsed JSON. The encoder finds them (``find_hints``): for every action type and
+numeric leaf of its JSON, how often the leaf's grid cell is the cell of a continuous feature of
+the state at the same (agent, step); a leaf that agrees in ``MIN_SHARE`` of at least ``MIN_ROWS``
+rows becomes a hint. Nothing is assumed about field names, and the file's header carries the
+hints (a few dozen bytes), so a decoder reads the same fields. A guess is only a guess: the
+coder codes each state's cell relative to it and learns how often it is right.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from meaning_transform.codec.bounded import CodecFileError
+from meaning_transform.codec.sql_guard import quote
+from meaning_transform.codec.state_context import MAX_EVENTS
+from meaning_transform.grid import MeaningGrid
+
+TABLE, TYPE_COLUMN, JSON_COLUMN = "agent_actions", "action_type", "details"
+NO_HINT = -(1 << 62)  # a state feature nothing guesses
+MAX_HINTS = 32
+MAX_PATH = 4  # keys and list indices
+MAX_NAME = 64  # characters of an action type or a key
+MIN_ROWS = 16  # a leaf seen in fewer rows is not tried
+MIN_SHARE = 0.9  # ... nor one that agrees with the state's cell less often than this
+MAX_SAMPLE = 1 << 18  # action rows the encoder looks at to find hints
+_MAX_CELL = 2.0**50  # values beyond this many cells guess nothing
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A JSON field of one action type that guesses a state feature."""
+
+    feature: str
+    action_type: str
+    path: tuple[str | int, ...]
+
+    def entry(self) -> list[Any]:
+        """Its header entry: ``[feature, action_type, *path]``."""
+        return [self.feature, self.action_type, *self.path]
+
+
+def leaves(obj: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple, float]]:
+    """(path, value) of every finite number in parsed JSON, at most ``MAX_PATH`` deep."""
+    if isinstance(obj, bool) or len(path) > MAX_PATH:
+        return
+    if isinstance(obj, int | float):
+        if path and math.isfinite(obj):
+            yield path, float(obj)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if len(key) <= MAX_NAME:
+                yield from leaves(value, (*path, key))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj[:MAX_NAME]):
+            yield from leaves(value, (*path, i))
+
+
+def _parsed(text: Any) -> Any:
+    """The JSON object a details cell holds, or None."""
+    if not isinstance(text, str) or not text.startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def has_table(con: sqlite3.Connection) -> bool:
+    """Whether the database has agent_actions with agent_id, step_number, the action type and
+    its JSON details."""
+    columns = {r[1] for r in con.execute(f"PRAGMA table_info({TABLE})")}
+    return {"agent_id", "step_number", TYPE_COLUMN, JSON_COLUMN} <= columns
+
+
+def _cells(grid: MeaningGrid, name: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cells, usable) of native values of a continuous feature."""
+    values = np.asarray(values, dtype=np.float64)
+    usable = np.isfinite(values) & (np.abs(values) < _MAX_CELL * grid.steps[name])
+    return grid.cells(name, np.where(usable, values, 0.0)), usable
+
+
+def find_hints(
+    con: sqlite3.Connection, grid: MeaningGrid, features: Sequence[str]
+) -> tuple[Hint, ...]:
+    """The hints of ``con``'s agent_actions for ``features`` (continuous, columns of
+    agent_states), most reliable first; none if the tables are not there."""
+    if not features or not has_table(con):
+        return ()
+    index: dict[tuple[str, int], int] = {}
+    rows = []
+    columns = ", ".join(quote(f) for f in features)
+    sql = f"SELECT agent_id, step_number, {columns} FROM agent_states LIMIT {MAX_EVENTS}"
+    for agent, step, *values in con.execute(sql):
+        if isinstance(step, int) and index.setdefault((str(agent), step), len(rows)) == len(rows):
+            rows.append([v if isinstance(v, int | float) else math.nan for v in values])
+    if not rows:
+        return ()
+    native = np.array(rows, dtype=np.float64)
+    state_cells = [_cells(grid, f, native[:, j]) for j, f in enumerate(features)]
+    seen: dict[tuple[str, tuple], tuple[list[float], list[int]]] = {}
+    sql = (
+        f"SELECT agent_id, step_number, {TYPE_COLUMN}, {JSON_COLUMN} FROM {TABLE} "
+        f"WHERE {JSON_COLUMN} LIKE '{{%' LIMIT {MAX_SAMPLE}"
+    )
+    for agent, step, action, text in con.execute(sql):
+        i = index.get((str(agent), step)) if isinstance(step, int) else None
+        obj = _parsed(text) if i is not None and isinstance(action, str) else None
+        if obj is None or len(action) > MAX_NAME:
+            continue
+        for path, value in leaves(obj):
+            values, at = seen.setdefault((action, path), ([], []))
+            values.append(value)
+            at.append(i)
+    found = []
+    for (action, path), (values, at) in seen.items():
+        if len(values) < MIN_ROWS:
+            continue
+        at_ = np.array(at)
+        for j, feature in enumerate(features):
+            cells, usable = _cells(grid, feature, np.array(values))
+            theirs, known = state_cells[j]
+            right = usable & known[at_] & (cells == theirs[at_])
+            if right.mean() >= MIN_SHARE and _informative(right, theirs[at_]):
+                order = (-right.mean(), -len(values), feature, action, repr(path))
+                found.append((order, Hint(feature, action, path), j, at_))
+    found.sort(key=lambda h: h[0])
+    return _covering([h[1:] for h in found])
+
+
+def _informative(right: np.ndarray, theirs: np.ndarray) -> bool:
+    """Whether a guess is wrong at most half as often as always guessing the rows' most common
+    cell (a field that is 0 where the feature mostly is 0 says nothing)."""
+    common = np.unique(theirs, return_counts=True)[1].max() / len(theirs)
+    return 1 - right.mean() <= 0.5 * (1 - common)
+
+
+def _covering(candidates: list[tuple[Hint, int, np.ndarray]]) -> tuple[Hint, ...]:
+    """Hints in order, each kept only if it guesses ``MIN_ROWS`` (state, feature) pairs the
+    ones kept before it do not (a defend's ``resources_before`` adds nothing to its
+    ``resources_after``), at most ``MAX_HINTS``."""
+    kept: list[Hint] = []
+    covered: dict[int, set[int]] = {}
+    for hint, j, at in candidates:
+        new = set(at.tolist()) - covered.get(j, set())
+        if len(new) >= MIN_ROWS and len(kept) < MAX_HINTS:
+            kept.append(hint)
+            covered.setdefault(j, set()).update(new)
+    return tuple(kept)
+
+
+def hints_of(entries: Any, continuous: set[str], where: str) -> tuple[Hint, ...]:
+    """The hints a file's header names; CodecFileError unless each is a continuous feature, a
+    short action type and a short path of short keys and small indices."""
+    bad = CodecFileError(f"{where}: field 'hints' is not a list of state hints")
+    if not isinstance(entries, list) or len(entries) > MAX_HINTS:
+        raise bad
+    hints = []
+    for e in entries:
+        if not isinstance(e, list) or not 3 <= len(e) <= 2 + MAX_PATH:
+            raise bad
+        feature, action, *path = e
+        if feature not in continuous or not isinstance(action, str) or len(action) > MAX_NAME:
+            raise bad
+        for p in path:
+            if isinstance(p, bool) or not (
+                (isinstance(p, str) and len(p) <= MAX_NAME)
+                or (isinstance(p, int) and 0 <= p < MAX_NAME)
+            ):
+                raise bad
+        hints.append(Hint(feature, action, tuple(path)))
+    return tuple(hints)
+
+
+def _at(obj: Any, path: tuple[str | int, ...]) -> float | None:
+    """The finite number at ``path`` in parsed JSON, or None."""
+    for p in path:
+        if isinstance(p, str) and isinstance(obj, dict):
+            obj = obj.get(p)
+        elif isinstance(p, int) and isinstance(obj, list) and p < len(obj):
+            obj = obj[p]
+        else:
+            return None
+    ok = isinstance(obj, int | float) and not isinstance(obj, bool) and math.isfinite(obj)
+    return float(obj) if ok else None
+
+
+class HintValues:
+    """Per (agent, step): the cells the hints guess for the features they name. Where several
+    rows or hints guess one feature, the first hint (in the header's order) wins, and among its
+    rows the lowest cell: the same whatever order the table's rows come in."""
+
+    def __init__(
+        self, con: sqlite3.Connection, hints: Sequence[Hint], grid: MeaningGrid, features: list
+    ) -> None:
+        self.width = len(features)
+        self.guess: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
+        by_action: dict[str, list[tuple[int, Hint]]] = {}
+        for rank, h in enumerate(hints):
+            by_action.setdefault(h.action_type, []).append((rank, h))
+        if not by_action:
+            return
+        if not has_table(con):
+            raise CodecFileError(f"the database has no {TABLE}.{JSON_COLUMN} its hints name")
+        column = {f: j for j, f in enumerate(features)}
+        marks = ", ".join("?" * len(by_action))
+        sql = (
+            f"SELECT agent_id, step_number, {TYPE_COLUMN}, {JSON_COLUMN} FROM {TABLE} "
+            f"WHERE {TYPE_COLUMN} IN ({marks}) LIMIT {MAX_EVENTS}"
+        )
+        for agent, step, action, text in con.execute(sql, list(by_action)):
+            obj = _parsed(text) if isinstance(step, int) else None
+            if obj is None:
+                continue
+            slot = self.guess.setdefault((str(agent), step), {})
+            for rank, h in by_action[action]:
+                value = _at(obj, h.path)
+                if value is None:
+                    continue
+                cells, usable = _cells(grid, h.feature, np.array([value]))
+                if not usable[0]:
+                    continue
+                j, cell = column[h.feature], int(cells[0])
+                if j not in slot or (rank, cell) < slot[j]:
+                    slot[j] = (rank, cell)
+
+    def of(self, agents: Sequence[object], steps: Sequence[object]) -> np.ndarray:
+        """[n, features] int64: each state's guessed cells (``NO_HINT`` where none)."""
+        out = np.full((len(agents), self.width), NO_HINT, dtype=np.int64)
+        if not self.guess:
+            return out
+        for i, (a, s) in enumerate(zip(agents, steps, strict=True)):
+            slot = self.guess.get((str(a), s)) if isinstance(s, int) else None
+            for j, (_, cell) in (slot or {}).items():
+                out[i, j] = cell
+        return out
