@@ -9,7 +9,9 @@ codec's chunk coder (``adaptive.AdaptiveCoder``), checked equal, and timed. Rows
 - + the action of the same (agent, step) (``agent_actions.action_type``);
 - + the action of the step before; + both;
 - + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action;
-- + agents' first states guessed from ``agents`` (birth position), with both.
+- + agents' first states guessed from ``agents`` (birth position), with both;
+- states guessed from the fields of agent_actions' details that spell them out
+  (``state_hints``), alone and with all of the above (the codec's default).
 
 Each database is then compressed whole with the codec's default (``coder=adaptive``) and the
 agent_states sections (features, keys, framing) and header are read off the file; ``--model``
@@ -49,20 +51,24 @@ from meaning_transform.codec.state_context import (  # noqa: E402
     PREVIOUS_ACTIONS,
     has_source,
 )
+from meaning_transform.codec.state_hints import find_hints  # noqa: E402
 from meaning_transform.codec.states import coding_rows, same_agent  # noqa: E402
 from meaning_transform.grid import MeaningGrid  # noqa: E402
 from meaning_transform.schema.table import encode  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = {"run1": SHARED / "agentfarm_run1.db", "run3_moving": SHARED / "agentfarm_run3_moving.db"}
-#: row contexts, and whether agents' first states are guessed from ``agents`` (birth position)
+#: row contexts, whether agents' first states are guessed from ``agents`` (birth position), and
+#: whether states are guessed from agent_actions' details
 VARIANTS = {
-    "adaptive alone": ((), False),
-    "+ action (same step)": ((ACTIONS,), False),
-    "+ action (step before)": ((PREVIOUS_ACTIONS,), False),
-    "+ action (same step and step before)": ((ACTIONS, PREVIOUS_ACTIONS), False),
-    "+ action + health incidents (same step)": ((ACTIONS, INCIDENTS), False),
-    "+ action + incidents + first states from agents": ((ACTIONS, INCIDENTS), True),
+    "adaptive alone": ((), False, False),
+    "+ action (same step)": ((ACTIONS,), False, False),
+    "+ action (step before)": ((PREVIOUS_ACTIONS,), False, False),
+    "+ action (same step and step before)": ((ACTIONS, PREVIOUS_ACTIONS), False, False),
+    "+ action + health incidents (same step)": ((ACTIONS, INCIDENTS), False, False),
+    "+ action + incidents + first states from agents": ((ACTIONS, INCIDENTS), True, False),
+    "adaptive + states guessed from details only": ((), False, True),
+    "+ action + incidents + agents + details": ((ACTIONS, INCIDENTS), True, True),
 }
 
 
@@ -81,7 +87,7 @@ def states_of(db: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any], Any, li
 
 def variant(
     db: Path, symbols: np.ndarray, flag: np.ndarray, rows: dict[str, Any], schema: Any,
-    coded: list[str], sources: tuple, first: bool,
+    coded: list[str], sources: tuple, first: bool, guessed: bool,
 ) -> dict[str, Any] | None:  # fmt: skip
     """One row of the table: bits per state and seconds (the codec's own chunk coder), or
     None if a source is missing."""
@@ -90,7 +96,9 @@ def variant(
         if not all(has_source(con, s) for s in sources):
             return None
         anchors = anchor_columns(con, schema, coded, {}) if first else ()
-        coder = AdaptiveCoder.reading(schema, con, sources, anchors)
+        continuous = [f.name for f in schema.of_kind("continuous") if f.name in coded]
+        hints = find_hints(con, MeaningGrid(schema, 1), continuous) if guessed else ()
+        coder = AdaptiveCoder.reading(schema, con, sources, anchors, hints)
     read = time.perf_counter() - start
     start = time.perf_counter()
     z_words, words, estimated = coder.encode(symbols, flag, rows)
@@ -106,6 +114,7 @@ def variant(
         "bits_per_state": 32 * len(words) / n,
         "estimated_bits_per_state": estimated / n,
         "anchors": list(anchors),
+        "hints": [h.entry() for h in hints],
         "read_context_s": read,
         "encode_s": encoded,
         "decode_s": decoded_s,
@@ -145,8 +154,8 @@ def main() -> None:
         db = REAL[name]
         symbols, flag, rows, schema, coded = states_of(db)
         entry: dict[str, Any] = {"states": len(symbols), "features": symbols.shape[1]}
-        for label, (sources, first) in VARIANTS.items():
-            entry[label] = variant(db, symbols, flag, rows, schema, coded, sources, first)
+        for label, (sources, first, guessed) in VARIANTS.items():
+            entry[label] = variant(db, symbols, flag, rows, schema, coded, sources, first, guessed)
         for model in ("adaptive", *(["fit"] if args.model else [])):
             entry[f"codec, coder={model}"] = codec_row(db, model)
         results["data"][name] = entry
