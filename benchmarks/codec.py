@@ -1,30 +1,38 @@
 """The codec command against the classical floor, general-purpose compressors and the anchors.
 
-For each data set a lossless model (``compression=lossless``) is trained on the training agents
-of the default split, without and with ``model.context=previous``/``history``, and the database
-of the **test agents** (held out) is compressed, decompressed and verified. Reported per state:
+For each data set the codec's default coder (the adaptive context coder: no model, no training)
+compresses, decompresses and verifies the database of the **test agents** of the default split
+(agent_states and agents only) and the whole source database (``codec_file.round_trip``);
+reported per agent state: its feature streams, + keys and framing (the agent_states sections),
++ agent_states' share of the header (its SQL, fitted schema, state description and model
+entry), and the whole .mtc file. Unless ``--no-train``, a lossless model
+(``compression=lossless``) is also trained on the training agents, without and with
+``model.context=previous``/``history``, and codes the test agents' database the same way:
 
-- ``codec`` / ``codec+prev`` / ``codec+hist``: the model's own streams (``model bits``) and the
-  real file size (header, model hash, keys, other columns and both ANS streams; the model is
-  not embedded);
+- ``codec`` / ``codec+prev`` / ``codec+hist``: the model's own streams and the real file size
+  (header, model hash, keys, other columns and both ANS streams; the model is not embedded);
 - ``quantizer`` / ``delta``: the classical per-column quantizer (order-0 tables) and per-agent
-  delta code at k = 1 on the same agents, really coded (``baselines.py``);
+  delta code at k = 1 on the same agents, really coded (``baselines.py``).
+
+Beside them, on the same rows (test agents, and all agents):
+
 - ``zstd db``: ``zstd -19`` of the test agents' database file;
-- the anchors (``anchors.py``), on the same rows (test agents, and all agents): ``zstd -19``,
-  OpenZL, SZ3, pcodec and ZFP of the features, every value checked within tolerance, and the
-  keys under ``zstd -19`` (so "features + keys" compares with our whole file);
+- the anchors (``anchors.py``): ``zstd -19``, OpenZL, SZ3, pcodec and ZFP of the features, every
+  value checked within tolerance, and the keys under ``zstd -19`` (so "features + keys" compares
+  with our agent_states sections);
 - whole-database anchors (``db_anchors.py``) of the source database: ``zstd -19`` and ``xz -9``
   of the file (bytes, MB/s) and Parquet + zstd -19 of every table, as bits per agent state;
-- compress / decompress speed (states/s, coding only: the model is loaded first) on the test
-  database and, for the synthetic data, on the whole database.
+- compress / decompress speed (states/s; the trained codec: coding only, the model loaded
+  first).
 
-Goals: codec <= quantizer bits; codec+ctx <= 0.8 x delta bits; drift exactly 0 (verify passes);
-compress and decompress >= 200k states/s. Anchors whose package is missing (``pip install -e
+Goals: the default coder's sections + header share <= 0.7x OpenZL + keys; codec <= quantizer
+bits; codec+ctx <= 0.8 x delta bits; drift exactly 0 (verify passes); compress and decompress
+>= 200k states/s. Anchors whose package is missing (``pip install -e
 .[bench]``) are skipped with one line.
 
     python benchmarks/codec.py                                 # run1, run3_moving, synthetic 1M
     python benchmarks/codec.py --data synthetic --synthetic-states 100000 --epochs 5
-    python benchmarks/codec.py --anchors-only --data run1 run3_moving   # no training: fast
+    python benchmarks/codec.py --no-train --data run1 run3_moving   # no training: minutes
 
 Prints a table and writes benchmarks/results/codec.json (``--out``).
 """
@@ -49,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_results  # noqa: E402
 from anchor_rows import state_rows  # noqa: E402
 from anchors import measure_anchors  # noqa: E402
+from codec_file import round_trip  # noqa: E402
 from db_anchors import db_anchors  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -56,7 +65,6 @@ from agentfarm_db import write_agentfarm_db  # noqa: E402  (the tests' AgentFarm
 from rate_drift import QUIET, SHARED  # noqa: E402
 
 from meaning_transform.api import load_config  # noqa: E402
-from meaning_transform.codec import commands  # noqa: E402
 from meaning_transform.codec.model import build_model, read_model  # noqa: E402
 from meaning_transform.config import instantiate_checked  # noqa: E402
 from meaning_transform.training import run  # noqa: E402
@@ -111,28 +119,9 @@ def zstd_bytes(data: bytes) -> int:
 
 
 def codec_run(ckpt: str, db: Path, work: Path, name: str) -> dict[str, Any]:
-    """Compress, decompress and verify ``db``; sizes and speeds."""
+    """Compress, decompress and verify ``db`` with the model at ``ckpt``; sizes and speeds."""
     build_model(read_model(ckpt)[0], ckpt)  # warm imports: speeds measure coding, not loading
-    out, restored = work / f"{name}.mtc", work / f"{name}.db"
-    c = commands.compress(ckpt, str(db), str(out))
-    d = commands.decompress(str(out), str(restored))
-    v = commands.verify(str(out), str(db))
-    from meaning_transform.codec.container import Reader
-
-    with open(out, "rb") as fh:
-        streams = sum(4 * (len(ch.z_words) + len(ch.x_words)) for ch in Reader(fh, name).chunks())
-    n = c["states"]
-    return {
-        "states": n,
-        "file_bytes": c["bytes"],
-        "file_bits_per_state": 8 * c["bytes"] / n,
-        "model_bits_per_state": 8 * streams / n,
-        "estimated_bits_per_state": c["estimated_bits"] / n,
-        "compress_states_per_s": n / c["seconds"],
-        "decompress_states_per_s": d["states"] / d["seconds"],
-        "verified_states": v["states"],
-        "max_error_in_tolerances": max(v["max_error_in_tolerances"].values()),
-    }
+    return round_trip(db, work, name, ckpt_path=ckpt)
 
 
 def bench(name: str, db: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -140,7 +129,11 @@ def bench(name: str, db: Path, args: argparse.Namespace, work: Path) -> dict[str
     test_db, dm = test_agents_db(db, work / f"{name}_test.db")
     n = int(dm.test_x.shape[0])
     res: dict[str, Any] = {"test_states": n, "test_agents": len(dm.split_agents["test"])}
-    if not args.anchors_only:
+    print("  the default coder (adaptive, no training) ...", flush=True)
+    res["default"] = round_trip(test_db, work, f"{name}_default")
+    if args.whole_db:
+        res["default_whole_db"] = round_trip(db, work, f"{name}_default_all")
+    if not args.no_train:
         res.update(ours(name, db, test_db, args, work))
     res["zstd_db_bits_per_state"] = 8 * zstd_bytes(test_db.read_bytes()) / n
     say = lambda line: print(line, flush=True)  # noqa: E731
@@ -210,13 +203,31 @@ def _plus(a, b):
     return get
 
 
+def _ratio(a, b):
+    """The ratio of two getters (None if either is)."""
+
+    def get(r: Any, split: str) -> Any:
+        x, y = a(r, split), b(r, split)
+        return None if x is None or y is None else x / y
+
+    return get
+
+
 OPENZL_BEST = ("openzl", "any_layout_per_column")
+OPENZL_KEYS = _plus(_anchor(OPENZL_BEST), _anchor(("keys",)))
+DEFAULT_SHARE = _ours("default", "with_header_share_bits_per_state")
+SHARE_RATIO = _ratio(DEFAULT_SHARE, OPENZL_KEYS)  # the goal: <= 0.7
+#: (label, getter[, format]) of each row of the bits table
 ROWS = [
-    ("codec, model streams", _ours("codec", "model_bits_per_state")),
+    ("default coder: features", _ours("default", "features_bits_per_state")),
+    ("  + keys + framing (its sections)", _ours("default", "sections_bits_per_state")),
+    ("  + its share of the header", DEFAULT_SHARE),
+    ("  whole .mtc file", _ours("default", "file_bits_per_state")),
+    ("codec, model streams", _ours("codec", "features_bits_per_state")),
     ("codec, whole file", _ours("codec", "file_bits_per_state")),
-    ("codec+prev, model streams", _ours("codec_prev", "model_bits_per_state")),
+    ("codec+prev, model streams", _ours("codec_prev", "features_bits_per_state")),
     ("codec+prev, whole file", _ours("codec_prev", "file_bits_per_state")),
-    ("codec+hist, model streams", _ours("codec_hist", "model_bits_per_state")),
+    ("codec+hist, model streams", _ours("codec_hist", "features_bits_per_state")),
     ("codec+hist, whole file", _ours("codec_hist", "file_bits_per_state")),
     ("quantizer (classical, coded)", _test_only("quantizer", "coded_bits_per_state")),
     ("delta (classical, coded)", _test_only("delta", "coded_bits_per_state")),
@@ -235,7 +246,24 @@ ROWS = [
     ("ZFP fixed accuracy", _anchor(("zfp", "fixed_accuracy"))),
     ("keys: ids + (first step, count)", _anchor(("keys",))),
     ("keys without the id texts", _anchor(("keys",), "without_ids_bits_per_state")),
-    ("OpenZL either/column + keys", _plus(_anchor(OPENZL_BEST), _anchor(("keys",)))),
+    ("OpenZL either/column + keys", OPENZL_KEYS),
+    ("SZ3 lorenzo + keys", _plus(_anchor(("sz3", "lorenzo")), _anchor(("keys",)))),
+    (
+        "pcodec either/column + keys",
+        _plus(_anchor(("pcodec", "any_layout_per_column")), _anchor(("keys",))),
+    ),
+    ("ZFP + keys", _plus(_anchor(("zfp", "fixed_accuracy")), _anchor(("keys",)))),
+    (
+        "ratio default features / OpenZL features",
+        _ratio(_ours("default", "features_bits_per_state"), _anchor(OPENZL_BEST)),
+        ".3f",
+    ),
+    (
+        "ratio default sections / OpenZL + keys",
+        _ratio(_ours("default", "sections_bits_per_state"), OPENZL_KEYS),
+        ".3f",
+    ),
+    ("ratio default + header share / OpenZL + keys", SHARE_RATIO, ".3f"),
 ]
 
 
@@ -262,6 +290,7 @@ def _our_speed(key: str):
 
 
 SPEED_ROWS = [
+    ("default coder (the whole command)", _our_speed("default")),
     *(
         (f"{key.replace('_prev', '+prev').replace('_hist', '+hist')}", _our_speed(key))
         for key in VARIANTS
@@ -308,7 +337,7 @@ def table(results: dict[str, Any]) -> str:
     cols = _columns(results)
     headings = [h for h, _, _ in cols]
     bits = [("states", [_cell(_get(r, "anchors", s, "states"), ",") for _, r, s in cols])]
-    bits += [(label, [_cell(get(r, s)) for _, r, s in cols]) for label, get in ROWS]
+    bits += [(label, [_cell(get(r, s), *fmt) for _, r, s in cols]) for label, get, *fmt in ROWS]
     speeds = [(label, [_rate(get(r, s)) for _, r, s in cols]) for label, get in SPEED_ROWS]
     graphs = [
         (
@@ -322,8 +351,9 @@ def table(results: dict[str, Any]) -> str:
         "agents of the default split (our codec's held-out database), all: every agent",
         *_aligned(headings, bits),
         "",
-        "speed, thousands of states/s: compress / decompress (in process; our codec: coding only, "
-        "the model loaded first; all: the whole database, synthetic only)",
+        "speed, thousands of states/s: compress / decompress (in process; trained codec: coding "
+        "only, the model loaded first, all: synthetic only; default coder: the whole command, "
+        "all: every table of the database)",
         *_aligned(headings, speeds),
         "",
         "OpenZL, best (layout g: grid, d: deltas; graph) per column: bytes when coded alone",
@@ -331,7 +361,8 @@ def table(results: dict[str, Any]) -> str:
         "",
         _whole_db_table(results),
     ]
-    lines += [g for r in results["data"].values() if (g := _goals(r))]
+    lines += ["", "goals"]
+    lines += [g for name, r in results["data"].items() for g in _goals(name, r)]
     return "\n".join(lines)
 
 
@@ -341,8 +372,11 @@ def _graph(c: dict[str, Any] | None) -> str:
 
 
 def _rate(speeds: tuple[float, float] | None) -> str:
-    """(compress, decompress) states/s as "c / d" in thousands."""
-    return "-" if speeds is None else f"{speeds[0] / 1e3:,.0f} / {speeds[1] / 1e3:,.0f}"
+    """(compress, decompress) states/s as "c / d" in thousands (one decimal below 10k)."""
+    if speeds is None:
+        return "-"
+    c, d = (s / 1e3 for s in speeds)
+    return " / ".join(format(v, ",.1f" if v < 10 else ",.0f") for v in (c, d))
 
 
 def _features(results: dict[str, Any]) -> list[str]:
@@ -380,18 +414,30 @@ def _whole_db_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _goals(r: dict[str, Any]) -> str | None:
-    """Our codec's goal line, when it was trained."""
-    if "codec" not in r:
-        return None
-    q, d = r["quantizer"]["coded_bits_per_state"], r["delta"]["coded_bits_per_state"]
-    verified = all(r[k]["verified_states"] == r["test_states"] for k in VARIANTS)
-    return (
-        f"goals: codec / quantizer = {r['codec']['model_bits_per_state'] / q:.3f} (<= 1); "
-        f"codec+prev / delta = {r['codec_prev']['model_bits_per_state'] / d:.2f}, "
-        f"codec+hist / delta = {r['codec_hist']['model_bits_per_state'] / d:.2f} (<= 0.8); "
-        f"verified, drift 0: {verified}"
-    )
+def _goals(name: str, r: dict[str, Any]) -> list[str]:
+    """The goal lines: the default coder against OpenZL; the trained codec, when trained."""
+    lines = []
+    for key, split in (("default", "test"), ("default_whole_db", "all")):
+        if key not in r:
+            continue
+        d = r[key]
+        lines.append(
+            f"{name} {split}: default coder + its header share / (OpenZL + keys) = "
+            f"{_cell(SHARE_RATIO(r, split), '.3f')} "
+            f"(<= 0.7); verified: {d['verified_states']:,} of {d['states']:,} states, "
+            f"{d['verified_tables']} tables, {d['verified_rows']:,} rows"
+        )
+    if "codec" in r:
+        q, dl = r["quantizer"]["coded_bits_per_state"], r["delta"]["coded_bits_per_state"]
+        verified = all(r[k]["verified_states"] == r["test_states"] for k in VARIANTS)
+        lines.append(
+            f"{name} test: codec / quantizer = "
+            f"{r['codec']['features_bits_per_state'] / q:.3f} (<= 1); "
+            f"codec+prev / delta = {r['codec_prev']['features_bits_per_state'] / dl:.2f}, "
+            f"codec+hist / delta = {r['codec_hist']['features_bits_per_state'] / dl:.2f} "
+            f"(<= 0.8); verified, drift 0: {verified}"
+        )
+    return lines
 
 
 def main() -> None:
@@ -406,9 +452,11 @@ def main() -> None:
     p.add_argument("--out", default="codec", help="results name: benchmarks/results/<out>.json")
     p.add_argument("--no-whole-db", dest="whole_db", action="store_false")
     p.add_argument(
+        "--no-train",
         "--anchors-only",
+        dest="no_train",
         action="store_true",
-        help="no training: only the anchors (features, keys, whole database) and zstd db",
+        help="no training: the default coder, the anchors (features, keys, whole database), zstd",
     )
     args = p.parse_args()
     logging.getLogger("meaning_transform").setLevel(logging.WARNING)
@@ -431,7 +479,7 @@ def main() -> None:
                 if not db.exists():
                     print(f"skipping {name}: {db} not found")
                     continue
-            what = "anchors" if args.anchors_only else "training, coding and anchors"
+            what = "default coder and anchors" if args.no_train else "training, coding, anchors"
             print(f"{name}: {what} ...", flush=True)
             results["data"][name] = bench(
                 name if "synthetic" not in name else "synthetic", db, args, work

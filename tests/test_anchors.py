@@ -1,4 +1,5 @@
-"""The codec benchmark's anchors (benchmarks/anchors.py, db_anchors.py) on a tiny database.
+"""The codec benchmark's anchors (benchmarks/anchors.py, db_anchors.py) and our codec's rows
+(codec_file.py) on a tiny database.
 
 Each anchor whose package is missing (the ``bench`` extra) is skipped. The checks must fail on
 a wrong decode: a corrupted array fed to the checkers, and a corrupted stream inside an anchor.
@@ -7,8 +8,10 @@ a wrong decode: a corrupted array fed to the checkers, and a corrupted stream in
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import sys
+import zlib
 from contextlib import closing
 from pathlib import Path
 
@@ -18,11 +21,13 @@ from agentfarm_db import write_agentfarm_db
 from conftest import REPO
 
 from meaning_transform.api import load_config
+from meaning_transform.codec.container import Reader
 from meaning_transform.config import instantiate_checked
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import anchor_rows as ar  # noqa: E402
 import anchors  # noqa: E402
+import codec_file  # noqa: E402
 import db_anchors  # noqa: E402
 
 PACKAGES = {"openzl": "openzl.ext", "sz3": "numcodecs_wasm_sz3", "pcodec": "pcodec", "zfp": "zfpy"}
@@ -225,3 +230,28 @@ def test_parquet_keeps_mixed_storage_classes(tmp_path: Path) -> None:
     assert out["tables"]["odd"]["tagged_columns"] == ["v"]  # w comes back as REAL/NULL
     assert db_anchors._untagged(db_anchors._tagged(0.1)) == 0.1
     assert not db_anchors._same([1], [1.0])
+
+
+# ---------------------------------------------------------------------- our codec's rows
+def test_round_trip_reads_the_file_apart(db: Path, tmp_path: Path) -> None:
+    out = codec_file.round_trip(db, tmp_path, "tiny")
+    b = out["bytes"]
+    assert 0 < b["features"] < b["sections"] < b["file"] == (tmp_path / "tiny.mtc").stat().st_size
+    assert out["verified_states"] == out["states"] == 600 and out["verified_tables"] == 2
+    assert out["with_header_share_bits_per_state"] == 8 * (b["sections"] + b["header_share"]) / 600
+    with open(tmp_path / "tiny.mtc", "rb") as fh:
+        assert b["header_share"] == codec_file.header_share(Reader(fh, "tiny").header)
+
+
+def test_header_share_is_agent_states_own_entries() -> None:
+    own = {"model": {"source": "adaptive"}, "schema": {"features": [1, 2]}, "context": None}
+    own["states"] = {"rows": 5}
+    states_sql = {"kind": "table", "name": "agent_states", "table": "agent_states", "sql": "C"}
+    header = {**own, "objects": [states_sql], "settings": {}}
+    share = codec_file.header_share(header)
+    assert share == len(zlib.compress(json.dumps({**own, "objects": [states_sql]}).encode(), 9))
+    other = {"kind": "table", "name": "other", "table": "other", "sql": "CREATE TABLE other (x)"}
+    more = {**header, "objects": [other, states_sql], "settings": {"page_size": 4096}}
+    assert codec_file.header_share(more) == share  # other tables and settings are not its share
+    longer = {**header, "objects": [{**states_sql, "sql": "CREATE TABLE agent_states (x, y)"}]}
+    assert codec_file.header_share(longer) > share
