@@ -10,7 +10,7 @@ codec's chunk coder (``adaptive.AdaptiveCoder``), checked equal, and timed. Rows
 - + the action of the step before; + both;
 - + the health incidents of the same (agent, step) (``health_incidents.cause``), with the action;
 - + agents' first states guessed from ``agents`` (birth position), with both;
-- states guessed from the fields of agent_actions' details that spell them out
+- states guessed from the values of agent_actions and health_incidents that spell them out
   (``state_hints``), alone and with all of the above (the codec's default).
 
 Each database is then compressed whole with the codec's default (``coder=adaptive``) and the
@@ -59,7 +59,7 @@ from meaning_transform.schema.table import encode  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = {"run1": SHARED / "agentfarm_run1.db", "run3_moving": SHARED / "agentfarm_run3_moving.db"}
 #: row contexts, whether agents' first states are guessed from ``agents`` (birth position), and
-#: whether states are guessed from agent_actions' details
+#: whether states are guessed from the values other tables hold (state_hints)
 VARIANTS = {
     "adaptive alone": ((), False, False),
     "+ action (same step)": ((ACTIONS,), False, False),
@@ -67,8 +67,8 @@ VARIANTS = {
     "+ action (same step and step before)": ((ACTIONS, PREVIOUS_ACTIONS), False, False),
     "+ action + health incidents (same step)": ((ACTIONS, INCIDENTS), False, False),
     "+ action + incidents + first states from agents": ((ACTIONS, INCIDENTS), True, False),
-    "adaptive + states guessed from details only": ((), False, True),
-    "+ action + incidents + agents + details": ((ACTIONS, INCIDENTS), True, True),
+    "adaptive + states guessed from other tables only": ((), False, True),
+    "+ action + incidents + agents + guesses (default)": ((ACTIONS, INCIDENTS), True, True),
 }
 
 

@@ -24,7 +24,7 @@ def test_leaves_are_the_finite_numbers_with_their_paths() -> None:
     assert list(json_leaves(obj)) == [
         (("a",), 1.0), (("b", 0), 2.5), (("b", 1, "c"), 3.0), (("g", "h", 0, 0), 4.0),
     ]  # fmt: skip
-    deep = {"a": {"b": {"c": {"d": {"e": 1}}}}}  # past MAX_PATH keys
+    deep = {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}  # past MAX_PATH keys
     assert list(json_leaves(deep)) == []
 
 
@@ -89,8 +89,8 @@ def test_the_fields_that_say_the_state_are_found(tmp_path) -> None:
         hints = find_hints(con, grid, [f.name for f in schema.of_kind("continuous")])
         # new_position repeats current_position: it guesses no state the first one does not
         assert {h.entry()[0]: h.entry()[1:] for h in hints} == {
-            "position_x": ["move", "current_position", 0],
-            "position_y": ["move", "current_position", 1],
+            "position_x": ["agent_actions", "move", "details", "current_position", 0],
+            "position_y": ["agent_actions", "move", "details", "current_position", 1],
         }
         guesses = HintValues(con, hints, grid, names)
         keys = con.execute("SELECT agent_id, step_number, position_x FROM agent_states").fetchall()
@@ -104,20 +104,26 @@ def test_the_fields_that_say_the_state_are_found(tmp_path) -> None:
 
 def test_headers_naming_other_than_hints_are_refused() -> None:
     continuous = {"position_x", "resource_level"}
-    good = [["position_x", "move", "current_position", 0], ["resource_level", "pass", "r"]]
+    good = [
+        ["position_x", "agent_actions", "move", "details", "current_position", 0],
+        ["resource_level", "health_incidents", "combat", "health_after"],
+    ]
     assert hints_of(good, continuous, "h") == (
-        Hint("position_x", "move", ("current_position", 0)),
-        Hint("resource_level", "pass", ("r",)),
+        Hint("position_x", "agent_actions", "move", ("details", "current_position", 0)),
+        Hint("resource_level", "health_incidents", "combat", ("health_after",)),
     )
+    act = ["position_x", "agent_actions", "move"]
     for bad in (
         "position_x",
-        [["is_defending", "defend", "x"]],  # not a continuous feature
-        [["position_x", "move"]],  # no path
-        [["position_x", "move", "a", "b", "c", "d", "e"]],  # too deep
-        [["position_x", "move", True]],
-        [["position_x", "move", -1]],
-        [["position_x", "move", "k" * 65]],
-        [["position_x", 3, "k"]],
+        [["is_defending", "agent_actions", "defend", "x"]],  # not a continuous feature
+        [["position_x", "agents", "move", "x"]],  # not a table hints are read from
+        [act],  # no path
+        [[*act, 0]],  # a path starts with a column
+        [[*act, "d", "a", "b", "c", "d", "e"]],  # too deep
+        [[*act, "d", True]],
+        [[*act, "d", -1]],
+        [[*act, "k" * 65]],
+        [["position_x", "agent_actions", 3, "k"]],
         [good[0]] * 33,
     ):
         with pytest.raises(CodecFileError, match="field 'hints'") as e:
@@ -135,7 +141,7 @@ def test_compress_reads_the_states_from_the_restored_details(tmp_path, capsys) -
     db = _db_with_details(tmp_path / "sim.db")
     out, restored = tmp_path / "a.mtc", tmp_path / "a.db"
     assert codec_main(["compress", f"data.path={db}", f"out={out}"]) == 0
-    assert "2 fields of agent_actions.details" in capsys.readouterr().out
+    assert "2 values of agent_actions" in capsys.readouterr().out
     with open(out, "rb") as fh:
         hints = Reader(fh, str(out)).header["model"]["hints"]
     assert sorted(h[0] for h in hints) == ["position_x", "position_y"]
@@ -143,7 +149,8 @@ def test_compress_reads_the_states_from_the_restored_details(tmp_path, capsys) -
     assert assert_same_meaning(db, restored) == 600
     # a header naming other fields: the states decode to others, refused in one line
     swapped = rewrite(out, tmp_path / "swap.mtc",
-                      header=lambda h: h["model"].update(hints=[["position_x", "move", "noise"]]))  # fmt: skip
+                      header=lambda h: h["model"].update(
+                          hints=[["position_x", "agent_actions", "move", "details", "noise"]]))  # fmt: skip
     assert codec_main(["decompress", f"in={swapped}", f"out={tmp_path / 's.db'}"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "s.db").exists()

@@ -256,8 +256,9 @@ def adaptive_model(con: sqlite3.Connection, snapshot: str, tolerances: Any) -> C
     continuous = [f.name for f in schema.of_kind("continuous") if f.name in coded]
     hints = find_hints(con, MeaningGrid(schema, 1), continuous)
     names = [s.name for s in sources] + [f"agents.{a}" for a in anchors]
-    if hints:
-        names.append(f"{len(hints)} fields of agent_actions.details")
+    for table in sorted({h.table for h in hints}):
+        count = sum(h.table == table for h in hints)
+        names.append(f"{count} value{'s' * (count > 1)} of {table}")
     return CodingModel(
         None, None, schema, "adaptive", None,
         f"adaptive coder given {', '.join(names) or 'no other table'}", sources, anchors, hints,

@@ -1,16 +1,19 @@
-"""Agent states that agent_actions' ``details`` already spell out: exact guesses for the
-adaptive coder (``context_coder``'s ``hint``).
+"""Agent states that other tables already spell out: exact guesses for the adaptive coder
+(``context_coder``'s ``hint``).
 
 An AgentFarm action logs what it did in JSON: a defend's ``resources_after``, a move's
 ``current_position``, a pass's ``agent_health`` are the very values of the agent's state at that
-step. Those tables are restored before ``agent_states``, so a decoder can read them too. A
-**hint** names one such field: ``(feature, action_type, path)``, the path of keys and list
-indices into the parsed JSON. The encoder finds them (``find_hints``): for every action type and
-numeric leaf of its JSON, how often the leaf's grid cell is the cell of a continuous feature of
-the state at the same (agent, step); a leaf that agrees in ``MIN_SHARE`` of at least ``MIN_ROWS``
-rows becomes a hint. Nothing is assumed about field names, and the file's header carries the
-hints (a few dozen bytes), so a decoder reads the same fields. A guess is only a guess: the
-coder codes each state's cell relative to it and learns how often it is right.
+step; a health incident's ``health_after`` is the agent's health. Those tables are restored
+before ``agent_states``, so a decoder can read them too. A **hint** names one such value:
+``(feature, table, kind, path)``, where ``kind`` is the row's ``action_type`` / ``cause`` and
+``path`` a numeric column, or a column and the keys and list indices into its JSON. The encoder
+finds them (``find_hints``): for every kind of row and every number it holds, how often the
+number's grid cell is the cell of a continuous feature of the state at the same (agent, step); one
+that agrees in ``MIN_SHARE`` of at least ``MIN_ROWS`` rows, far more often than the state's most
+common cell does, and guesses states no hint before it guesses, becomes a hint. Nothing is
+assumed about names, and the file's header carries the hints (a few hundred bytes at most), so a
+decoder reads the same values. A guess is only a guess: the coder codes each state's cell
+relative to it and learns how often it is right.
 """
 
 from __future__ import annotations
@@ -29,28 +32,33 @@ from meaning_transform.codec.sql_guard import quote
 from meaning_transform.codec.state_context import MAX_EVENTS
 from meaning_transform.grid import MeaningGrid
 
-TABLE, TYPE_COLUMN, JSON_COLUMN = "agent_actions", "action_type", "details"
+#: the tables read for hints: each keyed by (agent_id, step_number), with the column that says
+#: what kind of row it is (a hint holds for one kind)
+TABLES = {"agent_actions": "action_type", "health_incidents": "cause"}
+_KEYS = ("agent_id", "step_number")
 NO_HINT = -(1 << 62)  # a state feature nothing guesses
 MAX_HINTS = 32
-MAX_PATH = 4  # keys and list indices
-MAX_NAME = 64  # characters of an action type or a key
+MAX_PATH = 5  # a column, then keys and list indices into its JSON
+MAX_NAME = 64  # characters of a kind, a column or a key
 MIN_ROWS = 16  # a leaf seen in fewer rows is not tried
 MIN_SHARE = 0.9  # ... nor one that agrees with the state's cell less often than this
-MAX_SAMPLE = 1 << 18  # action rows the encoder looks at to find hints
+MAX_SAMPLE = 1 << 18  # rows of each table the encoder looks at to find hints
 _MAX_CELL = 2.0**50  # values beyond this many cells guess nothing
 
 
 @dataclass(frozen=True)
 class Hint:
-    """A JSON field of one action type that guesses a state feature."""
+    """A value of one kind of row of a table that guesses a state feature: a numeric column
+    (``path`` = its name) or a number in a column's JSON (the column, then keys and indices)."""
 
     feature: str
-    action_type: str
+    table: str
+    kind: str
     path: tuple[str | int, ...]
 
     def entry(self) -> list[Any]:
-        """Its header entry: ``[feature, action_type, *path]``."""
-        return [self.feature, self.action_type, *self.path]
+        """Its header entry: ``[feature, table, kind, *path]``."""
+        return [self.feature, self.table, self.kind, *self.path]
 
 
 def leaves(obj: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple, float]]:
@@ -70,7 +78,7 @@ def leaves(obj: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple, 
 
 
 def _parsed(text: Any) -> Any:
-    """The JSON object a details cell holds, or None."""
+    """The JSON object a text cell holds, or None."""
     if not isinstance(text, str) or not text.startswith("{"):
         return None
     try:
@@ -79,11 +87,23 @@ def _parsed(text: Any) -> Any:
         return None
 
 
-def has_table(con: sqlite3.Connection) -> bool:
-    """Whether the database has agent_actions with agent_id, step_number, the action type and
-    its JSON details."""
-    columns = {r[1] for r in con.execute(f"PRAGMA table_info({TABLE})")}
-    return {"agent_id", "step_number", TYPE_COLUMN, JSON_COLUMN} <= columns
+def value_columns(con: sqlite3.Connection, table: str) -> list[str]:
+    """The columns of ``table`` a hint may read (all but its keys and kind), or none if it
+    lacks them."""
+    columns = [r[1] for r in con.execute(f"PRAGMA table_info({quote(table)})")]
+    if not {*_KEYS, TABLES[table]} <= set(columns):
+        return []
+    return [c for c in columns if c not in (*_KEYS, TABLES[table]) and len(c) <= MAX_NAME]
+
+
+def _row_leaves(columns: Sequence[str], row: Sequence[Any]) -> Iterator[tuple[tuple, float]]:
+    """(path, value) of a row's numbers: numeric columns, and numbers in its JSON columns."""
+    for column, value in zip(columns, row, strict=True):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value):
+                yield (column,), float(value)
+        elif (obj := _parsed(value)) is not None:
+            yield from leaves(obj, (column,))
 
 
 def _cells(grid: MeaningGrid, name: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,9 +116,9 @@ def _cells(grid: MeaningGrid, name: str, values: np.ndarray) -> tuple[np.ndarray
 def find_hints(
     con: sqlite3.Connection, grid: MeaningGrid, features: Sequence[str]
 ) -> tuple[Hint, ...]:
-    """The hints of ``con``'s agent_actions for ``features`` (continuous, columns of
+    """The hints of ``con``'s ``TABLES`` for ``features`` (continuous, columns of
     agent_states), most reliable first; none if the tables are not there."""
-    if not features or not has_table(con):
+    if not features:
         return ()
     index: dict[tuple[str, int], int] = {}
     rows = []
@@ -111,22 +131,24 @@ def find_hints(
         return ()
     native = np.array(rows, dtype=np.float64)
     state_cells = [_cells(grid, f, native[:, j]) for j, f in enumerate(features)]
-    seen: dict[tuple[str, tuple], tuple[list[float], list[int]]] = {}
-    sql = (
-        f"SELECT agent_id, step_number, {TYPE_COLUMN}, {JSON_COLUMN} FROM {TABLE} "
-        f"WHERE {JSON_COLUMN} LIKE '{{%' LIMIT {MAX_SAMPLE}"
-    )
-    for agent, step, action, text in con.execute(sql):
-        i = index.get((str(agent), step)) if isinstance(step, int) else None
-        obj = _parsed(text) if i is not None and isinstance(action, str) else None
-        if obj is None or len(action) > MAX_NAME:
+    seen: dict[tuple[str, str, tuple], tuple[list[float], list[int]]] = {}
+    for table, kind_column in TABLES.items():
+        columns = value_columns(con, table) if _exists(con, table) else []
+        if not columns:
             continue
-        for path, value in leaves(obj):
-            values, at = seen.setdefault((action, path), ([], []))
-            values.append(value)
-            at.append(i)
+        names = ", ".join(quote(c) for c in (*_KEYS, kind_column, *columns))
+        for agent, step, kind, *row in con.execute(
+            f"SELECT {names} FROM {quote(table)} LIMIT {MAX_SAMPLE}"
+        ):
+            i = index.get((str(agent), step)) if isinstance(step, int) else None
+            if i is None or not isinstance(kind, str) or len(kind) > MAX_NAME:
+                continue
+            for path, value in _row_leaves(columns, row):
+                values, at = seen.setdefault((table, kind, path), ([], []))
+                values.append(value)
+                at.append(i)
     found = []
-    for (action, path), (values, at) in seen.items():
+    for (table, kind, path), (values, at) in seen.items():
         if len(values) < MIN_ROWS:
             continue
         at_ = np.array(at)
@@ -135,8 +157,8 @@ def find_hints(
             theirs, known = state_cells[j]
             right = usable & known[at_] & (cells == theirs[at_])
             if right.mean() >= MIN_SHARE and _informative(right, theirs[at_]):
-                order = (-right.mean(), -len(values), feature, action, repr(path))
-                found.append((order, Hint(feature, action, path), j, at_))
+                order = (-right.mean(), -len(values), feature, table, kind, repr(path))
+                found.append((order, Hint(feature, table, kind, path), j, at_))
     found.sort(key=lambda h: h[0])
     return _covering([h[1:] for h in found])
 
@@ -163,17 +185,24 @@ def _covering(candidates: list[tuple[Hint, int, np.ndarray]]) -> tuple[Hint, ...
 
 
 def hints_of(entries: Any, continuous: set[str], where: str) -> tuple[Hint, ...]:
-    """The hints a file's header names; CodecFileError unless each is a continuous feature, a
-    short action type and a short path of short keys and small indices."""
+    """The hints a file's header names; CodecFileError unless each is a continuous feature, one
+    of ``TABLES``, a short kind and a path of a short column name, then short keys and small
+    indices."""
     bad = CodecFileError(f"{where}: field 'hints' is not a list of state hints")
     if not isinstance(entries, list) or len(entries) > MAX_HINTS:
         raise bad
     hints = []
     for e in entries:
-        if not isinstance(e, list) or not 3 <= len(e) <= 2 + MAX_PATH:
+        if not isinstance(e, list) or not 4 <= len(e) <= 3 + MAX_PATH:
             raise bad
-        feature, action, *path = e
-        if feature not in continuous or not isinstance(action, str) or len(action) > MAX_NAME:
+        feature, table, kind, *path = e
+        if (
+            feature not in continuous
+            or table not in TABLES
+            or not isinstance(kind, str)
+            or len(kind) > MAX_NAME
+            or not isinstance(path[0], str)
+        ):
             raise bad
         for p in path:
             if isinstance(p, bool) or not (
@@ -181,8 +210,13 @@ def hints_of(entries: Any, continuous: set[str], where: str) -> tuple[Hint, ...]
                 or (isinstance(p, int) and 0 <= p < MAX_NAME)
             ):
                 raise bad
-        hints.append(Hint(feature, action, tuple(path)))
+        hints.append(Hint(feature, table, kind, tuple(path)))
     return tuple(hints)
+
+
+def _exists(con: sqlite3.Connection, table: str) -> bool:
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return con.execute(sql, (table,)).fetchone() is not None
 
 
 def _at(obj: Any, path: tuple[str | int, ...]) -> float | None:
@@ -208,34 +242,50 @@ class HintValues:
     ) -> None:
         self.width = len(features)
         self.guess: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
-        by_action: dict[str, list[tuple[int, Hint]]] = {}
-        for rank, h in enumerate(hints):
-            by_action.setdefault(h.action_type, []).append((rank, h))
-        if not by_action:
-            return
-        if not has_table(con):
-            raise CodecFileError(f"the database has no {TABLE}.{JSON_COLUMN} its hints name")
-        column = {f: j for j, f in enumerate(features)}
-        marks = ", ".join("?" * len(by_action))
+        self._column = {f: j for j, f in enumerate(features)}
+        self._grid = grid
+        ranked = list(enumerate(hints))
+        for table in TABLES:
+            mine = [(rank, h) for rank, h in ranked if h.table == table]
+            if mine:
+                self._read(con, table, mine)
+
+    def _read(self, con: sqlite3.Connection, table: str, hints: list[tuple[int, Hint]]) -> None:
+        """The guesses of ``hints``, all of ``table``."""
+        have = value_columns(con, table) if _exists(con, table) else []
+        columns = sorted({h.path[0] for _, h in hints})
+        if not set(columns) <= set(have):
+            raise CodecFileError(f"the database's {table} lacks the columns its hints name")
+        by_kind: dict[str, list[tuple[int, Hint]]] = {}
+        for rank, h in hints:
+            by_kind.setdefault(h.kind, []).append((rank, h))
+        at = {c: i for i, c in enumerate(columns)}
+        names = ", ".join(quote(c) for c in (*_KEYS, TABLES[table], *columns))
+        marks = ", ".join("?" * len(by_kind))
         sql = (
-            f"SELECT agent_id, step_number, {TYPE_COLUMN}, {JSON_COLUMN} FROM {TABLE} "
-            f"WHERE {TYPE_COLUMN} IN ({marks}) LIMIT {MAX_EVENTS}"
+            f"SELECT {names} FROM {quote(table)} WHERE {quote(TABLES[table])} IN ({marks}) "
+            f"LIMIT {MAX_EVENTS}"
         )
-        for agent, step, action, text in con.execute(sql, list(by_action)):
-            obj = _parsed(text) if isinstance(step, int) else None
-            if obj is None:
+        for agent, step, kind, *row in con.execute(sql, list(by_kind)):
+            if not isinstance(step, int):
                 continue
+            parsed: dict[str, Any] = {}
             slot = self.guess.setdefault((str(agent), step), {})
-            for rank, h in by_action[action]:
-                value = _at(obj, h.path)
+            for rank, h in by_kind[kind]:
+                cell = row[at[h.path[0]]]
+                if len(h.path) > 1:
+                    if h.path[0] not in parsed:
+                        parsed[h.path[0]] = _parsed(cell)
+                    cell = parsed[h.path[0]]
+                value = _at(cell, h.path[1:])
                 if value is None:
                     continue
-                cells, usable = _cells(grid, h.feature, np.array([value]))
+                cells, usable = _cells(self._grid, h.feature, np.array([value]))
                 if not usable[0]:
                     continue
-                j, cell = column[h.feature], int(cells[0])
-                if j not in slot or (rank, cell) < slot[j]:
-                    slot[j] = (rank, cell)
+                j, guess = self._column[h.feature], int(cells[0])
+                if j not in slot or (rank, guess) < slot[j]:
+                    slot[j] = (rank, guess)
 
     def of(self, agents: Sequence[object], steps: Sequence[object]) -> np.ndarray:
         """[n, features] int64: each state's guessed cells (``NO_HINT`` where none)."""
