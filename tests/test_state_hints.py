@@ -51,8 +51,9 @@ def test_coder_codes_around_a_guess() -> None:
         cc.encode(symbols, flag, context, layout, None, symbols[:10])
 
 
-def _db_with_details(path, extra=None):
-    """A small simulation.db whose moves log the agent's position (and ``extra`` fields)."""
+def _db_with_details(path, extra=None, incidents=False):
+    """A small simulation.db whose moves log the agent's position (and ``extra`` fields), and
+    (``incidents``) whose health incidents say the agent's health."""
     from agentfarm_db import write_agentfarm_db
 
     write_agentfarm_db(path, 600, num_agents=6)
@@ -73,6 +74,11 @@ def _db_with_details(path, extra=None):
             "VALUES (?, ?, ?, ?)",
             actions,
         )
+        if incidents:  # every third state: a hit that leaves the agent at its health
+            con.execute("CREATE TABLE health_incidents (agent_id TEXT, step_number INTEGER, "
+                        "health_after REAL, cause TEXT)")  # fmt: skip
+            con.execute("INSERT INTO health_incidents SELECT agent_id, step_number, "
+                        "current_health, 'hit' FROM agent_states WHERE rowid % 3 = 0")  # fmt: skip
         con.commit()
     return path
 
@@ -81,7 +87,7 @@ def test_the_fields_that_say_the_state_are_found(tmp_path) -> None:
     from meaning_transform.codec.adaptive import fitted_schema
     from meaning_transform.grid import MeaningGrid
 
-    db = _db_with_details(tmp_path / "sim.db", lambda x, y: {"new_position": [x, y]})
+    db = _db_with_details(tmp_path / "sim.db", lambda x, y: {"new_position": [x, y]}, True)
     schema = fitted_schema(db)
     grid = MeaningGrid(schema, 1)
     names = [f.name for f in schema.features]
@@ -91,6 +97,7 @@ def test_the_fields_that_say_the_state_are_found(tmp_path) -> None:
         assert {h.entry()[0]: h.entry()[1:] for h in hints} == {
             "position_x": ["agent_actions", "move", "details", "current_position", 0],
             "position_y": ["agent_actions", "move", "details", "current_position", 1],
+            "current_health": ["health_incidents", "hit", "health_after"],
         }
         guesses = HintValues(con, hints, grid, names)
         keys = con.execute("SELECT agent_id, step_number, position_x FROM agent_states").fetchall()
@@ -100,6 +107,7 @@ def test_the_fields_that_say_the_state_are_found(tmp_path) -> None:
     assert moved.sum() == 300  # every other row is a move
     cells = grid.cells("position_x", np.array([k[2] for k in keys]))
     assert np.array_equal(got[moved, x], cells[moved])
+    assert (got[:, names.index("current_health")] != NO_HINT).sum() == 200
 
 
 def test_headers_naming_other_than_hints_are_refused() -> None:
