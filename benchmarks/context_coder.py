@@ -163,10 +163,13 @@ def main() -> None:
     write_results("context_coder", results)
 
 
+_W = max(map(len, VARIANTS)) + 2  # the label column
+
+
 def table(data: dict[str, Any]) -> str:
     """The printed table: a row per variant, a column per database."""
     names = list(data)
-    lines = [f"{'bits per state (features only)':<44}" + "".join(f"{n:>22}" for n in names)]
+    lines = [f"{'bits per state (features only)':<{_W}}" + "".join(f"{n:>22}" for n in names)]
     for label in VARIANTS:
         cells = []
         for n in names:
@@ -176,7 +179,7 @@ def table(data: dict[str, Any]) -> str:
                 else f"{r['bits_per_state']:>7.3f} ({r['encode_s']:.1f}/{r['decode_s']:.1f} s)"
                 .rjust(22)
             )  # fmt: skip
-        lines.append(f"{label:<44}" + "".join(cells))
+        lines.append(f"{label:<{_W}}" + "".join(cells))
     for model in ("adaptive", "fit"):
         if not all(f"codec, coder={model}" in data[n] for n in names):
             continue
@@ -187,9 +190,9 @@ def table(data: dict[str, Any]) -> str:
             ("header_bits_per_state", "  header (schema, SQL, settings)"),
             ("model_bits_per_state", "  model in the file"),
         ):
-            lines.append(f"{label:<44}" + "".join(f"{r[key]:>22.3f}" for r in m))
+            lines.append(f"{label:<{_W}}" + "".join(f"{r[key]:>22.3f}" for r in m))
         lines.append(
-            f"{'  compress / decompress seconds':<44}"
+            f"{'  compress / decompress seconds':<{_W}}"
             + "".join(f"{r['compress_s']:>14.1f} / {r['decompress_s']:<5.1f}" for r in m)
         )
     lines.append("(encode/decode seconds in brackets; every variant decoded exactly)")
