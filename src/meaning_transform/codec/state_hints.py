@@ -18,6 +18,7 @@ relative to it and learns how often it is right.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -42,7 +43,7 @@ MAX_PATH = 5  # a column, then keys and list indices into its JSON
 MAX_NAME = 64  # characters of a kind, a column or a key
 MIN_ROWS = 16  # a leaf seen in fewer rows is not tried
 MIN_SHARE = 0.9  # ... nor one that agrees with the state's cell less often than this
-MAX_SAMPLE = 1 << 18  # rows of each table the encoder looks at to find hints
+MAX_SAMPLE = 1 << 16  # rows of each table the encoder looks at to find hints (its first)
 _MAX_CELL = 2.0**50  # values beyond this many cells guess nothing
 
 
@@ -102,8 +103,16 @@ def _row_leaves(columns: Sequence[str], row: Sequence[Any]) -> Iterator[tuple[tu
         if isinstance(value, int | float) and not isinstance(value, bool):
             if math.isfinite(value):
                 yield (column,), float(value)
-        elif (obj := _parsed(value)) is not None:
-            yield from leaves(obj, (column,))
+        elif isinstance(value, str) and value.startswith("{"):
+            for path, number in _text_leaves(value):
+                yield (column, *path), number
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_leaves(text: str) -> tuple[tuple[tuple, float], ...]:
+    """``leaves`` of a JSON text (remembered: a simulation logs the same texts again and again)."""
+    obj = _parsed(text)
+    return () if obj is None else tuple(leaves(obj))
 
 
 def _cells(grid: MeaningGrid, name: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,17 +129,7 @@ def find_hints(
     agent_states), most reliable first; none if the tables are not there."""
     if not features:
         return ()
-    index: dict[tuple[str, int], int] = {}
-    rows = []
-    columns = ", ".join(quote(f) for f in features)
-    sql = f"SELECT agent_id, step_number, {columns} FROM agent_states LIMIT {MAX_EVENTS}"
-    for agent, step, *values in con.execute(sql):
-        if isinstance(step, int) and index.setdefault((str(agent), step), len(rows)) == len(rows):
-            rows.append([v if isinstance(v, int | float) else math.nan for v in values])
-    if not rows:
-        return ()
-    native = np.array(rows, dtype=np.float64)
-    state_cells = [_cells(grid, f, native[:, j]) for j, f in enumerate(features)]
+    index: dict[tuple[str, int], int] = {}  # the (agent, step) of the rows looked at
     seen: dict[tuple[str, str, tuple], tuple[list[float], list[int]]] = {}
     for table, kind_column in TABLES.items():
         columns = value_columns(con, table) if _exists(con, table) else []
@@ -140,13 +139,25 @@ def find_hints(
         for agent, step, kind, *row in con.execute(
             f"SELECT {names} FROM {quote(table)} LIMIT {MAX_SAMPLE}"
         ):
-            i = index.get((str(agent), step)) if isinstance(step, int) else None
-            if i is None or not isinstance(kind, str) or len(kind) > MAX_NAME:
+            if not isinstance(step, int) or not isinstance(kind, str) or len(kind) > MAX_NAME:
                 continue
+            i = index.setdefault((str(agent), step), len(index))
             for path, value in _row_leaves(columns, row):
                 values, at = seen.setdefault((table, kind, path), ([], []))
                 values.append(value)
                 at.append(i)
+    if not seen:
+        return ()
+    native = np.full((len(index), len(features)), np.nan)  # those states' values
+    filled = np.zeros(len(index), dtype=bool)  # an (agent, step) twice: its first row
+    columns = ", ".join(quote(f) for f in features)
+    sql = f"SELECT agent_id, step_number, {columns} FROM agent_states LIMIT {MAX_EVENTS}"
+    for agent, step, *values in con.execute(sql):
+        i = index.get((str(agent), step)) if isinstance(step, int) else None
+        if i is not None and not filled[i]:
+            native[i] = [v if isinstance(v, int | float) else math.nan for v in values]
+            filled[i] = True
+    state_cells = [_cells(grid, f, native[:, j]) for j, f in enumerate(features)]
     found = []
     for (table, kind, path), (values, at) in seen.items():
         if len(values) < MIN_ROWS:
