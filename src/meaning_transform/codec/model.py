@@ -288,37 +288,42 @@ def _duration(seconds: float) -> str:
     return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def fit_checkpoint(snapshot: str, seconds: float, folder: str) -> tuple[str, Any]:
+    """Train a lossless model with ``model.context=history`` on the database's agents for at
+    most ``seconds`` (outputs in ``folder``); (its best checkpoint's path, epochs run)."""
+    from meaning_transform.api import load_config
+    from meaning_transform.training import run
+
+    cfg = load_config(
+        [
+            "compression=lossless",
+            "model.context=history",
+            "data=sqlite",
+            f"data.path={snapshot}",
+            "data.drop_invalid=true",
+            "data.batch_size=256",
+            "trainer.max_epochs=1000",
+            f"++trainer.max_time={_duration(seconds)}",
+            "logger=none",
+            "test=false",
+            "callbacks.periodic_checkpoint.every_n_epochs=1000",
+            "callbacks.curve_plotter.plot_every_n_epochs=1000",
+            "experiment_name=codec_fit",
+            f"paths.output_dir={folder}",
+        ]
+    )
+    summary = run(cfg)
+    return summary["best_model_path"], summary.get("epochs_run")
+
+
 def fit_model(snapshot: str, name: str, seconds: float) -> CodingModel:
     """A lossless model with ``model.context=history`` fitted on the database's agents for at
     most ``seconds`` of training (the best epoch on its validation agents), as a coding model
     to embed."""
-    from meaning_transform.api import load_config
-    from meaning_transform.training import run
-
     with tempfile.TemporaryDirectory(prefix="mt-fit-") as folder:
-        cfg = load_config(
-            [
-                "compression=lossless",
-                "model.context=history",
-                "data=sqlite",
-                f"data.path={snapshot}",
-                "data.drop_invalid=true",
-                "data.batch_size=256",
-                "trainer.max_epochs=1000",
-                f"++trainer.max_time={_duration(seconds)}",
-                "logger=none",
-                "test=false",
-                "callbacks.periodic_checkpoint.every_n_epochs=1000",
-                "callbacks.curve_plotter.plot_every_n_epochs=1000",
-                "experiment_name=codec_fit",
-                f"paths.output_dir={folder}",
-            ]
-        )
-        summary = run(cfg)
-        best = summary["best_model_path"]
+        best, epochs = fit_checkpoint(snapshot, seconds, folder)
         ckpt, _ = read_model(best)
         module = build_model(ckpt, f"model fitted on {name}")
-        epochs = summary.get("epochs_run")
     return from_module(module, "embedded", f"model fitted on {Path(name).name} ({epochs} epochs)")
 
 
