@@ -115,9 +115,7 @@ class VQBottleneck(Bottleneck):
         if not usage_weight >= 0:
             raise ValueError(f"compression.usage_weight must be >= 0, got {usage_weight}")
         if not usage_temperature > 0:
-            raise ValueError(
-                f"compression.usage_temperature must be > 0, got {usage_temperature}"
-            )
+            raise ValueError(f"compression.usage_temperature must be > 0, got {usage_temperature}")
         self.usage_weight = float(usage_weight)
         self.usage_temperature = float(usage_temperature)
         self.codebook_size = max(2, round(num_embeddings / self.level))
