@@ -97,6 +97,10 @@ def test_bottleneck_and_optimizer_instantiate(compression):
         ),
         ("loss.sharpness=0", "loss.sharpness=0 is invalid: expected a number > 0"),
         ("loss.huber_weight=-1", "loss.huber_weight=-1 is invalid"),
+        (
+            "compression=vq compression.usage_temperature=0",
+            "compression.usage_temperature=0 is invalid: expected a number > 0",
+        ),
     ],
 )
 def test_bad_values_fail_validation_with_one_line(override, message):

@@ -189,12 +189,14 @@ def test_entropy_levels_give_strictly_fewer_bits(tmp_path: Path) -> None:
 
 
 def test_vq_uses_most_of_a_64_code_codebook(tmp_path: Path) -> None:
-    """5,000 states, K=64: more than half the codes in use (it used to collapse or churn)."""
+    """5,000 states, K=64: more than half the codes in use (it used to collapse or churn).
+    Nearest-code VQ (usage_weight 0): the ECVQ term concentrates usage on purpose."""
     cfg = _cfg(
         tmp_path,
         "data.num_states=5000",
         "compression=vq",
         "compression.num_embeddings=64",
+        "compression.usage_weight=0",
         "trainer.max_epochs=3",
         "callbacks.last_checkpoint=null",
     )

@@ -85,6 +85,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "compression.level": POSITIVE,
     "compression.num_embeddings": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
     "compression.commitment_cost": NON_NEGATIVE,
+    "compression.usage_weight": NON_NEGATIVE,
+    "compression.usage_temperature": POSITIVE,
     "optimizer.lr": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "trainer.max_epochs": COUNT,

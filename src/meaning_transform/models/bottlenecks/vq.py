@@ -25,6 +25,38 @@ def usage_bits(codes: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, t
     return -torch.log2(probs[codes].clamp_min(1e-12)), counts
 
 
+def usage_pmf(counts: torch.Tensor) -> torch.Tensor:
+    """The usage table's probabilities (float64): ``counts`` normalized (uniform when all are 0),
+    every code floored at ``USAGE_FLOOR`` of a uniform share so that it stays codable."""
+    c = counts.detach().double().flatten().clamp_min(0)
+    k = c.numel()
+    total = c.sum()
+    p = c / total if total > 0 else torch.full_like(c, 1.0 / k)
+    p = p.clamp_min(USAGE_FLOOR / k)
+    return p / p.sum()
+
+
+def assignment_logits(
+    d2: torch.Tensor, pmf: torch.Tensor, temperature: float, scale: torch.Tensor | float
+) -> torch.Tensor:
+    """ECVQ's code choice as logits [B, K]: ``-d2 / (temperature * scale) + ln pmf``.
+
+    ``d2`` [B, K] are squared distances from latents to codes, ``scale`` their typical nearest
+    one (so the temperature does not depend on the latent's scale). The argmax is the code of
+    least ``d2 + temperature * scale * ln2 * bits``: a bit of index costs ``temperature * ln2``
+    typical quantization errors (entropy-constrained VQ, Chou, Lookabaugh & Gray 1989), so a
+    code a little farther but much more popular wins; ``temperature -> 0`` is nearest-code VQ.
+    """
+    return -d2 / (temperature * scale) + torch.log(pmf.to(d2.dtype))
+
+
+def soft_index_bits(logits: torch.Tensor, pmf: torch.Tensor) -> torch.Tensor:
+    """Per-state bits of the soft assignment ``softmax(logits)`` under the usage table:
+    ``-sum_k q_k log2 pmf_k`` (the hard code's ``-log2 pmf`` as the softmax sharpens)."""
+    q = torch.softmax(logits, dim=1)
+    return -(q * torch.log2(pmf.to(logits.dtype))).sum(dim=1)
+
+
 def entropy_bits(counts: torch.Tensor) -> torch.Tensor:
     """Entropy in bits of a code histogram."""
     probs = counts / counts.sum().clamp_min(1.0)
@@ -63,6 +95,8 @@ class VQBottleneck(Bottleneck):
         kmeans_iters: int = 10,
         threshold_ema_dead_code: float | None = None,
         dead_code_fraction: float = 0.1,
+        usage_weight: float = 0.0,
+        usage_temperature: float = 1.0,
     ) -> None:
         super().__init__(latent_dim, level)
         if num_embeddings < 2:
@@ -78,6 +112,12 @@ class VQBottleneck(Bottleneck):
             raise ValueError(
                 f"compression.dead_code_fraction must be in [0, 1), got {dead_code_fraction}"
             )
+        if not usage_weight >= 0:
+            raise ValueError(f"compression.usage_weight must be >= 0, got {usage_weight}")
+        if not usage_temperature > 0:
+            raise ValueError(f"compression.usage_temperature must be > 0, got {usage_temperature}")
+        self.usage_weight = float(usage_weight)
+        self.usage_temperature = float(usage_temperature)
         self.codebook_size = max(2, round(num_embeddings / self.level))
         self.dead_code_fraction = float(dead_code_fraction)
         self.relative_threshold = threshold_ema_dead_code is None and dead_code_fraction > 0
@@ -87,15 +127,21 @@ class VQBottleneck(Bottleneck):
         # imported here: metrics.py needs this module's entropy_bits, not the VQ library (0.2 s)
         from vector_quantize_pytorch import VectorQuantize
 
+        self.commitment_cost = float(commitment_cost)
+        # With the rate term, codes live in latent_dim + 1 dimensions: latents get a 0 there and
+        # each code sqrt(its price), so the library's nearest code is ECVQ's (see _price_codes).
+        self.priced = self.usage_weight > 0
         self.vq = VectorQuantize(
-            dim=latent_dim,
+            dim=latent_dim + int(self.priced),
             codebook_size=self.codebook_size,
             decay=decay,
-            commitment_weight=commitment_cost,
+            commitment_weight=0.0,  # paid here, on the latent's own dimensions
             kmeans_init=kmeans_init,
             kmeans_iters=kmeans_iters,
             threshold_ema_dead_code=absolute,
         )
+        #: EMA of the batches' mean squared distance to the nearest code (the price's unit)
+        self.register_buffer("distance_scale", torch.ones(()))
 
     @property
     def fixed_rate_bits(self) -> float:
@@ -117,17 +163,46 @@ class VQBottleneck(Bottleneck):
         codebook.threshold_ema_dead_code = self.dead_code_fraction * share
         codebook.reset_cluster_size = share
 
+    def _price_codes(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set each code's extra coordinate to ``sqrt(-temperature * scale * ln pmf)`` and return
+        the assignment logits of ``z`` [B, D] and the usage table: with ``z``'s extra coordinate 0, the squared
+        distance the library minimizes is ``d2 - temperature * scale * ln pmf``, ECVQ's cost
+        (``assignment_logits``). ``scale``: the batch's in training (and into the EMA), the EMA
+        in evaluation, so that coding a split does not depend on how it is batched."""
+        codebook = self.vq._codebook
+        pmf = usage_pmf(codebook.cluster_size).to(z.dtype)
+        d2 = torch.cdist(z, codebook.embed[0, :, :-1].detach().clone()).pow(2)
+        scale = self.distance_scale
+        if self.training:
+            scale = d2.detach().min(dim=1).values.mean().clamp_min(1e-12)
+            self.distance_scale.lerp_(scale, 1.0 - codebook.decay)
+        with torch.no_grad():
+            price = -self.usage_temperature * scale * torch.log(pmf)
+            codebook.embed[0, :, -1] = price.clamp_min(0).sqrt()
+        return assignment_logits(d2, pmf, self.usage_temperature, scale), pmf
+
     def forward(self, latent: Latent) -> BottleneckOutput:
-        """Quantize to the nearest code; rate from code usage (not differentiable)."""
+        """Quantize (nearest code, or ECVQ's with the rate term); rate from code usage
+        (measured), rate loss: ``level * usage_weight`` x the soft assignment's bits under the
+        usage table that codes the indices (``soft_index_bits``), 0 without the term."""
+        z = latent.z
         if self.training and self.relative_threshold:
-            self._set_dead_code_threshold(latent.z.shape[0])
-        z_q, codes, commit = self.vq(latent.z)
+            self._set_dead_code_threshold(z.shape[0])
+        rate_loss = z.new_zeros(())
+        if self.priced:
+            logits, pmf = self._price_codes(z)
+            rate_loss = self.level * self.usage_weight * soft_index_bits(logits, pmf).mean()
+            z_q, codes, _ = self.vq(torch.cat([z, z.new_zeros(z.shape[0], 1)], dim=1))
+            z_q = z_q[:, :-1]
+        else:
+            z_q, codes, _ = self.vq(z)
+        commit = self.commitment_cost * torch.nn.functional.mse_loss(z, z_q.detach())
         bits, _ = usage_bits(codes.detach(), self.codebook_size)
         return BottleneckOutput(
             z=z_q,
             rate_bits=bits,
-            rate_loss=bits.new_zeros(()),
-            aux_loss=commit.sum(),
+            rate_loss=rate_loss,
+            aux_loss=commit,
             codes=codes,
         )
 
@@ -140,11 +215,7 @@ class UsageCoder:
     training = False
 
     def __init__(self, counts: torch.Tensor) -> None:
-        c = counts.detach().double().flatten().clamp_min(0).cpu().numpy()
-        k = len(c)
-        p = c / c.sum() if c.sum() > 0 else np.full(k, 1.0 / k)
-        p = np.maximum(p, USAGE_FLOOR / k)
-        self.pmf = p / p.sum()
+        self.pmf = usage_pmf(counts.cpu()).numpy()
         self.model = categorical(self.pmf)
 
     def train(self, mode: bool = True) -> UsageCoder:
