@@ -10,6 +10,7 @@ import torch
 from meaning_transform.data import generate_synthetic
 from meaning_transform.models.bottlenecks.base import Latent
 from meaning_transform.models.bottlenecks.histogram import HistogramEntropyModel
+from meaning_transform.models.bottlenecks.order0 import MIN_WEIGHT, OrderZeroMixture
 from meaning_transform.models.grid_path import GridPath
 from meaning_transform.schema.table import encode, fit
 
@@ -42,18 +43,32 @@ def test_mixture_weight_and_code_length_are_the_hand_computed_ones():
 
 def test_the_ends_win_when_one_part_is_enough():
     """Validation values the table has seen and the learned prior prices worse: the table
-    alone (w = 0); values only the learned prior gives mass to: the learned prior alone."""
+    with the least weight the learned prior keeps (1/256); values only the learned prior gives
+    mass to: the learned prior alone."""
     model = _learned_three_quarters()
     model.fit_order0(torch.ones(3, 1), torch.ones(4, 1))
-    assert model.order0.weight.item() == 0.0
-    assert model.estimate_bits(torch.ones(2, 1)) == pytest.approx(-2 * math.log2(7 / 8), 1e-6)
+    assert model.order0.weight.item() == MIN_WEIGHT == 1 / 256
+    one = MIN_WEIGHT / 4 + (1 - MIN_WEIGHT) * 7 / 8
+    assert model.estimate_bits(torch.ones(2, 1)) == pytest.approx(-2 * math.log2(one), 1e-6)
+    # a value the table never saw still costs the learned prior's bits plus 8, not 30
+    zero = -math.log2(MIN_WEIGHT * 3 / 4)
+    assert model.estimate_bits(torch.zeros(1, 1)) == pytest.approx(zero, 1e-6)
     model.fit_order0(torch.ones(3, 1), torch.zeros(4, 1))
     assert model.order0.weight.item() == 1.0
 
 
+def test_a_covered_table_counts_values_the_training_split_never_held():
+    """cover 3 over 0..2 (a categorical's vocabulary) with training values 0, 0, 0: counts
+    3.5, 0.5, 0.5 and escape 0.5 over 5, as the classical quantizer's table."""
+    mixture = OrderZeroMixture(torch.tensor([0]), 4, cover=torch.tensor([3]))
+    mixture.fit_tables(torch.zeros(3, 1))
+    torch.testing.assert_close(mixture.probs[0], torch.tensor([0.7, 0.1, 0.1, 0.0]).double())
+    assert mixture.escape_mass().item() == pytest.approx(0.1)
+
+
 def test_training_prices_the_learned_prior_alone():
     model = _learned_three_quarters()
-    model.fit_order0(torch.ones(3, 1), torch.ones(4, 1))  # w = 0: the table alone
+    model.fit_order0(torch.ones(3, 1), torch.ones(4, 1))  # w = 1/256: the table, nearly alone
     model.train()
     out = model(Latent(z=torch.ones(1, 1), mu=torch.ones(1, 1)))
     assert out.rate_bits.item() == pytest.approx(2.0, 1e-6)  # -log2(1/4), the learned entry
@@ -75,6 +90,6 @@ def test_grid_path_codes_validation_no_worse_than_either_part(agentfarm_schema_m
     for model, d in grid.coding_parts(val_x):
         w = model.order0.weight.clone()
         mixed_bits = model.estimate_bits(d)
-        model.order0.weight.fill_(0.0)  # the tables alone
+        model.order0.weight.fill_(MIN_WEIGHT)  # the tables, as nearly alone as allowed
         assert mixed_bits <= model.estimate_bits(d) + 1e-6
         model.order0.weight.copy_(w)

@@ -131,8 +131,9 @@ class GridPath(nn.Module):
         if (~smooth).any():
             lo, hi = self._table_support(continuous)
             self.table = HistogramEntropyModel(lo, hi, level, density_lr_scale=density_lr_scale)
-            if prior_mixture:  # tables over the learned tables' own support
-                self.table.attach_order0(lo, int((hi - lo).max()) + 1)
+            if prior_mixture:  # over the learned tables' support; binary/categorical: all of it
+                cover = torch.where(continuous[self.table_cols], 0, hi - lo + 1)
+                self.table.attach_order0(lo, int((hi - lo).max()) + 1, cover)
         self._skip = _SkipLayout(schema)
         # the table channels' symbols and values, in torch (MeaningGrid is the numpy reference)
         self.table_symbols = GridSymbols(self.meaning_grid, self.table_cols)

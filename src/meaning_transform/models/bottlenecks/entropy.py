@@ -171,10 +171,13 @@ class EntropyBottleneck(Bottleneck):
         self.register_buffer("quantile_targets", torch.tensor([-t, 0.0, t]), persistent=False)
         self.order0: OrderZeroMixture | None = None
 
-    def attach_order0(self, lo: torch.Tensor, width: int) -> None:
+    def attach_order0(
+        self, lo: torch.Tensor, width: int, cover: torch.Tensor | None = None
+    ) -> None:
         """Give every channel an order-0 table over the integer offsets ``lo .. lo + width - 1``
-        (``fit_order0`` fills it), mixed into this prior when evaluating and coding."""
-        self.order0 = OrderZeroMixture(lo, width).to(self.quantiles.device)
+        (``fit_order0`` fills it; ``cover``: see ``OrderZeroMixture``), mixed into this prior
+        when evaluating and coding."""
+        self.order0 = OrderZeroMixture(lo, width, cover).to(self.quantiles.device)
 
     @torch.no_grad()
     def fit_order0(self, train: torch.Tensor, val: torch.Tensor) -> None:
