@@ -82,6 +82,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.grid_path.learn_step": FLAG,
     "model.grid_path.init_scale": POSITIVE,
     "model.grid_path.density_lr_scale": POSITIVE,
+    "model.grid_path.prior_mixture": FLAG,
     "compression.level": POSITIVE,
     "compression.num_embeddings": (lambda v: _int(v) and v >= 2, "an integer >= 2"),
     "compression.commitment_cost": NON_NEGATIVE,

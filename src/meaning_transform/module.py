@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 
 from meaning_transform.baselines import baselines_of_splits, classical_metrics
 from meaning_transform.containers import to_plain
@@ -270,8 +271,14 @@ class MeaningModule(L.LightningModule):
         self.rate[stage].reset()
 
     def on_validation_start(self) -> None:
-        """Classical baselines of the validation split (once)."""
+        """Classical baselines of the validation split (once); while fitting, the grid
+        channels' order-0 tables refitted to the weights about to be validated (their mixing
+        weights chosen on this validation split, so every checkpoint carries its own)."""
         self._eval_start("val")
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        if self.grid is not None and fitting and hasattr(dm, "train_x") and len(dm.val_x):
+            self.grid.fit_order0(dm.train_x.to(self.device), dm.val_x.to(self.device))
 
     def on_test_start(self) -> None:
         """Classical baselines of the test split (once)."""

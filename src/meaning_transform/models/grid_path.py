@@ -69,6 +69,7 @@ class GridPath(nn.Module):
         learn_step: bool = True,
         init_scale: float = 16.0,
         density_lr_scale: float = 10.0,
+        prior_mixture: bool = False,
     ) -> None:
         super().__init__()
         if not init_k >= 1:
@@ -124,9 +125,15 @@ class GridPath(nn.Module):
                 round_at_medians=False,
             )
             self.smooth.init_quantiles(middle - spread, middle, middle + spread)
+            if prior_mixture:  # tables over the training mean -+ TABLE_SPAN_STD std, in cells
+                half = (TABLE_SPAN_STD * std / step)[i].ceil().clamp_max(MAX_TABLE // 2)
+                self.smooth.attach_order0(middle.round() - half, int(2 * half.max()) + 1)
         if (~smooth).any():
             lo, hi = self._table_support(continuous)
             self.table = HistogramEntropyModel(lo, hi, level, density_lr_scale=density_lr_scale)
+            if prior_mixture:  # over the learned tables' support; binary/categorical: all of it
+                cover = torch.where(continuous[self.table_cols], 0, hi - lo + 1)
+                self.table.attach_order0(lo, int((hi - lo).max()) + 1, cover)
         self._skip = _SkipLayout(schema)
         # the table channels' symbols and values, in torch (MeaningGrid is the numpy reference)
         self.table_symbols = GridSymbols(self.meaning_grid, self.table_cols)
@@ -222,6 +229,17 @@ class GridPath(nn.Module):
     def _table_values(self, symbols: torch.Tensor) -> torch.Tensor:
         """Meaning-grid symbols of the table channels -> their data-tensor values."""
         return self.table_symbols.decode(symbols.detach().round().long()).to(symbols)
+
+    @torch.no_grad()
+    def fit_order0(self, train_x: torch.Tensor, val_x: torch.Tensor) -> None:
+        """Fit each channel's order-0 table on data tensor ``train_x`` (the training split) and
+        choose its mixing weight on ``val_x`` (the validation split); a no-op without
+        ``prior_mixture`` (models/bottlenecks/order0.py)."""
+        for (_, model, train), (_, _, val) in zip(
+            self._parts(train_x), self._parts(val_x), strict=True
+        ):
+            if model.order0 is not None:
+                model.fit_order0(train, val)
 
     def coding_parts(self, x: torch.Tensor) -> list[tuple[EntropyBottleneck, torch.Tensor]]:
         """(entropy model, channel values) of each coded part of data tensor ``x``."""

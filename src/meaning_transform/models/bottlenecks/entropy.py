@@ -26,6 +26,7 @@ from .coding import (
     open_decoder,
     to_bytes,
 )
+from .order0 import OrderZeroMixture
 
 
 class _LowerBound(torch.autograd.Function):
@@ -168,6 +169,26 @@ class EntropyBottleneck(Bottleneck):
         self.quantiles = nn.Parameter(quantiles)  # [D, 1, 3]
         t = math.log(2.0 / tail_mass - 1.0)
         self.register_buffer("quantile_targets", torch.tensor([-t, 0.0, t]), persistent=False)
+        self.order0: OrderZeroMixture | None = None
+
+    def attach_order0(
+        self, lo: torch.Tensor, width: int, cover: torch.Tensor | None = None
+    ) -> None:
+        """Give every channel an order-0 table over the integer offsets ``lo .. lo + width - 1``
+        (``fit_order0`` fills it; ``cover``: see ``OrderZeroMixture``), mixed into this prior
+        when evaluating and coding."""
+        self.order0 = OrderZeroMixture(lo, width, cover).to(self.quantiles.device)
+
+    @torch.no_grad()
+    def fit_order0(self, train: torch.Tensor, val: torch.Tensor) -> None:
+        """Fit the order-0 tables on values ``train`` [N, D] and choose each channel's weight
+        on values ``val`` [M, D] (quantized as the eval forward quantizes them)."""
+        if self.order0 is None:
+            raise ValueError("no order-0 tables to fit: attach_order0 first")
+        self.order0.fit_tables(self._offsets(train))
+        y = self.quantize(val)
+        learned = self._likelihood_and_quantile_loss(y)[0]
+        self.order0.choose_weights(learned, self._offsets(val), self.likelihood_bound)
 
     @torch.no_grad()
     def init_quantiles(
@@ -255,6 +276,9 @@ class EntropyBottleneck(Bottleneck):
         else:
             y = z_hat = self.quantize(z)
         likelihood, aux_loss = self._likelihood_and_quantile_loss(y)
+        if self.order0 is not None and not self.training:  # training prices the learned part
+            likelihood = self.order0.mix(likelihood, self._offsets(y))
+            likelihood = likelihood.clamp_min(self.likelihood_bound)
         rate_bits = -torch.log2(likelihood).sum(dim=1)
         return BottleneckOutput(
             z=z_hat,
@@ -313,9 +337,14 @@ class EntropyBottleneck(Bottleneck):
         """Per-channel lowest and highest integer offset from the center covered by the pmf."""
         q = self.quantiles.detach()[:, 0, :].cpu()
         centers = self.centers.cpu()
-        lowest = torch.floor(q[:, 0] - centers).clamp_max(0)
-        highest = torch.ceil(q[:, 2] - centers).clamp_min(0)
-        return lowest.long().numpy(), highest.long().numpy()
+        lowest = torch.floor(q[:, 0] - centers).clamp_max(0).long().numpy()
+        highest = torch.ceil(q[:, 2] - centers).clamp_min(0).long().numpy()
+        if self.order0 is not None:  # cover every value the tables give mass to
+            first, last = self.order0.ranges()
+            used = first <= last
+            lowest = np.where(used, np.minimum(lowest, first), lowest)
+            highest = np.where(used, np.maximum(highest, last), highest)
+        return lowest, highest
 
     def _pmf_tables(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """Lowest offset per channel and its pmf over the support with the overflow bin last."""
@@ -328,12 +357,20 @@ class EntropyBottleneck(Bottleneck):
         edges = torch.from_numpy(np.stack([lowest - 0.5, highest + 0.5], axis=1)).to(centers)
         logits = self._logits_cumulative((edges + centers[:, None])[:, None, :])[:, 0, :]
         tails = (torch.sigmoid(logits[:, 0]) + torch.sigmoid(-logits[:, 1])).double().cpu()
+        if self.order0 is not None:  # the mixture, its tables' escape mass in the overflow bin
+            w = self.order0.weight.cpu()
+            probs = self.order0.mix(torch.from_numpy(probs), grid.cpu()).numpy()
+            tails = w * tails + (1 - w) * self.order0.escape_mass().cpu()
         pmfs = [np.append(probs[: lengths[c], c], float(tails[c])) for c in range(len(lowest))]
         return lowest, pmfs
 
+    def _offsets(self, z: torch.Tensor) -> torch.Tensor:
+        """Integer offsets from the grid centers as a tensor, [N, D], as ``quantize`` rounds."""
+        return torch.round(z.detach() - self.centers)
+
     def offsets(self, z: torch.Tensor) -> np.ndarray:
         """Integer offsets from the grid centers, [N, D], exactly as ``quantize`` rounds."""
-        offsets = torch.round(z.detach() - self.centers).double().cpu().numpy()
+        offsets = self._offsets(z).double().cpu().numpy()
         check_codable(offsets)
         return offsets.astype(np.int64)
 
