@@ -88,3 +88,19 @@ def test_a_sweep_folder_cannot_make_the_report_import_a_module():
     assert kind_of("antigravity.Fly") == "Fly"
     assert "antigravity" not in sys.modules
     assert kind_of("meaning_transform.models.bottlenecks.vq.VQBottleneck") == "vq"
+
+
+def test_a_checkpoint_that_predates_a_setting_says_how_to_resume() -> None:
+    from meaning_transform.checkpoint_reader import _hparam_hint
+
+    theirs = {"compression": {"level": 1.0}, "model": {"grid_path": {"init_k": 1.0}}}
+    ours = {
+        "compression": {"level": 1.0, "usage_weight": 1.0},
+        "model": {"grid_path": {"init_k": 2.0, "prior_mixture": False}},
+    }
+    assert _hparam_hint(theirs, ours) == (
+        " (config differs: model.grid_path.init_k: checkpoint 1.0, config 2.0); the checkpoint "
+        "predates compression.usage_weight: resume with compression.usage_weight=0.0"
+    )
+    ours["compression"]["usage_weight"] = 0.0  # as it was trained: nothing to say about it
+    assert "usage_weight" not in _hparam_hint(theirs, ours)

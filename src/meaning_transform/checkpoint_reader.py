@@ -146,11 +146,34 @@ def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | 
         )
 
 
+#: settings added after checkpoints were written with the defaults they had then: a checkpoint
+#: that lacks one was trained with this value (and resumes with it given)
+PREDATED = {"compression.usage_weight": 0.0, "model.grid_path.prior_mixture": False}
+
+
 def _hparam_hint(theirs: dict[str, Any], ours: Any) -> str:
-    diffs = []
+    diffs, fixes = [], []
     for group in ("model", "compression"):
-        a, b = theirs.get(group) or {}, dict(ours.get(group) or {})
+        a, b = _flat(theirs.get(group) or {}, group), _flat(dict(ours.get(group) or {}), group)
         for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                diffs.append(f"{group}.{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}")
-    return f" (config differs: {', '.join(diffs)})" if diffs else ""
+            if k not in a and k in PREDATED:
+                if b[k] != PREDATED[k]:
+                    fixes.append(f"{k}={str(PREDATED[k]).lower()}")
+            elif a.get(k) != b.get(k):
+                diffs.append(f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}")
+    hint = f" (config differs: {', '.join(diffs)})" if diffs else ""
+    if fixes:
+        hint += f"; the checkpoint predates {', '.join(f.split('=')[0] for f in fixes)}: "
+        hint += f"resume with {' '.join(fixes)}"
+    return hint
+
+
+def _flat(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Nested settings as ``{"group.key.sub": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}.{k}"))
+        else:
+            out[f"{prefix}.{k}"] = v
+    return out
