@@ -162,3 +162,33 @@ def test_compress_reads_the_states_from_the_restored_details(tmp_path, capsys) -
     assert codec_main(["decompress", f"in={swapped}", f"out={tmp_path / 's.db'}"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "s.db").exists()
+
+
+def test_the_first_hint_and_then_the_lowest_cell_wins(tmp_path) -> None:
+    """Whatever order the rows come in: a hint earlier in the header beats a later one, and
+    among one hint's rows at an (agent, step) the lowest cell is taken."""
+    from types import SimpleNamespace
+
+    grid = SimpleNamespace(steps={"x": 1.0}, cells=lambda name, v: np.rint(v).astype(np.int64))
+    hints = (
+        Hint("x", "agent_actions", "move", ("details", "at")),
+        Hint("x", "health_incidents", "hit", ("after",)),
+    )
+    for flip in (False, True):
+        con = sqlite3.connect(":memory:")
+        con.execute("CREATE TABLE agent_actions (agent_id, step_number, action_type, details)")
+        con.execute("CREATE TABLE health_incidents (agent_id, step_number, cause, after)")
+        moves = [("a", 1, "move", '{"at": 7.2}'), ("a", 1, "move", '{"at": 5.0}'),
+                 ("b", 1, "move", '{"at": "far"}')]  # fmt: skip
+        hits = [("a", 1, "hit", 1.0), ("b", 1, "hit", 3.0), ("c", 2, "hit", 9.0)]
+        con.executemany(
+            "INSERT INTO agent_actions VALUES (?, ?, ?, ?)", moves[:: -1 if flip else 1]
+        )
+        con.executemany(
+            "INSERT INTO health_incidents VALUES (?, ?, ?, ?)", hits[:: -1 if flip else 1]
+        )
+        got = HintValues(con, hints, grid, ["y", "x"]).of(
+            ["a", "b", "c", "d", "a"], [1, 1, 2, 1, "1"]
+        )
+        assert got[:, 1].tolist() == [5, 3, 9, NO_HINT, NO_HINT]
+        assert (got[:, 0] == NO_HINT).all()

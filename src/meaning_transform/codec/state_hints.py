@@ -246,30 +246,50 @@ def _at(obj: Any, path: tuple[str | int, ...]) -> float | None:
 class HintValues:
     """Per (agent, step): the cells the hints guess for the features they name. Where several
     rows or hints guess one feature, the first hint (in the header's order) wins, and among its
-    rows the lowest cell: the same whatever order the table's rows come in."""
+    rows the lowest cell: the same whatever order the table's rows come in. Kept as one int64
+    row per (agent, step) that has a guess."""
 
     def __init__(
         self, con: sqlite3.Connection, hints: Sequence[Hint], grid: MeaningGrid, features: list
     ) -> None:
         self.width = len(features)
-        self.guess: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
-        self._column = {f: j for j, f in enumerate(features)}
-        self._grid = grid
+        self.index: dict[tuple[str, int], int] = {}
+        # every guess read: (its (agent, step)'s number, feature, hint rank, value)
+        found: tuple[list[int], list[int], list[int], list[float]] = ([], [], [], [])
+        column = {f: j for j, f in enumerate(features)}
         ranked = list(enumerate(hints))
         for table in TABLES:
-            mine = [(rank, h) for rank, h in ranked if h.table == table]
+            mine = [(rank, column[h.feature], h) for rank, h in ranked if h.table == table]
             if mine:
-                self._read(con, table, mine)
+                self._read(con, table, mine, found)
+        self.cells = np.full((len(self.index), self.width), NO_HINT, dtype=np.int64)
+        at, j, rank, value = (np.array(x) for x in found)
+        if not len(at):
+            return
+        cell = np.zeros(len(at), dtype=np.int64)
+        usable = np.zeros(len(at), dtype=bool)
+        for k, name in enumerate(features):
+            mask = j == k
+            if mask.any():
+                cell[mask], usable[mask] = _cells(grid, name, value[mask])
+        at, j, rank, cell = at[usable], j[usable], rank[usable], cell[usable]
+        order = np.lexsort((cell, rank, j, at))  # per (state, feature): the best one first
+        at, j, cell = at[order], j[order], cell[order]
+        first = np.ones(len(at), dtype=bool)
+        first[1:] = (at[1:] != at[:-1]) | (j[1:] != j[:-1])
+        self.cells[at[first], j[first]] = cell[first]
 
-    def _read(self, con: sqlite3.Connection, table: str, hints: list[tuple[int, Hint]]) -> None:
-        """The guesses of ``hints``, all of ``table``."""
+    def _read(
+        self, con: sqlite3.Connection, table: str, hints: list[tuple[int, int, Hint]], found: tuple
+    ) -> None:
+        """The guesses of ``hints``, all of ``table``, appended to ``found``."""
         have = value_columns(con, table) if _exists(con, table) else []
-        columns = sorted({h.path[0] for _, h in hints})
+        columns = sorted({h.path[0] for _, _, h in hints})
         if not set(columns) <= set(have):
             raise CodecFileError(f"the database's {table} lacks the columns its hints name")
-        by_kind: dict[str, list[tuple[int, Hint]]] = {}
-        for rank, h in hints:
-            by_kind.setdefault(h.kind, []).append((rank, h))
+        by_kind: dict[str, list[tuple[int, int, Hint]]] = {}
+        for hint in hints:
+            by_kind.setdefault(hint[2].kind, []).append(hint)
         at = {c: i for i, c in enumerate(columns)}
         names = ", ".join(quote(c) for c in (*_KEYS, TABLES[table], *columns))
         marks = ", ".join("?" * len(by_kind))
@@ -277,12 +297,13 @@ class HintValues:
             f"SELECT {names} FROM {quote(table)} WHERE {quote(TABLES[table])} IN ({marks}) "
             f"LIMIT {MAX_EVENTS}"
         )
+        states, features, ranks, values = found
         for agent, step, kind, *row in con.execute(sql, list(by_kind)):
             if not isinstance(step, int):
                 continue
             parsed: dict[str, Any] = {}
-            slot = self.guess.setdefault((str(agent), step), {})
-            for rank, h in by_kind[kind]:
+            i = None
+            for rank, j, h in by_kind[kind]:
                 cell = row[at[h.path[0]]]
                 if len(h.path) > 1:
                     if h.path[0] not in parsed:
@@ -291,20 +312,27 @@ class HintValues:
                 value = _at(cell, h.path[1:])
                 if value is None:
                     continue
-                cells, usable = _cells(self._grid, h.feature, np.array([value]))
-                if not usable[0]:
-                    continue
-                j, guess = self._column[h.feature], int(cells[0])
-                if j not in slot or (rank, guess) < slot[j]:
-                    slot[j] = (rank, guess)
+                if i is None:
+                    i = self.index.setdefault((str(agent), step), len(self.index))
+                states.append(i)
+                features.append(j)
+                ranks.append(rank)
+                values.append(value)
 
     def of(self, agents: Sequence[object], steps: Sequence[object]) -> np.ndarray:
         """[n, features] int64: each state's guessed cells (``NO_HINT`` where none)."""
         out = np.full((len(agents), self.width), NO_HINT, dtype=np.int64)
-        if not self.guess:
+        if not len(self.cells):
             return out
-        for i, (a, s) in enumerate(zip(agents, steps, strict=True)):
-            slot = self.guess.get((str(a), s)) if isinstance(s, int) else None
-            for j, (_, cell) in (slot or {}).items():
-                out[i, j] = cell
+        index = self.index
+        rows = np.fromiter(
+            (
+                index.get((str(a), s), -1) if isinstance(s, int) else -1
+                for a, s in zip(agents, steps, strict=True)
+            ),
+            dtype=np.int64,
+            count=len(agents),
+        )
+        known = rows >= 0
+        out[known] = self.cells[rows[known]]
         return out
