@@ -192,3 +192,26 @@ def test_the_first_hint_and_then_the_lowest_cell_wins(tmp_path) -> None:
         )
         assert got[:, 1].tolist() == [5, 3, 9, NO_HINT, NO_HINT]
         assert (got[:, 0] == NO_HINT).all()
+
+
+def test_a_column_with_a_declared_tolerance_guesses_nothing(tmp_path, capsys) -> None:
+    """Its restored values are not the coded ones: a guess from it would decode other states."""
+    from codec_helpers import assert_same_meaning
+
+    from meaning_transform.codec.__main__ import main as codec_main
+    from meaning_transform.codec.container import Reader
+
+    db = _db_with_details(tmp_path / "sim.db", incidents=True)
+    for loose, tables in (
+        (False, ["agent_actions", "health_incidents"]),
+        (True, ["agent_actions"]),
+    ):
+        out, restored = tmp_path / f"{loose}.mtc", tmp_path / f"{loose}.db"
+        extra = ["+tolerances.health_incidents.health_after=0.5"] if loose else []
+        assert codec_main(["compress", f"data.path={db}", f"out={out}", *extra]) == 0
+        with open(out, "rb") as fh:
+            hints = Reader(fh, str(out)).header["model"]["hints"]
+        assert sorted({h[1] for h in hints}) == tables
+        assert codec_main(["decompress", f"in={out}", f"out={restored}"]) == 0
+        assert assert_same_meaning(db, restored) == 600
+    capsys.readouterr()

@@ -254,7 +254,7 @@ def adaptive_model(con: sqlite3.Connection, snapshot: str, tolerances: Any) -> C
     coded = layout_of(con, snapshot, schema).features
     anchors = anchor_columns(con, schema, coded, declared)
     continuous = [f.name for f in schema.of_kind("continuous") if f.name in coded]
-    hints = find_hints(con, MeaningGrid(schema, 1), continuous)
+    hints = find_hints(con, MeaningGrid(schema, 1), continuous, set(declared))
     names = [s.name for s in sources] + [f"agents.{a}" for a in anchors]
     for table in sorted({h.table for h in hints}):
         count = sum(h.table == table for h in hints)

@@ -22,7 +22,7 @@ import functools
 import json
 import math
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,16 +123,22 @@ def _cells(grid: MeaningGrid, name: str, values: np.ndarray) -> tuple[np.ndarray
 
 
 def find_hints(
-    con: sqlite3.Connection, grid: MeaningGrid, features: Sequence[str]
+    con: sqlite3.Connection,
+    grid: MeaningGrid,
+    features: Sequence[str],
+    loose: Collection[str] = (),
 ) -> tuple[Hint, ...]:
     """The hints of ``con``'s ``TABLES`` for ``features`` (continuous, columns of
-    agent_states), most reliable first; none if the tables are not there."""
+    agent_states), most reliable first; none if the tables are not there. ``loose``: columns
+    (``table.column``) with a declared tolerance, which a decoder does not get back exactly and
+    so cannot guess from."""
     if not features:
         return ()
     index: dict[tuple[str, int], int] = {}  # the (agent, step) of the rows looked at
     seen: dict[tuple[str, str, tuple], tuple[list[float], list[int]]] = {}
     for table, kind_column in TABLES.items():
         columns = value_columns(con, table) if _exists(con, table) else []
+        columns = [c for c in columns if f"{table}.{c}" not in loose]
         if not columns:
             continue
         names = ", ".join(quote(c) for c in (*_KEYS, kind_column, *columns))
