@@ -329,8 +329,8 @@ def test_bits_at_1_and_5_percent_per_context_beside_lossless(
     rows = collect(tmp_path)
     assert rows[5]["kind"] == "lossless" and rows[3]["context"] == "previous"
     got = {(e["kind"], e["context"]): e for e in bits_at_drift(rows)}
-    assert set(got) == {("entropy", "None"), ("entropy", "previous")}
-    plain, previous = got["entropy", "None"], got["entropy", "previous"]
+    assert set(got) == {("entropy", "null"), ("entropy", "previous")}
+    plain, previous = got["entropy", "null"], got["entropy", "previous"]
     assert (plain["bits@1%"], plain["bits@5%"], plain["lossless_bits"]) == (30.0, 24.0, 5.0)
     assert (plain["/lossless@1%"], plain["/lossless@5%"]) == pytest.approx((6.0, 4.8))
     assert (previous["bits@1%"], previous["bits@5%"]) == (28.0, 28.0)

@@ -441,6 +441,12 @@ def _percent(drift: float) -> str:
     return f"{drift:.0%}"
 
 
+def _kind_context(row: Row) -> tuple[str, str]:
+    """(kind, model.context as the config spells it: ``null`` for none)."""
+    context = row.get("context")
+    return str(row["kind"]), "null" if context is None else str(context)
+
+
 def bits_at_drift(rows: Sequence[Row]) -> list[Row]:
     """Per (kind, model.context) of the finished lossy jobs: the fewest bits per state among
     jobs with drift <= each of BITS_AT_DRIFTS (None if none), and each over the lossless jobs'
@@ -450,9 +456,9 @@ def bits_at_drift(rows: Sequence[Row]) -> list[Row]:
     exact = [float(r["rate_bits"]) for r in done if r["kind"] == LOSSLESS_KIND and r["drift"] == 0]
     lossless = min(exact) if exact else None
     out = []
-    keys = {(str(r["kind"]), str(r.get("context"))) for r in done if r["kind"] != LOSSLESS_KIND}
+    keys = {_kind_context(r) for r in done if r["kind"] != LOSSLESS_KIND}
     for kind, context in sorted(keys):
-        mine = [r for r in done if (str(r["kind"]), str(r.get("context"))) == (kind, context)]
+        mine = [r for r in done if _kind_context(r) == (kind, context)]
         entry: Row = {"kind": kind, "context": context, "lossless_bits": lossless}
         for drift in BITS_AT_DRIFTS:
             good = [float(r["rate_bits"]) for r in mine if float(r["drift"]) <= drift]
