@@ -219,6 +219,21 @@ def test_vq_uses_most_of_a_64_code_codebook(tmp_path: Path) -> None:
     assert 2.0 < index_bits <= 6.1, (report, grid_only)  # ~usage entropy, at most log2(64)
 
 
+@pytest.mark.parametrize("bottleneck", ["entropy", "vq"])
+def test_code_with_context_prices_what_forward_prices(tmp_path: Path, bottleneck: str) -> None:
+    """model.context=previous with a lossy bottleneck: the test rows (state, previous state,
+    flag) are really coded, exactly, and the estimate is the forward pass's rate on them (the
+    encoder read its context in both; it used to get the state alone and fail on the shapes)."""
+    cfg = _cfg(tmp_path, *SMALL, f"compression={bottleneck}", "model.context=previous")
+    _, dm, module, _ = prepare(cfg)
+    rows = dm.rows("test")
+    report = module.code(rows)
+    with torch.no_grad():
+        _, _, out = module(*module.unpack(rows))
+    assert report["exact"] and report["num_states"] == rows.shape[0], report
+    assert report["estimated_bits_per_state"] == pytest.approx(float(out.rate_bits.mean()), 1e-4)
+
+
 def test_usage_coder_codes_indices_under_its_table() -> None:
     """Counts 3:1 -> p ~ 0.75/0.25 (floored by 1e-3 of a uniform share): 0,0,0,1 cost
     3 * 0.415 + 2 bits, and they come back exactly."""

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from meaning_transform.report import (
     RATE_DRIFT_PNG,
     SUMMARY_CSV,
+    bits_at_drift,
     build_report,
     collect,
     group_seeds,
@@ -299,3 +300,49 @@ def test_report_draws_the_classical_baselines(sweep: Path) -> None:
     plt.close(fig)
     build_report(sweep)
     assert (sweep / RATE_DRIFT_PNG).stat().st_size > 0
+
+
+def _with_model(job: Path, context: str | None, target: str = "models.mlp.MLPCodec") -> None:
+    """Give a fake job's composed config a ``model`` node (``model.context`` and its class)."""
+    path = job / ".hydra" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["model"] = {"_target_": f"meaning_transform.{target}", "context": context}
+    path.write_text(yaml.safe_dump(config))
+
+
+def test_bits_at_1_and_5_percent_per_context_beside_lossless(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fewest bits with drift <= 1% / <= 5% per (kind, model.context), over the lossless job's
+    bits at drift 0: by hand, 30 / 5 = 6.0, 24 / 5 = 4.8, 28 / 5 = 5.6."""
+    runs = [  # (context, level, bits, drift)
+        (None, 1, 30.0, 0.0),
+        (None, 8, 24.0, 0.03),
+        (None, 10, 19.0, 0.2),
+        ("previous", 1, 28.0, 0.005),
+        ("previous", 10, 20.0, 0.2),
+    ]
+    for num, (context, level, bits, drift) in enumerate(runs):
+        _with_model(_ok(tmp_path, num, "entropy", level, 1, bits=bits, drift=drift), context)
+    lossless = _ok(tmp_path, 5, "entropy", 1, 1, bits=5.0, drift=0.0)
+    _with_model(lossless, "history", "models.lossless.LosslessCodec")
+    rows = collect(tmp_path)
+    assert rows[5]["kind"] == "lossless" and rows[3]["context"] == "previous"
+    got = {(e["kind"], e["context"]): e for e in bits_at_drift(rows)}
+    assert set(got) == {("entropy", "null"), ("entropy", "previous")}
+    plain, previous = got["entropy", "null"], got["entropy", "previous"]
+    assert (plain["bits@1%"], plain["bits@5%"], plain["lossless_bits"]) == (30.0, 24.0, 5.0)
+    assert (plain["/lossless@1%"], plain["/lossless@5%"]) == pytest.approx((6.0, 4.8))
+    assert (previous["bits@1%"], previous["bits@5%"]) == (28.0, 28.0)
+    assert previous["/lossless@1%"] == pytest.approx(5.6)
+    build_report(tmp_path)
+    out = capsys.readouterr().out
+    assert "entropy    previous          28.00         28.00       5.00         5.600" in out
+    with open(tmp_path / SUMMARY_CSV, newline="") as fh:
+        assert [r["context"] for r in csv.DictReader(fh)] == [
+            "",
+            "",
+            "",
+            *["previous"] * 2,
+            "history",
+        ]

@@ -136,11 +136,7 @@ class MeaningModule(L.LightningModule):
         ``steps()`` if the caller computed them (``_step`` does, once for the loss too)."""
         if hasattr(self.codec, "code_state"):  # codes the meaning grid itself (lossless)
             return self.codec.code_state(x, self.bottleneck, context)
-        enc_in = self.layout.model_input(x)
-        ctx = None
-        if context is not None:
-            ctx = context_input(self.layout, self.context_grid, context)
-            enc_in = torch.cat([enc_in, ctx], dim=1)
+        enc_in, ctx = self._encoder_input(x, context)
         latent = self.codec.encoder(enc_in)
         out = self.bottleneck(latent)
         z = out.z if ctx is None else torch.cat([out.z, ctx], dim=1)
@@ -150,6 +146,17 @@ class MeaningModule(L.LightningModule):
         g, grid_out = self.grid(x, steps)
         heads = self.grid.heads(g, self.codec.decoder(torch.cat([z, g], dim=1)), steps)
         return heads, latent, _with_grid(out, grid_out)
+
+    def _encoder_input(
+        self, x: torch.Tensor, context: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(encoder input, context's network input or None): the state in model-input layout,
+        followed, with ``model.context``, by the previous state on the grid and the flag."""
+        enc_in = self.layout.model_input(x)
+        if context is None:
+            return enc_in, None
+        ctx = context_input(self.layout, self.context_grid, context)
+        return torch.cat([enc_in, ctx], dim=1), ctx
 
     def unpack(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch -> (data tensor, context or None); see data/context.py."""
@@ -350,7 +357,8 @@ class MeaningModule(L.LightningModule):
 
     @torch.no_grad()
     def code(self, x: torch.Tensor) -> dict[str, Any] | None:
-        """Really code a batch (data tensor) with ``constriction``: estimated vs coded bits.
+        """Really code a batch (rows as batches come: with ``model.context``, state, previous
+        state and flag) with ``constriction``: estimated vs coded bits.
 
         Codes the whole representation in one range-coded stream: the latent (entropy: under
         its prior; vq: the code indices under the codebook's usage table) and the grid channels;
@@ -362,9 +370,10 @@ class MeaningModule(L.LightningModule):
             from meaning_transform.codec.chunks import coding_report
 
             return coding_report(self, *self.unpack(x))
+        x, context = self.unpack(x)  # with model.context the rows carry the previous state
         parts: dict[str, list[tuple[CodingPart, torch.Tensor]]] = {}
         if isinstance(self.bottleneck, EntropyBottleneck | VQBottleneck):
-            latent = self.codec.encoder(self.layout.model_input(x))
+            latent = self.codec.encoder(self._encoder_input(x, context)[0])
             if isinstance(self.bottleneck, EntropyBottleneck):
                 parts["latent"] = [(self.bottleneck, latent.mu)]
             else:

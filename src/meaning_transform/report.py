@@ -25,10 +25,20 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa
 from meaning_transform.io import atomic_write  # noqa: E402
 
 #: one marker and colour per kind on the rate-drift plot
-STYLES = {"entropy": ("o", "C0"), "vq": ("s", "C1"), "none": ("^", "C2")}
+STYLES = {
+    "entropy": ("o", "C0"),
+    "vq": ("s", "C1"),
+    "none": ("^", "C2"),
+    "lossless": ("*", "C4"),
+}
 OTHER_STYLE = ("D", "C3")
 #: the override key that separates repeats of one setting
 SEED_KEY = "seed"
+#: the kind of a job whose model codes the meaning grid losslessly (``compression=lossless``)
+LOSSLESS_KIND = "lossless"
+LOSSLESS_MODEL = "LosslessCodec"
+#: the drifts at which the table gives each (kind, context)'s fewest bits: bits@1%, bits@5%
+BITS_AT_DRIFTS = (0.01, 0.05)
 #: columns every row has, in CSV order; override keys and per-group columns follow
 BASE_COLUMNS = [
     "job",
@@ -36,6 +46,7 @@ BASE_COLUMNS = [
     "overrides",
     "kind",
     "level",
+    "context",
     "rate_bits",
     "drift",
     "preservation",
@@ -102,14 +113,29 @@ def _read_overrides(job_dir: Path, failed: dict[str, Any] | None) -> list[str]:
     return [str(o) for o in (failed or {}).get("overrides") or []]
 
 
-def _compression_from_config(job_dir: Path) -> tuple[str | None, Any]:
-    """(kind, level) from the job's composed config, for jobs that wrote no summary."""
+def _job_config(job_dir: Path) -> dict[str, Any]:
+    """The job's composed config as plain data ({} when absent or unreadable)."""
     path = job_dir / ".hydra" / "config.yaml"
     try:
         cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
     except (OSError, yaml.YAMLError):
-        return None, None
-    comp = (cfg or {}).get("compression") or {}
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _model_from_config(cfg: dict[str, Any]) -> tuple[str | None, bool]:
+    """(model.context, whether the model is the lossless codec) from a composed config."""
+    model = cfg.get("model") or {}
+    if not isinstance(model, dict):
+        return None, False
+    context = model.get("context")
+    lossless = str(model.get("_target_") or "").rsplit(".", 1)[-1] == LOSSLESS_MODEL
+    return (None if context is None else str(context)), lossless
+
+
+def _compression_from_config(cfg: dict[str, Any]) -> tuple[str | None, Any]:
+    """(kind, level) from the job's composed config, for jobs that wrote no summary."""
+    comp = cfg.get("compression") or {}
     if not isinstance(comp, dict):
         return None, None
     target = str(comp.get("_target_") or "")
@@ -189,7 +215,9 @@ def collect_job(job_dir: Path) -> Row:
     if failed is None and failed_err is not None:
         failed = {"error": failed_err}
     overrides = _read_overrides(job_dir, failed)
-    kind, level = _compression_from_config(job_dir)
+    cfg = _job_config(job_dir)
+    kind, level = _compression_from_config(cfg)
+    context, lossless = _model_from_config(cfg)
     row: Row = dict.fromkeys(BASE_COLUMNS)
     error = (failed or {}).get("error") or summary_err
     row.update(
@@ -198,11 +226,14 @@ def collect_job(job_dir: Path) -> Row:
         overrides=" ".join(overrides),
         kind=kind,
         level=level,
+        context=context,
         error=None if error is None else str(error),
         wall_time_s=_wall_time(job_dir, summary),
     )
     if summary is not None:
         row.update(_metrics(summary))
+    if lossless:  # its bottleneck is an entropy model, but what it codes is the whole grid
+        row["kind"] = LOSSLESS_KIND
     for override in overrides:
         key = override_key(override)
         column = key if key not in row else f"override:{key}"  # never shadow a metric column
@@ -406,6 +437,58 @@ def shared_overrides(rows: Sequence[Row]) -> list[str]:
     return sorted(set.intersection(*sets), key=rows[0]["overrides"].split().index)
 
 
+def _percent(drift: float) -> str:
+    return f"{drift:.0%}"
+
+
+def _kind_context(row: Row) -> tuple[str, str]:
+    """(kind, model.context as the config spells it: ``null`` for none)."""
+    context = row.get("context")
+    return str(row["kind"]), "null" if context is None else str(context)
+
+
+def bits_at_drift(rows: Sequence[Row]) -> list[Row]:
+    """Per (kind, model.context) of the finished lossy jobs: the fewest bits per state among
+    jobs with drift <= each of BITS_AT_DRIFTS (None if none), and each over the lossless jobs'
+    fewest bits at drift 0 (``lossless_bits``; None without such a job in the sweep)."""
+    done = [r for r in rows if r["status"] == "ok" and _finite(r["rate_bits"])]
+    done = [r for r in done if _finite(r["drift"])]
+    exact = [float(r["rate_bits"]) for r in done if r["kind"] == LOSSLESS_KIND and r["drift"] == 0]
+    lossless = min(exact) if exact else None
+    out = []
+    keys = {_kind_context(r) for r in done if r["kind"] != LOSSLESS_KIND}
+    for kind, context in sorted(keys):
+        mine = [r for r in done if _kind_context(r) == (kind, context)]
+        entry: Row = {"kind": kind, "context": context, "lossless_bits": lossless}
+        for drift in BITS_AT_DRIFTS:
+            good = [float(r["rate_bits"]) for r in mine if float(r["drift"]) <= drift]
+            bits = min(good) if good else None
+            entry[f"bits@{_percent(drift)}"] = bits
+            ratio = bits / lossless if bits is not None and lossless else None
+            entry[f"/lossless@{_percent(drift)}"] = ratio
+        out.append(entry)
+    return out
+
+
+def format_bits_at_drift(entries: Sequence[Row]) -> list[str]:
+    """Lines of a table: kind, context, bits@1%, bits@5%, lossless bits, the ratios."""
+    if not entries:
+        return []
+    names = [f"bits@{_percent(d)}" for d in BITS_AT_DRIFTS]
+    ratios = [f"/lossless@{_percent(d)}" for d in BITS_AT_DRIFTS]
+    head = f"{'kind':<10} {'context':<9}" + "".join(f" {n:>13}" for n in names)
+    head += f" {'lossless@0':>10}" + "".join(f" {n:>13}" for n in ratios)
+    lines = ["", "fewest bits/state at drift <= 1% and <= 5%, beside the lossless code at drift 0:"]
+    lines += [head, "-" * len(head)]
+    for e in entries:
+        line = f"{e['kind']:<10} {e['context']:<9}"
+        line += "".join(f" {_fmt(e[n], '.2f'):>13}" for n in names)
+        line += f" {_fmt(e['lossless_bits'], '.2f'):>10}"
+        line += "".join(f" {_fmt(e[n], '.3f'):>13}" for n in ratios)
+        lines.append(line)
+    return lines
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A compact text table: job, overrides, status, bits/state, drift, best val loss."""
     shared = shared_overrides(rows)
@@ -427,7 +510,7 @@ def format_table(rows: Sequence[Row]) -> str:
         if r["status"] == "failed":
             first = (r["error"] or "no error message").strip().splitlines() or [""]
             lines.append(f"job {r['job']} failed: {first[0]}")
-    return "\n".join(lines)
+    return "\n".join(lines + format_bits_at_drift(bits_at_drift(rows)))
 
 
 def write_report(sweep_dir: str | Path) -> list[Row]:
