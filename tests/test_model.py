@@ -95,6 +95,14 @@ def test_rate_is_finite_and_positive(tmp_path: Path, bottleneck: str) -> None:
         assert torch.isfinite(out.rate_loss) and torch.isfinite(out.aux_loss)
 
 
+def test_table_api_refuses_a_model_that_reads_the_previous_state(tmp_path: Path) -> None:
+    _, _, module, _ = prepare(_cfg(tmp_path, *SMALL, "model.context=previous"))
+    table = generate_synthetic(8, seed=1)
+    for call in (module.encode, module.reconstruct):
+        with pytest.raises(ValueError, match=r"model.context=previous\): code batches"):
+            call(table)
+
+
 def test_checkpoint_restores_the_model_alone(tmp_path: Path) -> None:
     _, dm, module, _ = prepare(_cfg(tmp_path, *SMALL))
     trainer = _fit(module, dm, max_epochs=2)

@@ -336,10 +336,21 @@ class MeaningModule(L.LightningModule):
             checkpoint["run_config"] = self.run_config
 
     # ------------------------------------------------------------------ table API
+    def _state_by_state(self, what: str) -> None:
+        """ValueError (one line) if the model reads more than the state itself."""
+        if self.context is not None:
+            raise ValueError(
+                f"{what} takes each state on its own, but this model also reads the agent's "
+                f"previous state (model.context={self.context}): code batches as the data module "
+                "serves them with module.code, or a database with the codec"
+            )
+
     @torch.no_grad()
     def encode(self, table: Table) -> torch.Tensor:
         """Table of agent states -> what the decoder sees: quantized latents, then (with the
-        grid path) the grid-decoded state, [N, latent_dim (+ n_features)]."""
+        grid path) the grid-decoded state, [N, latent_dim (+ n_features)]. Not for a model with
+        ``model.context`` (ValueError): it codes a state given the agent's previous one."""
+        self._state_by_state("encode")
         self.eval()
         x = schema_table.encode(self.schema, table).to(self.device)
         z = self.bottleneck(self.codec.encoder(self.layout.model_input(x))).z
@@ -348,6 +359,7 @@ class MeaningModule(L.LightningModule):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> Table:
         """Codes (``encode``'s output) -> table of agent states in native units."""
+        self._state_by_state("decode")
         self.eval()
         codes = codes.to(self.device)
         heads = self.codec.decoder(codes)
