@@ -1,6 +1,7 @@
 """The adaptive coding source: agent_states' features coded by ``context_coder`` with counts
 learned while coding (no model in the file, no training), given what the tables restored before
-them say (``state_context``).
+them say (``state_context``: what happened at each state's step; ``state_hints``: the values they
+log that are the state's own).
 
 What it needs from the database is the schema fitted to it (``fitted_schema``: the declared
 schema of ``conf/schema``, its vocabularies and normalization read off the states), which the
@@ -113,7 +114,7 @@ def anchors_of(names: Any, schema: FeatureSchema, where: str) -> tuple[str, ...]
 class AdaptiveCoder:
     """Chunks' features coded by ``context_coder`` given the row contexts of ``events``, for
     the ``anchors`` first states guessed from the ``agents`` table, and states' cells guessed
-    from agent_actions' details (``guesses``, ``state_hints``)."""
+    from the values other tables hold (``guesses``, ``state_hints``)."""
 
     workers = 1  # its many small steps hold the GIL: threads would not help
 
@@ -179,7 +180,7 @@ class AdaptiveCoder:
         return base
 
     def _hint(self, keys: Mapping[str, Any]) -> np.ndarray | None:
-        """Each state's cells guessed from agent_actions' details (None: no hints)."""
+        """Each state's cells guessed from other tables' values (None: no hints)."""
         if self.guesses is None:
             return None
         return self.guesses.of(keys["agent_id"], keys["step_number"])

@@ -96,7 +96,7 @@ class CodingModel:
     origin: str = ""  # how it was obtained, for the user
     sources: tuple[Any, ...] = ()  # the adaptive coder's row contexts (state_context.Source)
     anchors: tuple[str, ...] = ()  # its features whose first states agents' columns guess
-    hints: tuple[Any, ...] = ()  # state_hints.Hint: fields of agent_actions' details it reads
+    hints: tuple[Any, ...] = ()  # state_hints.Hint: other tables' values it guesses states from
 
     @property
     def context(self) -> str | None:

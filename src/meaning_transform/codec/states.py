@@ -97,7 +97,7 @@ class FileModel:
     grid: MeaningGrid
     sources: tuple[Any, ...] = ()  # state_context.Source of the adaptive coder
     anchors: tuple[str, ...] = ()  # its features whose first states agents' columns guess
-    hints: tuple[Any, ...] = ()  # state_hints.Hint: fields of agent_actions' details it reads
+    hints: tuple[Any, ...] = ()  # state_hints.Hint: other tables' values it guesses states from
 
     def coder(self, con: sqlite3.Connection) -> Any:
         """The chunks' coder, its row contexts read from ``con`` (the tables restored)."""
