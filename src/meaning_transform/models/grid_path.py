@@ -72,6 +72,7 @@ class GridPath(nn.Module):
         prior_mixture: bool = False,
     ) -> None:
         super().__init__()
+        self.prior_mixture = bool(prior_mixture)
         if not init_k >= 1:
             raise ValueError(f"model.grid_path.init_k must be >= 1, got {init_k}")
         self.meaning_grid = MeaningGrid(schema, k=init_k)
@@ -235,6 +236,8 @@ class GridPath(nn.Module):
         """Fit each channel's order-0 table on data tensor ``train_x`` (the training split) and
         choose its mixing weight on ``val_x`` (the validation split); a no-op without
         ``prior_mixture`` (models/bottlenecks/order0.py)."""
+        if not self.prior_mixture:  # nothing to fit: not even the channels' values
+            return
         for (_, model, train), (_, _, val) in zip(
             self._parts(train_x), self._parts(val_x), strict=True
         ):
