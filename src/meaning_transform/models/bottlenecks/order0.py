@@ -23,8 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from meaning_transform.baselines import Table
-
 #: the least weight the learned prior keeps: a value the training split never held (another
 #: run's agent type, a position past its grid) costs at most 8 bits more than under the learned
 #: prior alone, never the floor's 30; where the table alone is best, this costs
@@ -92,6 +90,10 @@ class OrderZeroMixture(nn.Module):
     def fit_tables(self, offsets: torch.Tensor) -> None:
         """Order-0 tables of integer ``offsets`` [N, D] (the training split); values outside a
         channel's ``width`` are left out of its counts. Weights are reset to 1."""
+        # imported here: baselines pulls in the metrics (torchmetrics, scipy: ~1.4 s and
+        # ~100 MB), which the codec commands that import the bottlenecks never need
+        from meaning_transform.baselines import Table
+
         values = offsets.round().long().cpu().numpy()
         lo, cover, width = self.lo.cpu().numpy(), self.cover.cpu().numpy(), self.probs.shape[1]
         probs = np.zeros((len(lo), width))
